@@ -126,5 +126,5 @@ EASG_RELATIONS: tuple[str, ...] = (
 
 
 def squash(name: str) -> str:
-    """Return the text-file spelling of an Action Genome name (``"cup/glass/bottle"`` → ``"cupglassbottle"``)."""
+    """Text-file spelling of an AG name: ``"cup/glass/bottle"`` → ``"cupglassbottle"``."""
     return name.replace("/", "").replace("_", "")

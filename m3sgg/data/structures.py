@@ -81,7 +81,9 @@ class VideoGT:
         return np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
 
     @classmethod
-    def from_sttran(cls, gt_annotation: Sequence[Sequence[dict]], video_id: str | None = None) -> VideoGT:
+    def from_sttran(
+        cls, gt_annotation: Sequence[Sequence[dict]], video_id: str | None = None
+    ) -> VideoGT:
         """Build from the STTran structure (list of frames ``[frame_info, obj, obj, ...]``)."""
         frame_keys: list[str] = []
         person: list[np.ndarray] = []

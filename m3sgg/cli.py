@@ -1,0 +1,304 @@
+"""Command-line interface: ``m3sgg <command> …`` (also ``python -m m3sgg``).
+
+Every command turns user errors (:class:`~m3sgg.errors.M3sggError`: bad files, configs or
+arguments) into one line on stderr and exit code 2; a traceback means a bug in m3sgg.
+Heavy imports (torch, ignite) happen inside the commands so ``m3sgg --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from m3sgg import __version__
+from m3sgg.errors import M3sggError
+
+__all__ = ["build_parser", "main"]
+
+DATASETS = ("action_genome", "easg")
+
+
+def _setup_logging(verbose: bool = False) -> None:
+    """m3sgg's lines on stdout; ignite's per-run chatter only with --verbose."""
+    import logging
+
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    root = logging.getLogger("m3sgg")
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO)
+    root.propagate = False
+    logging.getLogger("ignite").setLevel(logging.INFO if verbose else logging.WARNING)
+
+
+def _train_overrides(args: argparse.Namespace) -> list[str]:
+    """Convenience flags → config overrides (``--set`` items come last and win)."""
+    flags = {
+        "run.output": args.output,
+        "run.name": args.name,
+        "run.seed": args.seed,
+        "run.device": args.device,
+        "train.epochs": args.epochs,
+        "data.dataset": args.dataset,
+        "data.path": args.data_path,
+        "data.mode": args.mode,
+        "data.videos_per_batch": args.videos_per_batch,
+        "model.name": args.model,
+        "log.visdom": args.visdom,
+    }
+    items = [
+        f"{key}={json.dumps(str(v) if isinstance(v, Path) else v)}"
+        for key, v in flags.items()
+        if v is not None
+    ]
+    if args.progress:
+        items.append("log.progress_bar=true")
+    if args.plugin:
+        items.append(f"plugins={json.dumps(args.plugin)}")
+    return items + list(args.set or [])
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from m3sgg.config import load_config
+    from m3sgg.engine.builders import run_folder
+    from m3sgg.engine.handlers.graceful_stop import GracefulStop
+    from m3sgg.engine.trainer import Trainer
+    from m3sgg.errors import ConfigError
+
+    _setup_logging(args.verbose)
+    config = load_config(args.config, _train_overrides(args))
+    if args.describe:
+        with tempfile.TemporaryDirectory() as tmp:
+            print(Trainer.from_config(config, run_dir=Path(tmp) / "run").describe())
+        return 0
+    if args.resume == "auto" and config.run.name is None:
+        raise ConfigError("--resume auto needs --name (the run folder to continue)")
+    run_dir = run_folder(config)
+    last = run_dir / "checkpoints" / "last.pt"
+    if args.resume is None and last.exists():
+        raise ConfigError(
+            f"{run_dir} already holds a run; continue it with --resume auto, or pick another --name"
+        )
+    trainer = Trainer.from_config(config, run_dir=run_dir)
+    if args.resume == "auto":
+        if last.exists():
+            trainer.resume(last)
+        else:
+            print(f"no checkpoint in {run_dir} yet: starting a new run")
+    elif args.resume is not None:
+        trainer.resume(_checkpoint_path(Path(args.resume)))
+    print(f"run folder: {run_dir}")
+    hint = f"m3sgg train --name {run_dir.name} --output {run_dir.parent} --resume auto"
+    if args.config:
+        hint += f" --config {args.config}"
+    stop = GracefulStop(trainer.save_checkpoint, hint).install()
+    trainer.handlers.add(stop)
+    try:
+        state = trainer.train_loop()
+    finally:
+        stop.uninstall()
+    reason = getattr(state, "stop_reason", None)
+    best = (
+        trainer.handlers.get("best_checkpoint") if "best_checkpoint" in trainer.handlers else None
+    )
+    metrics = getattr(state, "eval_metrics", None)
+    if metrics:
+        from m3sgg.engine.handlers.console import headline
+
+        print(f"final evaluation: {headline(metrics)}")
+    if best is not None:
+        for metric in best.metrics:  # type: ignore[attr-defined]
+            print(f"best {metric}: {best.best(metric)}")  # type: ignore[attr-defined]
+    print(f"metrics: {run_dir / 'metrics.jsonl'}")
+    if reason:
+        print(f"m3sgg train: {reason}", file=sys.stderr)
+        return 130 if stop.signal is not None else 3
+    return 0
+
+
+def _checkpoint_path(path: Path) -> Path:
+    """A checkpoint file, or a run folder (its ``checkpoints/last.pt``)."""
+    return path / "checkpoints" / "last.pt" if path.is_dir() else path
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from m3sgg.engine.builders import evaluate_checkpoint
+    from m3sgg.engine.handlers.console import headline
+    from m3sgg.engine.handlers.metrics_file import jsonable
+
+    _setup_logging(args.verbose)
+    overrides = []
+    for key, value in (
+        ("data.dataset", args.dataset),
+        ("data.path", args.data_path),
+        ("run.device", args.device),
+    ):
+        if value is not None:
+            overrides.append(f"{key}={json.dumps(str(value))}")
+    overrides += list(args.set or [])
+    metrics = evaluate_checkpoint(_checkpoint_path(args.checkpoint), overrides, args.split)
+    if args.json:
+        print(json.dumps(jsonable(metrics), sort_keys=True))
+    else:
+        for k in (10, 20, 50, 100):
+            if any(key.endswith(f"R@{k}") for key in metrics):
+                print(f"@{k:<3} {headline(metrics, k)}")
+    return 0
+
+
+def _cmd_toy_data(args: argparse.Namespace) -> int:
+    if args.dataset == "action_genome":
+        from m3sgg.data.toy import make_toy_action_genome
+
+        out = make_toy_action_genome(
+            args.out, videos=args.videos, seed=args.seed, overwrite=args.overwrite
+        )
+    else:
+        from m3sgg.data.toy_easg import make_toy_easg
+
+        kwargs = {} if args.videos is None else {"clips": args.videos}
+        out = make_toy_easg(args.out, seed=args.seed, overwrite=args.overwrite, **kwargs)
+    print(f"wrote toy {args.dataset} dataset to {out}")
+    return 0
+
+
+def _cmd_inspect_data(args: argparse.Namespace) -> int:
+    if args.dataset == "action_genome":
+        from m3sgg.data.action_genome import ActionGenome
+
+        split = args.split or "train"
+        stats = ActionGenome(args.data_path, split).stats()
+    else:
+        from m3sgg.data.easg import EASG
+
+        split = args.split or "train"
+        stats = EASG(args.data_path, split, features=False).stats()
+    if args.json:
+        print(json.dumps(stats, indent=2, sort_keys=False))
+    else:
+        print(_format_stats(args.dataset, split, stats))
+    return 0
+
+
+def _format_stats(dataset: str, split: str, stats: dict) -> str:
+    """Human-readable summary: totals first, then each histogram sorted by count."""
+    lines = [f"{dataset} ({split} split) after the protocol's filtering:"]
+    histograms = {k: v for k, v in stats.items() if isinstance(v, dict)}
+    for key, value in stats.items():
+        if key not in histograms:
+            lines.append(f"  {key:<22} {value}")
+    for key, hist in histograms.items():
+        if hist and all(isinstance(v, int) for v in hist.values()):
+            lines.append(f"  {key}:")
+            for name, count in sorted(hist.items(), key=lambda kv: (-kv[1], kv[0])):
+                lines.append(f"    {name:<24} {count}")
+        else:
+            lines.append(f"  {key:<22} {json.dumps(hist)}")
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every command (kept separate so docs and tests can inspect it)."""
+    parser = argparse.ArgumentParser(
+        prog="m3sgg",
+        description="Train and evaluate video scene graph generation models (Action Genome, EASG).",
+    )
+    parser.add_argument("--version", action="version", version=f"m3sgg {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    train = commands.add_parser(
+        "train", help="train a model (default: STTran predcls on the built-in toy dataset)"
+    )
+    train.add_argument("--config", type=Path, help="YAML/TOML config file")
+    train.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="override a config key, e.g. --set optim.lr=1e-4 (repeatable)",
+    )
+    train.add_argument("--output", type=Path, help="folder of run folders (run.output)")
+    train.add_argument("--name", help="run folder name (run.name)")
+    train.add_argument("--seed", type=int)
+    train.add_argument("--device", help="auto, cpu, cuda, cuda:1, ...")
+    train.add_argument("--epochs", type=int)
+    train.add_argument("--dataset", choices=DATASETS)
+    train.add_argument("--data-path", type=Path, help="dataset root (default: the toy dataset)")
+    train.add_argument("--mode", help="predcls | sgcls | sgdet (AG); edgecls | sgcls | easgcls")
+    train.add_argument("--model", help="a registered model name")
+    train.add_argument("--videos-per-batch", type=int)
+    train.add_argument(
+        "--resume",
+        metavar="PATH|auto",
+        help="continue from a checkpoint or run folder; auto: this run's last.pt",
+    )
+    train.add_argument(
+        "--plugin", action="append", metavar="MODULE:ATTR", help="load a plugin (repeatable)"
+    )
+    train.add_argument(
+        "--visdom",
+        nargs="?",
+        const="http://127.0.0.1:8097",
+        metavar="URL",
+        help="plot to a visdom server",
+    )
+    train.add_argument("--progress", action="store_true", help="show ignite's progress bar")
+    train.add_argument(
+        "--describe", action="store_true", help="print the handler order per event and exit"
+    )
+    train.add_argument("--verbose", action="store_true", help="also show ignite's run messages")
+    train.set_defaults(func=_cmd_train)
+
+    evaluate = commands.add_parser("evaluate", help="evaluate a checkpoint")
+    evaluate.add_argument(
+        "--checkpoint", type=Path, required=True, help="a checkpoint file or a run folder"
+    )
+    evaluate.add_argument("--dataset", choices=DATASETS)
+    evaluate.add_argument("--data-path", type=Path)
+    evaluate.add_argument("--split", help="default: the run's test split")
+    evaluate.add_argument("--device")
+    evaluate.add_argument("--set", action="append", metavar="KEY=VALUE")
+    evaluate.add_argument(
+        "--json", action="store_true", help="print the metrics as JSON (the keys of metrics.jsonl)"
+    )
+    evaluate.add_argument("--verbose", action="store_true")
+    evaluate.set_defaults(func=_cmd_evaluate)
+
+    toy = commands.add_parser(
+        "toy-data", help="write the built-in toy dataset in the real on-disk format"
+    )
+    toy.add_argument("out", type=Path, help="output folder")
+    toy.add_argument("--dataset", choices=DATASETS, default="action_genome")
+    toy.add_argument("--videos", type=int, default=None, help="videos (AG) or clips (EASG)")
+    toy.add_argument("--seed", type=int, default=0)
+    toy.add_argument("--overwrite", action="store_true", help="replace an existing folder")
+    toy.set_defaults(func=_cmd_toy_data)
+
+    inspect = commands.add_parser(
+        "inspect-data", help="print what the reader keeps after the protocol's filtering"
+    )
+    inspect.add_argument("--dataset", choices=DATASETS, default="action_genome")
+    inspect.add_argument("--data-path", type=Path, required=True)
+    inspect.add_argument("--split", choices=("train", "test", "val"), default=None)
+    inspect.add_argument("--json", action="store_true", help="machine-readable output")
+    inspect.set_defaults(func=_cmd_inspect_data)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; user errors print one line and return 2."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except M3sggError as err:
+        print(f"m3sgg {args.command}: error: {err}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print(f"m3sgg {args.command}: interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,132 @@
+"""Datasets the engine can train on, each described by a :class:`DatasetSpec`.
+
+The engine never branches on a dataset's name: it asks the spec how to open a split, how to
+collate samples for a given model, how to cut predictions back into per-sample pairs for the
+metrics, which constructor arguments the data implies for the model (feature widths, vocabulary
+sizes), and how to make the built-in toy copy. A plugin registers a new dataset the same way.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from m3sgg.config import Config
+
+__all__ = ["DatasetSpec", "cache_dir", "get_dataset_spec", "register_dataset", "toy_dataset_path"]
+
+#: bump when the toy generators change what they write, so stale caches are not reused
+TOY_VERSION = 1
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """How the engine uses one dataset.
+
+    Attributes:
+        name: ``"action_genome"``, ``"easg"``, ...
+        open: ``(config, root, split) -> dataset`` (a map-style dataset of samples).
+        collate: ``(model) -> collate_fn`` (the model decides, e.g., which feature section).
+        split: ``(batch, predictions) -> [(gt, pred), ...]`` for the metrics.
+        model_inputs: ``(dataset) -> dict`` of model constructor arguments the data fixes.
+        make_toy: ``(folder, config) -> folder``: write the toy dataset.
+    """
+
+    name: str
+    open: Callable[[Config, Path, str], Any]
+    collate: Callable[[Any], Callable[[list[Any]], Any]]
+    split: Callable[[Any, Any], list[tuple[Any, Any]]]
+    model_inputs: Callable[[Any], dict[str, Any]]
+    make_toy: Callable[[Path, Config], Path]
+
+
+_SPECS: dict[str, DatasetSpec] = {}
+
+
+def register_dataset(spec: DatasetSpec) -> DatasetSpec:
+    _SPECS[spec.name] = spec
+    return spec
+
+
+def get_dataset_spec(name: str) -> DatasetSpec:
+    if name not in _SPECS:
+        raise KeyError(f"unknown dataset {name!r}; registered: {sorted(_SPECS)}")
+    return _SPECS[name]
+
+
+def cache_dir() -> Path:
+    """``$M3SGG_CACHE``, else ``~/.cache/m3sgg``."""
+    return Path(os.environ.get("M3SGG_CACHE") or Path.home() / ".cache" / "m3sgg")
+
+
+def toy_dataset_path(config: Config) -> Path:
+    """The toy dataset for ``config`` in the cache, generated on first use (atomically: a
+    concurrent run either finds the finished folder or builds its own and discards it)."""
+    spec = get_dataset_spec(config.data.dataset)
+    name = f"{spec.name}-v{TOY_VERSION}-n{config.data.toy_videos}-s{config.data.toy_seed}"
+    path = cache_dir() / "toy" / name
+    if path.is_dir():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        spec.make_toy(tmp, config)
+        os.rename(tmp, path)
+    except OSError:
+        if not path.is_dir():
+            raise
+    finally:
+        with contextlib.suppress(OSError):
+            shutil.rmtree(tmp)
+    return path
+
+
+# ------------------------------------------------------------------------------ Action Genome
+
+
+def _ag_open(config: Config, root: Path, split: str) -> Any:
+    from m3sgg.data.action_genome import ActionGenome
+
+    features = Path(config.data.features) if config.data.features else root / "features"
+    return ActionGenome(
+        root,
+        split,
+        filter_small_boxes=config.data.filter_small_boxes,
+        min_box_size=config.data.min_box_size,
+        features=features,
+    )
+
+
+def _ag_collate(model: Any) -> Callable[[list[Any]], Any]:
+    from m3sgg.data.collate import collate
+
+    return functools.partial(collate, section=getattr(model, "input_section", "gt"))
+
+
+def _ag_split(batch: Any, predictions: Any) -> list[tuple[Any, Any]]:
+    from m3sgg.data.collate import split_predictions
+
+    return split_predictions(batch, predictions)
+
+
+def _ag_model_inputs(dataset: Any) -> dict[str, Any]:
+    store = dataset.store
+    return {"object_dim": store.object_dim, "union_dim": store.union_dim}
+
+
+def _ag_toy(folder: Path, config: Config) -> Path:
+    from m3sgg.data.toy import make_toy_action_genome
+
+    return make_toy_action_genome(folder, videos=config.data.toy_videos, seed=config.data.toy_seed)
+
+
+register_dataset(
+    DatasetSpec("action_genome", _ag_open, _ag_collate, _ag_split, _ag_model_inputs, _ag_toy)
+)

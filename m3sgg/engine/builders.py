@@ -1,0 +1,184 @@
+"""``Trainer.from_config``: data, model, optimizer, loaders, evaluator and run folder.
+
+The common case in one place; every piece is also usable alone (pass your own model, loaders or
+optimizer to :class:`~m3sgg.engine.trainer.Trainer`).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import ignite.distributed as idist
+import torch
+from ignite.utils import manual_seed
+from torch.utils.data import BatchSampler, DataLoader
+
+from m3sgg.config import Config, config_to_dict
+from m3sgg.data.registry import get_dataset_spec, toy_dataset_path
+from m3sgg.data.samplers import ResumableSampler
+from m3sgg.errors import ConfigError
+from m3sgg.metrics import build_metrics
+from m3sgg.models.registry import build_model
+from m3sgg.plugins import apply_plugins, load_plugins
+
+__all__ = ["build_data", "build_loaders", "build_training", "run_folder"]
+
+
+def data_root(config: Config) -> Path:
+    """``data.path``, or the toy dataset made in the cache when it is None."""
+    if config.data.path is None:
+        return toy_dataset_path(config)
+    return Path(config.data.path)
+
+
+def build_data(config: Config) -> tuple[Any, Any, Any]:
+    """``(spec, train_dataset, test_dataset)`` for the config's dataset."""
+    spec = get_dataset_spec(config.data.dataset)
+    root = data_root(config)
+    return (
+        spec,
+        spec.open(config, root, config.data.train_split),
+        spec.open(config, root, config.test_split),
+    )
+
+
+def build_loaders(
+    config: Config, train: Any, test: Any, collate_fn: Any, device: torch.device
+) -> tuple[DataLoader, DataLoader]:
+    """Train loader over a :class:`ResumableSampler` (exact resume) and a sharded test loader.
+
+    Both get their own seeded ``torch.Generator`` so building iterators never draws from the
+    global RNG (which resume restores exactly).
+    """
+    seed = config.run.seed
+    pin = device.type == "cuda"
+    workers = config.data.num_workers
+    sampler = ResumableSampler(len(train), shuffle=True, seed=seed)
+    train_loader = DataLoader(
+        train,
+        batch_sampler=BatchSampler(sampler, config.data.videos_per_batch, drop_last=False),
+        collate_fn=collate_fn,
+        num_workers=workers,
+        pin_memory=pin,
+        generator=torch.Generator().manual_seed(seed),
+        persistent_workers=workers > 0,
+    )
+    test_sampler = ResumableSampler(len(test), shuffle=False, seed=seed)
+    test_loader = DataLoader(
+        test,
+        batch_size=config.data.eval_videos_per_batch,
+        sampler=test_sampler,
+        collate_fn=collate_fn,
+        num_workers=workers,
+        pin_memory=pin,
+        generator=torch.Generator().manual_seed(seed),
+        persistent_workers=workers > 0,
+    )
+    return train_loader, test_loader
+
+
+def run_folder(config: Config) -> Path:
+    """``run.output/run.name`` (a timestamped name when unset)."""
+    name = config.run.name or (
+        f"{config.data.dataset}-{config.data.mode}-{config.model.name}-"
+        f"{time.strftime('%Y%m%d-%H%M%S')}"
+    )
+    return Path(config.run.output) / name
+
+
+def build_training(config: Config, trainer_cls: Any, **overrides: Any) -> Any:
+    """Everything ``Trainer.from_config`` assembles; ``overrides`` replace Trainer arguments."""
+    from m3sgg.engine.trainer import resolve_device
+
+    plugins = load_plugins(config.plugins)  # imports first: plugins may register models
+    manual_seed(config.run.seed)
+    device = resolve_device(config.run.device)
+    spec, train, test = build_data(config)
+    kwargs = {**spec.model_inputs(train), **config.model.options}
+    try:
+        model = build_model(config.model.name, config.data.dataset, config.data.mode, **kwargs)
+    except TypeError as err:
+        raise ConfigError(f"model.options: {config.model.name}: {err}") from None
+    if config.train.compile:
+        model = torch.compile(model)
+    train_loader, test_loader = build_loaders(config, train, test, spec.collate(model), device)
+    run_dir = overrides.pop("run_dir", None) or run_folder(config)
+    arguments: dict[str, Any] = {
+        "model": model,
+        "config": config,
+        "dataloader_train": train_loader,
+        "dataloader_test": test_loader,
+        "metrics": build_metrics(config.data.dataset, config.data.mode, config.eval),
+        "split": spec.split,
+        "run_dir": run_dir,
+        "device": device,
+    }
+    arguments.update(overrides)
+    trainer = trainer_cls(**arguments)
+    apply_plugins(trainer, plugins)
+    if idist.get_rank() == 0 and trainer.run_dir is not None:
+        save_resolved_config(config, Path(trainer.run_dir))
+    return trainer
+
+
+def save_resolved_config(config: Config, run_dir: Path) -> Path:
+    """Write ``<run>/config.yaml`` (what ``m3sgg train --config`` reads back)."""
+    import yaml
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / "config.yaml"
+    tmp = path.with_suffix(".yaml.tmp")
+    tmp.write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False))
+    tmp.replace(path)
+    return path
+
+
+def evaluate_checkpoint(
+    checkpoint: str | Path, overrides: list[str] | None = None, split: str | None = None
+) -> dict[str, Any]:
+    """Evaluate a saved model: its own resolved config, then ``overrides`` (e.g. another
+    ``data.path``), on ``split`` (default: the config's test split). Returns the flat metrics."""
+    from m3sgg.config import config_from_dict, load_config
+    from m3sgg.engine.checkpoint import load_checkpoint
+    from m3sgg.engine.evaluator import Evaluator
+    from m3sgg.engine.trainer import resolve_amp, resolve_device
+    from m3sgg.errors import DataError
+
+    ckpt = load_checkpoint(checkpoint)
+    try:
+        saved = config_from_dict(ckpt["config"], source=f"{checkpoint} (config)")
+    except KeyError:
+        raise DataError(checkpoint, "checkpoint holds no config", field="config") from None
+    config = load_config(None, overrides, base=config_to_dict(saved))
+    load_plugins(config.plugins)
+    device = resolve_device(config.run.device)
+    spec = get_dataset_spec(config.data.dataset)
+    root = data_root(config)
+    dataset = spec.open(config, root, split or config.test_split)
+    kwargs = {**spec.model_inputs(dataset), **config.model.options}
+    model = build_model(config.model.name, config.data.dataset, config.data.mode, **kwargs)
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as err:
+        lines = str(err).splitlines()
+        raise DataError(
+            checkpoint, f"weights do not fit the model ({lines[-1].strip()})", field="model"
+        ) from None
+    loader = DataLoader(
+        dataset,
+        batch_size=config.data.eval_videos_per_batch,
+        sampler=ResumableSampler(len(dataset), shuffle=False),
+        collate_fn=spec.collate(model),
+        num_workers=config.data.num_workers,
+    )
+    evaluator = Evaluator(
+        model.to(device),
+        loader,
+        build_metrics(config.data.dataset, config.data.mode, config.eval),
+        spec.split,
+        device=device,
+        amp_dtype=resolve_amp(config.optim.amp, device),
+    )
+    return evaluator.eval_loop()

@@ -1,0 +1,179 @@
+"""Checkpoint files: atomic, durable writes; safe loads; RNG state capture.
+
+Why not ignite's ``Checkpoint``/``DiskSaver``: ``Checkpoint`` deletes the file it replaces
+*before* writing the new one and ``DiskSaver`` renames without fsync, so a crash or a full disk
+during a save can leave no loadable checkpoint at all. Here a new file is written to a temp file
+in the same folder, fsynced, renamed over the target, and the folder is fsynced; older files are
+removed only after that. A half-written temp file is never picked up (loaders read final names
+only) and is cleaned up by the next save.
+
+A checkpoint is one ``torch.save`` of a dict of tensors and plain Python values, loaded with
+``torch.load(weights_only=True)``: a file carrying code is refused without running it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import pickle
+import platform
+import random
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from m3sgg.errors import DataError, M3sggError
+
+__all__ = [
+    "FORMAT",
+    "CheckpointWriteError",
+    "atomic_save",
+    "capture_rng",
+    "load_checkpoint",
+    "restore_rng",
+    "versions",
+]
+
+FORMAT = "m3sgg-checkpoint/1"
+_TMP_PREFIX = ".tmp-"
+
+
+class CheckpointWriteError(M3sggError):
+    """A checkpoint could not be written (disk full, permissions); the previous one is intact."""
+
+
+def atomic_save(obj: dict[str, Any], path: str | os.PathLike[str]) -> Path:
+    """``torch.save(obj)`` to ``path`` so that ``path`` is always either the old or the new file.
+
+    Raises:
+        CheckpointWriteError: the write failed (ENOSPC, EACCES, ...); nothing at ``path`` changed
+            and the temp file is removed.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX + path.name + ".", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    except OSError as err:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        reason = "disk full" if err.errno == errno.ENOSPC else (err.strerror or str(err))
+        raise CheckpointWriteError(
+            f"{path}: could not write checkpoint ({reason}); the previous checkpoint is intact"
+        ) from None
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def remove_stale_temps(folder: str | os.PathLike[str]) -> None:
+    """Delete temp files left by a save that was killed mid-write."""
+    for stale in Path(folder).glob(_TMP_PREFIX + "*"):
+        with contextlib.suppress(OSError):
+            stale.unlink()
+
+
+def _fsync_dir(folder: Path) -> None:
+    with contextlib.suppress(OSError):  # not every filesystem lets a folder be opened
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Load an m3sgg checkpoint onto the CPU with ``weights_only=True``.
+
+    Raises:
+        DataError: missing, truncated, not a checkpoint, carrying code, or another format.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(path, "checkpoint not found")
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        detail = next(
+            (line.strip() for line in str(err).splitlines() if "Unsupported global" in line),
+            "unsupported content",
+        )
+        raise DataError(
+            path,
+            f"refused to load: it holds more than tensors and plain data ({detail[:160]}); "
+            "nothing in it was run",
+            field="weights_only",
+        ) from None
+    except (RuntimeError, EOFError, ValueError, OSError) as err:
+        raise DataError(
+            path, f"unreadable checkpoint (truncated or corrupt: {type(err).__name__})"
+        ) from None
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        found = data.get("format") if isinstance(data, dict) else type(data).__name__
+        raise DataError(
+            path, f"not an m3sgg checkpoint (expected {FORMAT!r}, found {found!r})", field="format"
+        )
+    return data
+
+
+def capture_rng() -> dict[str, Any]:
+    """The state of every random generator training touches (Python, numpy, torch CPU/CUDA)."""
+    np_state = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": {
+            "keys": torch.from_numpy(np_state[1].astype(np.int64)),
+            "pos": int(np_state[2]),
+            "has_gauss": int(np_state[3]),
+            "cached_gaussian": float(np_state[4]),
+        },
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: dict[str, Any]) -> None:
+    """Inverse of :func:`capture_rng` (restore it last when resuming: loading touches RNGs)."""
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    n = state["numpy"]
+    np.random.set_state(
+        (
+            "MT19937",
+            n["keys"].numpy().astype(np.uint32),
+            n["pos"],
+            n["has_gauss"],
+            n["cached_gaussian"],
+        )
+    )
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def versions() -> dict[str, str]:
+    """Package versions recorded in every checkpoint's manifest."""
+    import ignite
+
+    from m3sgg import __version__
+
+    return {
+        "m3sgg": __version__,
+        "torch": torch.__version__,
+        "pytorch-ignite": ignite.__version__,
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+    }

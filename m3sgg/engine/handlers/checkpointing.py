@@ -1,0 +1,113 @@
+"""Checkpoint handlers: ``last_checkpoint`` (resumable, periodic) and ``best_checkpoint``.
+
+Both call ``save(filename) -> Path`` (``Trainer.save_checkpoint``), which writes the full
+resumable state atomically and durably. ``best_checkpoint`` keeps the top ``keep`` files of each
+watched metric (default ``with/mR@20`` and ``with/R@20``) and deletes a displaced file only after
+its replacement is on disk.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ignite.engine import Engine, Events
+
+from m3sgg.engine.events import M3sggEvents
+from m3sgg.engine.handlers.base import Handler
+
+__all__ = ["BestCheckpoint", "LastCheckpoint"]
+
+Saver = Callable[[str], Path]
+
+
+class LastCheckpoint(Handler):
+    """At EPOCH_COMPLETED (and every ``every_iters`` iterations), write ``last.pt``.
+
+    ``m3sgg train --resume auto`` continues from it. Runs last so the saved state includes what
+    the epoch's other handlers did.
+    """
+
+    name = "last_checkpoint"
+    priority = 200
+    filename = "last.pt"
+
+    def __init__(self, save: Saver, every_iters: int = 0):
+        self.save = save
+        self.every_iters = every_iters
+
+    def events(self) -> list[Any]:
+        events: list[Any] = [Events.EPOCH_COMPLETED]
+        if self.every_iters:
+            events.append(Events.ITERATION_COMPLETED(every=self.every_iters))
+        return events
+
+    def __call__(self, engine: Engine) -> None:
+        self.save(self.filename)
+
+
+def metric_slug(metric: str) -> str:
+    """``"with/mR@20"`` → ``"with-mR@20"`` (safe in a file name)."""
+    return re.sub(r"[^A-Za-z0-9@._-]+", "-", metric)
+
+
+class BestCheckpoint(Handler):
+    """At EVALUATION_COMPLETED, keep the ``keep`` best checkpoints of each metric (mode max).
+
+    Files: ``best_<metric>_e<epoch>_i<iteration>_<score>.pt``. State: the kept (score, file)
+    lists, so a resumed run continues the same ranking. Ties keep the earlier file.
+    """
+
+    name = "best_checkpoint"
+    priority = 130
+
+    def __init__(self, save: Saver, folder: str | Path, metrics: list[str], keep: int = 1):
+        if keep < 1:
+            raise ValueError(f"keep must be >= 1, got {keep}")
+        self.save = save
+        self.folder = Path(folder)
+        self.metrics = list(metrics)
+        self.keep = keep
+        self.kept: dict[str, list[tuple[float, str]]] = {m: [] for m in self.metrics}
+
+    def events(self) -> list[Any]:
+        return [M3sggEvents.EVALUATION_COMPLETED]
+
+    def __call__(self, engine: Engine) -> None:
+        results = engine.state.eval_metrics
+        for metric in self.metrics:
+            if metric not in results:
+                raise KeyError(
+                    f"best_checkpoint watches {metric!r}, which the evaluation does "
+                    f"not report; available: {sorted(k for k in results if '/' in k)}"
+                )
+            score = float(results[metric])
+            kept = self.kept[metric]
+            if len(kept) >= self.keep and score <= kept[-1][0]:
+                continue
+            name = (
+                f"best_{metric_slug(metric)}_e{engine.state.epoch}_i{engine.state.iteration}"
+                f"_{score:.4f}.pt"
+            )
+            self.save(name)
+            kept.append((score, name))
+            kept.sort(key=lambda item: -item[0])  # stable: earlier files win ties
+            for _, old in kept[self.keep :]:
+                with contextlib.suppress(FileNotFoundError):
+                    (self.folder / old).unlink()
+            del kept[self.keep :]
+
+    def best(self, metric: str) -> Path | None:
+        """Path of the best checkpoint for ``metric`` so far (None before the first evaluation)."""
+        kept = self.kept.get(metric)
+        return self.folder / kept[0][1] if kept else None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"kept": {m: [list(item) for item in v] for m, v in self.kept.items()}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for metric, items in state["kept"].items():
+            self.kept[metric] = [(float(s), str(n)) for s, n in items]

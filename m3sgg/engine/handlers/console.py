@@ -1,0 +1,70 @@
+"""``console``: one log line of losses every N iterations and a summary after each evaluation."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from ignite.engine import Engine, Events
+
+from m3sgg.engine.events import M3sggEvents
+from m3sgg.engine.handlers.base import Handler
+
+__all__ = ["ConsoleLogger", "headline"]
+
+logger = logging.getLogger("m3sgg")
+
+
+def headline(metrics: dict[str, Any], k: int = 20) -> str:
+    """``with R@20 45.12 mR@20 30.01 | no R@20 …`` in percent, the way papers print them."""
+    parts = []
+    for constraint in ("with", "semi", "no"):
+        r, mr = metrics.get(f"{constraint}/R@{k}"), metrics.get(f"{constraint}/mR@{k}")
+        if r is None:
+            continue
+        text = f"{constraint} R@{k} {100 * r:.2f}"
+        if mr is not None:
+            text += f" mR@{k} {100 * mr:.2f}"
+        parts.append(text)
+    return " | ".join(parts)
+
+
+class ConsoleLogger(Handler):
+    """Log training losses at ITERATION_COMPLETED(every=N) and headline metrics at
+    EVALUATION_COMPLETED, through the ``m3sgg`` logger (the CLI prints it to stdout).
+
+    Reading a loss forces a host sync, which is why it happens only every ``every`` iterations.
+    """
+
+    name = "console"
+    priority = 900
+
+    def __init__(self, optimizer: Any = None, every: int = 10):
+        self.optimizer = optimizer
+        self.every = every
+
+    def events(self) -> list[Any]:
+        return [Events.ITERATION_COMPLETED(every=self.every), M3sggEvents.EVALUATION_COMPLETED]
+
+    def __call__(self, engine: Engine) -> None:
+        state = engine.state
+        if engine.last_event_name == M3sggEvents.EVALUATION_COMPLETED:
+            logger.info(
+                "evaluation %d (epoch %d, iteration %d): %s",
+                state.eval_count,
+                state.epoch,
+                state.iteration,
+                headline(state.eval_metrics),
+            )
+            return
+        output = state.output if isinstance(state.output, dict) else {}
+        losses = " ".join(f"{k} {float(v):.4f}" for k, v in output.items() if k != "finite")
+        lr = f" lr {self.optimizer.param_groups[0]['lr']:.2e}" if self.optimizer else ""
+        logger.info(
+            "epoch %d iteration %d/%d: %s%s",
+            state.epoch,
+            state.iteration - (state.epoch - 1) * (state.epoch_length or 0),
+            state.epoch_length or 0,
+            losses,
+            lr,
+        )

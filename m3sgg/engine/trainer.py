@@ -1,0 +1,497 @@
+"""The Trainer: an ignite Engine running :meth:`Trainer.train_step`, with ordered handlers.
+
+The loop and the default handler order are drawn in :mod:`m3sgg.engine.events`; print the live
+table with ``trainer.describe()`` (or ``m3sgg train --describe``). The public methods keep the
+names researchers know from the classic code and are thin views over the engine:
+
+- :meth:`train_loop` runs the engine to ``config.train.epochs``;
+- :meth:`train_epoch` runs it to the end of one epoch;
+- :meth:`train_step` is the engine's process function;
+- :meth:`evaluate_epoch` runs the evaluator engine;
+- :meth:`save_checkpoints` writes ``last.pt`` and feeds the best-checkpoint ranking.
+
+Nothing here knows a model or a dataset: the model brings ``forward`` and ``loss`` (see
+:mod:`m3sgg.models.base`), the dataset its metrics and its prediction split.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import ignite.distributed as idist
+import torch
+from ignite.engine import Engine, Events
+from ignite.handlers.param_scheduler import ParamScheduler
+
+from m3sgg.config import Config, config_to_dict
+from m3sgg.data.samplers import ResumableSampler
+from m3sgg.engine.checkpoint import (
+    FORMAT,
+    atomic_save,
+    capture_rng,
+    load_checkpoint,
+    remove_stale_temps,
+    restore_rng,
+    versions,
+)
+from m3sgg.engine.events import M3sggEvents
+from m3sgg.engine.handlers.base import FunctionHandler, Handler, HandlerList
+from m3sgg.engine.handlers.checkpointing import BestCheckpoint, LastCheckpoint
+from m3sgg.engine.handlers.console import ConsoleLogger
+from m3sgg.engine.handlers.early_stopping import EarlyStopping
+from m3sgg.engine.handlers.evaluation import Evaluation
+from m3sgg.engine.handlers.loss_tracker import LossTracker
+from m3sgg.engine.handlers.lr import LRPlateau, LRSchedule, cosine_schedule, warmup_schedule
+from m3sgg.engine.handlers.metrics_file import MetricsFile
+from m3sgg.engine.handlers.nan_guard import NanGuard
+from m3sgg.engine.handlers.progress import ProgressBar
+from m3sgg.engine.handlers.sampler_position import SamplerPosition
+from m3sgg.errors import DataError
+
+if TYPE_CHECKING:
+    from m3sgg.engine.evaluator import Evaluator
+
+__all__ = ["Trainer", "resolve_amp", "resolve_device"]
+
+
+def resolve_device(name: str) -> torch.device:
+    """``"auto"`` → CUDA when available (this process's local rank), else CPU."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", idist.get_local_rank())
+        return torch.device("cpu")
+    return torch.device(name)
+
+
+def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
+    """``optim.amp`` → autocast dtype: "auto" is bf16 on CUDA and off on CPU."""
+    if amp == "auto":
+        return torch.bfloat16 if device.type == "cuda" else None
+    return {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]
+
+
+class Trainer:
+    """Train a scene-graph model with an ignite engine and m3sgg's ordered handlers.
+
+    Args:
+        model: follows :mod:`m3sgg.models.base` (``forward(batch)``, ``loss(predictions, batch)``).
+        config: the resolved :class:`~m3sgg.config.Config` (optimisation, schedule, handlers).
+        dataloader_train: yields collated batches; with a :class:`ResumableSampler` as its
+            sampler (or a ``BatchSampler`` over one), resume is exact mid-epoch.
+        dataloader_test: batches for the evaluator (None: no evaluation handler).
+        optimizer: any ``torch.optim.Optimizer`` over the model's parameters.
+        scheduler: None (built from ``config.schedule``), a ``ReduceLROnPlateau``, an ignite
+            ``ParamScheduler`` (stepped per iteration) or a :class:`Handler`.
+        logger: where console lines go (default: the ``m3sgg`` logger).
+        object_detector: optional frozen module turning a raw batch into model inputs under
+            ``no_grad`` at every step (the classic online-detector path).
+        evaluator: an :class:`~m3sgg.engine.evaluator.Evaluator`; built from ``dataloader_test``,
+            ``metrics`` and ``split`` when omitted.
+        metrics, split: what the evaluator needs when it is built here.
+        run_dir: folder for checkpoints and ``metrics.jsonl`` (None: nothing is written).
+        device: where the model trains (default ``config.run.device``).
+
+    Example::
+
+        trainer = Trainer.from_config(load_config(None, ["train.epochs=2"]))
+        trainer.train_loop()
+        print(trainer.engine.state.eval_metrics["with/mR@20"])
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        config: Config,
+        dataloader_train: Any,
+        dataloader_test: Any = None,
+        optimizer: torch.optim.Optimizer | None = None,
+        scheduler: Any = None,
+        logger: logging.Logger | None = None,
+        object_detector: torch.nn.Module | None = None,
+        *,
+        evaluator: Evaluator | None = None,
+        metrics: dict[str, Any] | None = None,
+        split: Any = None,
+        run_dir: str | Path | None = None,
+        device: torch.device | str | None = None,
+    ):
+        self.config = config
+        self.device = (
+            torch.device(device) if device is not None else resolve_device(config.run.device)
+        )
+        self.model = model.to(self.device)
+        self.optimizer = optimizer or build_optimizer(self.model, config)
+        self.dataloader_train = dataloader_train
+        self.dataloader_test = dataloader_test
+        self.logger = logger or logging.getLogger("m3sgg")
+        self.object_detector = object_detector
+        if object_detector is not None:
+            object_detector.to(self.device).eval().requires_grad_(False)
+        self.amp_dtype = resolve_amp(config.optim.amp, self.device)
+        self.scaler = torch.amp.GradScaler(
+            self.device.type, enabled=self.amp_dtype is torch.float16
+        )
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.checkpoint_dir = self.run_dir / "checkpoints" if self.run_dir else None
+        self.sampler = _find_sampler(dataloader_train)
+
+        self.engine = Engine(self.train_step)
+        self.engine.register_events(*M3sggEvents)
+        self.handlers = HandlerList(self.engine, "train")
+        self.evaluator = evaluator
+        if self.evaluator is None and dataloader_test is not None and metrics is not None:
+            from m3sgg.engine.evaluator import Evaluator
+
+            self.evaluator = Evaluator(
+                self.model,
+                dataloader_test,
+                metrics,
+                split,
+                device=self.device,
+                amp_dtype=self.amp_dtype,
+                object_detector=object_detector,
+            )
+        self._pending_rng: dict[str, Any] | None = None
+        self._add_default_handlers(scheduler)
+
+    # ------------------------------------------------------------------ construction
+
+    @classmethod
+    def from_config(cls, config: Config, **overrides: Any) -> Trainer:
+        """Assemble data, model, optimizer, evaluator and run folder from a config."""
+        from m3sgg.engine.builders import build_training
+
+        return build_training(config, cls, **overrides)
+
+    def _add_default_handlers(self, scheduler: Any) -> None:
+        cfg = self.config
+        add = self.handlers.add
+        if self.sampler is not None:
+            add(SamplerPosition(self.sampler, _batch_size(self.dataloader_train)))
+        add(
+            FunctionHandler(
+                self._restore_pending_rng,
+                [Events.ITERATION_STARTED],
+                name="resume_rng",
+                priority=-10,
+            )
+        )
+        add(NanGuard(self.save_checkpoint if self.checkpoint_dir else None))
+        tracker = add(LossTracker())
+        for handler in self._lr_handlers(scheduler):
+            add(handler)
+        add(ConsoleLogger(self.optimizer, every=cfg.log.every_iters))
+        if cfg.log.progress_bar:
+            add(ProgressBar())
+        if self.evaluator is not None and (
+            cfg.train.eval_every_epochs or cfg.train.eval_every_iters
+        ):
+            add(
+                Evaluation(
+                    self.evaluator,
+                    every_epochs=cfg.train.eval_every_epochs,
+                    every_iters=cfg.train.eval_every_iters,
+                    loss_tracker=tracker,
+                )
+            )
+            if self.checkpoint_dir is not None and cfg.checkpoint.best_metrics:
+                add(
+                    BestCheckpoint(
+                        self.save_checkpoint,
+                        self.checkpoint_dir,
+                        cfg.checkpoint.best_metrics,
+                        keep=cfg.checkpoint.keep,
+                    )
+                )
+            if cfg.train.early_stop_patience:
+                add(
+                    EarlyStopping(
+                        self.engine, cfg.train.early_stop_metric, cfg.train.early_stop_patience
+                    )
+                )
+            if self.run_dir is not None:
+                add(MetricsFile(self.run_dir / "metrics.jsonl", self.optimizer))
+        if self.checkpoint_dir is not None:
+            add(LastCheckpoint(self.save_checkpoint, every_iters=cfg.checkpoint.every_iters))
+        if cfg.log.visdom:
+            from m3sgg.engine.handlers.visdom import VisdomPlotter
+
+            add(
+                VisdomPlotter(
+                    cfg.log.visdom,
+                    env=self.run_dir.name if self.run_dir else "m3sgg",
+                    optimizer=self.optimizer,
+                    every=cfg.log.every_iters,
+                )
+            )
+
+    def _lr_handlers(self, scheduler: Any) -> list[Handler]:
+        cfg, opt = self.config.schedule, self.optimizer
+        if isinstance(scheduler, Handler):
+            return [scheduler]
+        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            plateau = LRPlateau(opt, cfg.metric)
+            plateau.scheduler = scheduler
+            return [plateau]
+        if isinstance(scheduler, ParamScheduler):
+            return [LRSchedule(scheduler)]
+        if scheduler is not None:
+            raise TypeError(f"unsupported scheduler type {type(scheduler).__name__}")
+        lr = self.config.optim.lr
+        handlers: list[Handler] = []
+        if cfg.name == "cosine":
+            total = self.config.train.epochs * _length(self.dataloader_train)
+            handlers.append(
+                LRSchedule(cosine_schedule(opt, lr, cfg.min_lr, total, cfg.warmup_iters))
+            )
+            return handlers
+        if cfg.warmup_iters:
+            handlers.append(
+                LRSchedule(warmup_schedule(opt, lr, cfg.warmup_iters), until=cfg.warmup_iters)
+            )
+        if cfg.name == "plateau" and self.evaluator is not None:
+            handlers.append(
+                LRPlateau(
+                    opt, cfg.metric, patience=cfg.patience, factor=cfg.factor, min_lr=cfg.min_lr
+                )
+            )
+        return handlers
+
+    # ------------------------------------------------------------------ the step
+
+    def _autocast(self) -> Any:
+        if self.amp_dtype is None:
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def train_step(self, engine: Engine, batch: Any) -> dict[str, Any]:
+        """Forward, the model's named losses, their sum, backward, clip, optimizer step.
+
+        With ``optim.accumulate_steps = n`` the optimizer steps every n batches (and at the end of
+        an epoch). A non-finite total loss skips backward and step (one host sync per step reads
+        it) and is reported as ``output["finite"] = False`` for the nan guard.
+
+        Returns:
+            ``{"loss": total, <term>: value, ..., "finite": bool}`` (detached tensors).
+        """
+        self.model.train()
+        batch = batch.to(self.device, non_blocking=True)
+        if self.object_detector is not None:
+            with torch.no_grad():
+                batch = self.object_detector(batch)
+        with self._autocast():
+            predictions = self.model(batch)
+            losses = self.model.loss(predictions, batch)
+        total = torch.stack([v.float() for v in losses.values()]).sum()
+        finite = bool(torch.isfinite(total))
+        accumulate = self.config.optim.accumulate_steps
+        if finite:
+            self.scaler.scale(total / accumulate).backward()
+            epoch_length = engine.state.epoch_length or 0
+            in_epoch = engine.state.iteration - (engine.state.epoch - 1) * epoch_length
+            if in_epoch % accumulate == 0 or in_epoch == epoch_length:
+                self._optimizer_step()
+        else:
+            self.optimizer.zero_grad(set_to_none=True)
+        output: dict[str, Any] = {"loss": total.detach()}
+        output.update({k: v.detach() for k, v in losses.items()})
+        output["finite"] = finite
+        return output
+
+    def _optimizer_step(self) -> None:
+        clip = self.config.optim.grad_clip
+        if clip is not None:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    # ------------------------------------------------------------------ loops
+
+    def train_loop(self) -> Any:
+        """Train to ``config.train.epochs`` (continuing a resumed run); returns the engine state."""
+        return self.engine.run(self.dataloader_train, max_epochs=self.config.train.epochs)
+
+    def train_epoch(self, epoch: int) -> Any:
+        """Run the engine until epoch ``epoch`` (1-based) is complete."""
+        if epoch != self.engine.state.epoch + 1:
+            raise ValueError(
+                f"the engine is at epoch {self.engine.state.epoch}; "
+                f"train_epoch({epoch}) must follow it directly"
+            )
+        return self.engine.run(self.dataloader_train, max_epochs=epoch)
+
+    def evaluate_epoch(self, epoch: int | None = None) -> dict[str, Any]:
+        """Run the evaluator once; returns its metrics (``"with/R@20"``, ...)."""
+        if self.evaluator is None:
+            raise RuntimeError("this trainer has no evaluator (no dataloader_test was given)")
+        metrics = self.evaluator.eval_loop()
+        self.logger.info("evaluation at epoch %s done", epoch if epoch is not None else "-")
+        return metrics
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything a resumed run needs, as tensors and plain values."""
+        model = self.model.module if hasattr(self.model, "module") else self.model
+        model = getattr(model, "_orig_mod", model)  # torch.compile wrapper
+        return {
+            "format": FORMAT,
+            "manifest": {
+                "versions": versions(),
+                "dataset": self.config.data.dataset,
+                "mode": self.config.data.mode,
+                "model": self.config.model.name,
+                "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            },
+            "config": config_to_dict(self.config),
+            "model": model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "engine": dict(self.engine.state_dict()),
+            "handlers": {h.name: h.state_dict() for h in self.handlers if hasattr(h, "state_dict")},
+            "sampler": self.sampler.state_dict() if self.sampler is not None else None,
+            "rng": capture_rng(),
+        }
+
+    def save_checkpoint(self, filename: str = "last.pt") -> Path:
+        """Write the full resumable state to ``<run>/checkpoints/<filename>`` (rank 0 only)."""
+        if self.checkpoint_dir is None:
+            raise RuntimeError("this trainer has no run_dir; give one to save checkpoints")
+        path = self.checkpoint_dir / filename
+        if idist.get_rank() == 0:
+            self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+            remove_stale_temps(self.checkpoint_dir)
+            atomic_save(self.state_dict(), path)
+        self.engine.state.last_checkpoint = path
+        self.engine.fire_event(M3sggEvents.CHECKPOINT_SAVED)
+        return path
+
+    def save_checkpoints(self, epoch: int, score: float, mrecall: float) -> list[Path]:
+        """The classic entry point: ``last.pt``, and a best checkpoint when ``score`` (R@K) or
+        ``mrecall`` (mR@K) beat the kept ones of the first two ``checkpoint.best_metrics``."""
+        saved = [self.save_checkpoint("last.pt")]
+        if "best_checkpoint" in self.handlers:
+            best: BestCheckpoint = self.handlers.get("best_checkpoint")  # type: ignore[assignment]
+            by_name = {m: (mrecall if "/mR@" in m else score) for m in best.metrics}
+            state = self.engine.state
+            previous = getattr(state, "eval_metrics", None)
+            state.eval_metrics = {**(previous or {}), **by_name}
+            state.epoch = epoch
+            best(self.engine)
+            saved += [p for m in best.metrics if (p := best.best(m)) is not None]
+        return saved
+
+    def resume(self, path: str | Path) -> Path:
+        """Load a checkpoint written by :meth:`save_checkpoint`; ``"auto"`` picks ``last.pt``.
+
+        Everything is restored now except the random generators, which are restored right before
+        the first resumed step (loading and data-iterator setup must not disturb them).
+
+        Raises:
+            DataError: no checkpoint, an unreadable one, or one from another model/dataset/mode or
+                with mismatched weight shapes.
+        """
+        if str(path) == "auto":
+            if self.checkpoint_dir is None:
+                raise DataError("--resume auto", "needs a run folder (run.output/run.name)")
+            path = self.checkpoint_dir / LastCheckpoint.filename
+            if not path.is_file():
+                raise DataError(path, "nothing to resume: no last.pt in this run folder")
+        path = Path(path)
+        ckpt = load_checkpoint(path)
+        manifest = ckpt.get("manifest", {})
+        for key, ours in (
+            ("model", self.config.model.name),
+            ("dataset", self.config.data.dataset),
+            ("mode", self.config.data.mode),
+        ):
+            if manifest.get(key) != ours:
+                raise DataError(
+                    path,
+                    f"checkpoint is for {key} {manifest.get(key)!r}, this run uses {ours!r}",
+                    field=f"manifest.{key}",
+                )
+        model = self.model.module if hasattr(self.model, "module") else self.model
+        model = getattr(model, "_orig_mod", model)
+        try:
+            model.load_state_dict(ckpt["model"])
+        except RuntimeError as err:
+            first = str(err).splitlines()[1].strip() if len(str(err).splitlines()) > 1 else str(err)
+            raise DataError(
+                path, f"weights do not fit this model ({first})", field="model"
+            ) from None
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scaler.load_state_dict(ckpt["scaler"])
+        for handler in self.handlers:
+            if hasattr(handler, "load_state_dict") and handler.name in ckpt["handlers"]:
+                handler.load_state_dict(ckpt["handlers"][handler.name])
+        if self.sampler is not None and ckpt.get("sampler") is not None:
+            self.sampler.load_state_dict(ckpt["sampler"])
+        engine_state = dict(ckpt["engine"])
+        engine_state["max_epochs"] = max(
+            engine_state.get("max_epochs") or 0, self.config.train.epochs
+        )
+        self.engine.load_state_dict(engine_state)
+        self._pending_rng = ckpt["rng"]
+        self.logger.info(
+            "resumed from %s (epoch %d, iteration %d)",
+            path,
+            self.engine.state.epoch,
+            self.engine.state.iteration,
+        )
+        return path
+
+    def _restore_pending_rng(self, engine: Engine) -> None:
+        if self._pending_rng is not None:
+            restore_rng(self._pending_rng)
+            self._pending_rng = None
+
+    # ------------------------------------------------------------------ inspection
+
+    def describe(self) -> str:
+        """Tables of the handlers on the train and eval engines, per event, in run order."""
+        parts = [self.handlers.describe()]
+        if self.evaluator is not None:
+            parts.append(self.evaluator.describe())
+        return "\n\n".join(parts)
+
+
+def build_optimizer(model: torch.nn.Module, config: Config) -> torch.optim.Optimizer:
+    """The optimizer ``config.optim`` names, over the trainable parameters."""
+    cfg = config.optim
+    params = [p for p in model.parameters() if p.requires_grad]
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+
+def _find_sampler(loader: Any) -> ResumableSampler | None:
+    for candidate in (
+        getattr(loader, "sampler", None),
+        getattr(getattr(loader, "batch_sampler", None), "sampler", None),
+    ):
+        if isinstance(candidate, ResumableSampler):
+            return candidate
+    return None
+
+
+def _batch_size(loader: Any) -> int:
+    size = getattr(loader, "batch_size", None)
+    if size is None:
+        size = getattr(getattr(loader, "batch_sampler", None), "batch_size", 1)
+    return int(size or 1)
+
+
+def _length(loader: Any) -> int:
+    try:
+        return len(loader)
+    except TypeError:
+        return 1
