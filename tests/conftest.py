@@ -23,5 +23,43 @@ def vectors_dir() -> Path:
     """The reference metric vectors (``../shared/vectors`` or ``$M3SGG_VECTORS``)."""
     path = _vectors_dir()
     if path is None:
-        pytest.skip("reference vectors not found: set M3SGG_VECTORS or place shared/ beside the repo")
+        pytest.skip(
+            "reference vectors not found: set M3SGG_VECTORS or place shared/ beside the repo"
+        )
     return path
+
+
+#: settings that keep a toy training run to a few seconds on 2 CPU cores
+SMALL_RUN = [
+    "data.toy_videos=16",
+    "train.epochs=2",
+    "log.every_iters=1000",
+    "model.options.d_model=32",
+    "model.options.heads=2",
+    "model.options.ff_dim=32",
+    "model.options.proj_dim=32",
+    "model.options.embed_dim=16",
+    "model.options.mask_channels=8",
+    "model.options.classifier_dim=32",
+]
+
+
+@pytest.fixture(scope="session")
+def toy_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A session-wide toy-dataset cache (``$M3SGG_CACHE``, inherited by subprocesses)."""
+    path = tmp_path_factory.mktemp("m3sgg-cache")
+    os.environ["M3SGG_CACHE"] = str(path)
+    return path
+
+
+@pytest.fixture
+def small_config(toy_cache: Path, tmp_path: Path):
+    """A fast toy-training config writing into ``tmp_path/runs/test``."""
+    from m3sgg.config import load_config
+
+    def make(*overrides: str):
+        return load_config(
+            None, [*SMALL_RUN, f"run.output={tmp_path / 'runs'}", "run.name=test", *overrides]
+        )
+
+    return make

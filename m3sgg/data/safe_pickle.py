@@ -24,8 +24,22 @@ __all__ = ["ALLOWED_GLOBALS", "load_pickle", "loads_pickle"]
 ALLOWED_GLOBALS: frozenset[tuple[str, str]] = frozenset(
     {
         ("builtins", name)
-        for name in ("dict", "list", "tuple", "set", "frozenset", "int", "float", "complex",
-                     "str", "bytes", "bytearray", "bool", "slice", "range")
+        for name in (
+            "dict",
+            "list",
+            "tuple",
+            "set",
+            "frozenset",
+            "int",
+            "float",
+            "complex",
+            "str",
+            "bytes",
+            "bytearray",
+            "bool",
+            "slice",
+            "range",
+        )
     }
     | {("collections", "OrderedDict"), ("collections", "defaultdict"), ("_codecs", "encode")}
     | {
@@ -33,8 +47,12 @@ ALLOWED_GLOBALS: frozenset[tuple[str, str]] = frozenset(
         for module in ("numpy.core.multiarray", "numpy._core.multiarray")
         for name in ("_reconstruct", "scalar")
     }
-    | {("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.numeric", "_frombuffer"),
-       ("numpy._core.numeric", "_frombuffer")}
+    | {
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("numpy.core.numeric", "_frombuffer"),
+        ("numpy._core.numeric", "_frombuffer"),
+    }
 )
 
 
@@ -87,7 +105,16 @@ def _load(file: Any, path: str) -> Any:
         raise
     except EOFError:
         raise DataError(path, "truncated pickle (unexpected end of file)", field="pickle") from None
-    except (pickle.UnpicklingError, ValueError, TypeError, AttributeError, IndexError,
-            KeyError, MemoryError, UnicodeDecodeError) as err:
-        raise DataError(path, f"not a valid pickle ({type(err).__name__}: {err})",
-                        field="pickle") from None
+    except (
+        pickle.UnpicklingError,
+        ValueError,
+        TypeError,
+        AttributeError,
+        IndexError,
+        KeyError,
+        MemoryError,
+        UnicodeDecodeError,
+    ) as err:
+        raise DataError(
+            path, f"not a valid pickle ({type(err).__name__}: {err})", field="pickle"
+        ) from None

@@ -172,8 +172,8 @@ def versions() -> dict[str, str]:
 
     return {
         "m3sgg": __version__,
-        "torch": torch.__version__,
-        "pytorch-ignite": ignite.__version__,
-        "numpy": np.__version__,
+        "torch": str(torch.__version__),
+        "pytorch-ignite": str(ignite.__version__),
+        "numpy": str(np.__version__),
         "python": platform.python_version(),
     }
