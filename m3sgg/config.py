@@ -69,16 +69,8 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    name: str = "sttran"  # a registered model (built-ins and plugins): see `m3sgg models`
-    options: dict[str, Any] = field(  # keyword arguments of the model's constructor
-        default_factory=lambda: {
-            "d_model": 64,
-            "heads": 4,
-            "ff_dim": 128,
-            "enc_layers": 1,
-            "dec_layers": 1,
-        }
-    )
+    name: str | None = None  # a registered model; None: sttran (AG) or easg_fc (EASG)
+    options: dict[str, Any] | None = None  # constructor arguments (over the toy preset on toy data)
 
 
 @dataclass
@@ -95,7 +87,7 @@ class OptimConfig:
 @dataclass
 class ScheduleConfig:
     name: str = "plateau"  # "plateau" (on metric), "cosine" (over all iterations) or "none"
-    metric: str = "with/R@20"  # plateau: evaluation metric watched (mode max)
+    metric: str | None = None  # plateau: metric watched (mode max); None: with/R@20
     patience: int = 1  # plateau: evaluations without improvement before reducing
     factor: float = 0.5  # plateau: lr multiplier on reduction
     min_lr: float = 1e-7  # plateau and cosine: lower bound of the lr
@@ -108,15 +100,13 @@ class TrainConfig:
     eval_every_epochs: int = 1  # evaluate every N epochs (0: never at epoch ends)
     eval_every_iters: int = 0  # also evaluate every N iterations (0: never)
     early_stop_patience: int = 0  # stop after N evaluations without improvement (0: off)
-    early_stop_metric: str = "with/mR@20"  # metric watched by early stopping (mode max)
+    early_stop_metric: str | None = None  # watched (mode max); None: with/mR@20 (EASG: R@20)
     compile: bool = False  # wrap the model in torch.compile
 
 
 @dataclass
 class CheckpointConfig:
-    best_metrics: list[str] = field(
-        default_factory=lambda: ["with/mR@20", "with/R@20"]
-    )  # kept best
+    best_metrics: list[str] | None = None  # None: with/mR@20, with/R@20 (EASG: with/R@20)
     keep: int = 1  # checkpoints kept per best metric (top-k)
     every_iters: int = 0  # also write "last" every N iterations (0: at epoch ends only)
 
@@ -151,8 +141,16 @@ class Config:
     plugins: list[str] = field(default_factory=list)  # "module:attr" plugins to load
 
     def validate(self) -> Config:
-        """Check values that types alone cannot; raise ConfigError naming the key."""
+        """Check values that types alone cannot (ConfigError naming the key) and fill the
+        dataset-dependent defaults (watched metrics), so the saved config is fully resolved."""
         _choice("data.dataset", self.data.dataset, ("action_genome", "easg"))
+        watched = _WATCHED[self.data.dataset]
+        if self.checkpoint.best_metrics is None:
+            self.checkpoint.best_metrics = list(watched["best"])
+        if self.schedule.metric is None:
+            self.schedule.metric = watched["schedule"]
+        if self.train.early_stop_metric is None:
+            self.train.early_stop_metric = watched["early_stop"]
         modes = _MODES[self.data.dataset]
         _choice("data.mode", self.data.mode, modes)
         _choice("optim.optimizer", self.optim.optimizer, ("adamw", "adam", "sgd"))
@@ -190,12 +188,37 @@ class Config:
         return self
 
     @property
+    def model_name(self) -> str:
+        """``model.name``, or the dataset's default model."""
+        from m3sgg.models.presets import DEFAULT_MODELS
+
+        return self.model.name or DEFAULT_MODELS[self.data.dataset]
+
+    def model_options(self) -> dict[str, Any]:
+        """The model's constructor arguments: ``model.options`` over the toy preset on the toy
+        dataset (``data.path`` unset), over nothing (the model's own defaults) otherwise."""
+        from m3sgg.models.presets import toy_preset
+
+        preset = toy_preset(self.model_name) if self.data.path is None else {}
+        return {**preset, **(self.model.options or {})}
+
+    @property
     def test_split(self) -> str:
         """The evaluation split, defaulting by dataset."""
         if self.data.test_split:
             return self.data.test_split
         return "test" if self.data.dataset == "action_genome" else "val"
 
+
+#: metrics watched by default: EASG reports no mean recall
+_WATCHED: dict[str, dict[str, Any]] = {
+    "action_genome": {
+        "best": ("with/mR@20", "with/R@20"),
+        "schedule": "with/R@20",
+        "early_stop": "with/mR@20",
+    },
+    "easg": {"best": ("with/R@20",), "schedule": "with/R@20", "early_stop": "with/R@20"},
+}
 
 _MODES = {
     "action_genome": ("predcls", "sgcls", "sgdet"),
@@ -384,6 +407,8 @@ def load_config(
         for depth, key in enumerate(keys[:-1]):
             if not isinstance(node, dict) or key not in node:
                 _unknown(f"--set {item}", keys[: depth + 1], node)
+            if node[key] is None and keys[: depth + 1] == ["model", "options"]:
+                node[key] = {}
             node = node[key]
         if not isinstance(node, dict) or (
             keys[-1] not in node and keys[:2] != ["model", "options"]

@@ -130,3 +130,41 @@ def _ag_toy(folder: Path, config: Config) -> Path:
 register_dataset(
     DatasetSpec("action_genome", _ag_open, _ag_collate, _ag_split, _ag_model_inputs, _ag_toy)
 )
+
+
+# ------------------------------------------------------------------------------ EASG
+
+
+def _easg_open(config: Config, root: Path, split: str) -> Any:
+    from m3sgg.data.easg import EASG
+
+    return EASG(root, split, source="sgg", features=True)
+
+
+def _easg_collate(model: Any) -> Callable[[list[Any]], Any]:
+    from m3sgg.data.collate_easg import collate_easg
+
+    return collate_easg
+
+
+def _easg_split(batch: Any, predictions: Any) -> list[tuple[Any, Any]]:
+    from m3sgg.data.collate_easg import split_easg_predictions
+
+    return split_easg_predictions(batch, predictions)
+
+
+def _easg_model_inputs(dataset: Any) -> dict[str, Any]:
+    from m3sgg.models.easg import easg_model_inputs
+
+    return easg_model_inputs(dataset)
+
+
+def _easg_toy(folder: Path, config: Config) -> Path:
+    from m3sgg.data.toy_easg import make_toy_easg
+
+    return make_toy_easg(folder, clips=config.data.toy_videos, seed=config.data.toy_seed)
+
+
+register_dataset(
+    DatasetSpec("easg", _easg_open, _easg_collate, _easg_split, _easg_model_inputs, _easg_toy)
+)

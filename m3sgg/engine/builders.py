@@ -79,10 +79,19 @@ def build_loaders(
     return train_loader, test_loader
 
 
+def _build_model(config: Config, spec: Any, dataset: Any) -> torch.nn.Module:
+    """The configured model, with the constructor arguments the data fixes (feature widths)."""
+    kwargs = {**spec.model_inputs(dataset), **config.model_options()}
+    try:
+        return build_model(config.model_name, config.data.dataset, config.data.mode, **kwargs)
+    except TypeError as err:
+        raise ConfigError(f"model.options: {config.model_name}: {err}") from None
+
+
 def run_folder(config: Config) -> Path:
     """``run.output/run.name`` (a timestamped name when unset)."""
     name = config.run.name or (
-        f"{config.data.dataset}-{config.data.mode}-{config.model.name}-"
+        f"{config.data.dataset}-{config.data.mode}-{config.model_name}-"
         f"{time.strftime('%Y%m%d-%H%M%S')}"
     )
     return Path(config.run.output) / name
@@ -96,11 +105,7 @@ def build_training(config: Config, trainer_cls: Any, **overrides: Any) -> Any:
     manual_seed(config.run.seed)
     device = resolve_device(config.run.device)
     spec, train, test = build_data(config)
-    kwargs = {**spec.model_inputs(train), **config.model.options}
-    try:
-        model = build_model(config.model.name, config.data.dataset, config.data.mode, **kwargs)
-    except TypeError as err:
-        raise ConfigError(f"model.options: {config.model.name}: {err}") from None
+    model = _build_model(config, spec, train)
     if config.train.compile:
         model = torch.compile(model)
     train_loader, test_loader = build_loaders(config, train, test, spec.collate(model), device)
@@ -157,8 +162,7 @@ def evaluate_checkpoint(
     spec = get_dataset_spec(config.data.dataset)
     root = data_root(config)
     dataset = spec.open(config, root, split or config.test_split)
-    kwargs = {**spec.model_inputs(dataset), **config.model.options}
-    model = build_model(config.model.name, config.data.dataset, config.data.mode, **kwargs)
+    model = _build_model(config, spec, dataset)
     try:
         model.load_state_dict(ckpt["model"])
     except RuntimeError as err:

@@ -119,7 +119,7 @@ class Trainer:
         run_dir: str | Path | None = None,
         device: torch.device | str | None = None,
     ):
-        self.config = config
+        self.config = config.validate()
         self.device = (
             torch.device(device) if device is not None else resolve_device(config.run.device)
         )
@@ -346,7 +346,7 @@ class Trainer:
                 "versions": versions(),
                 "dataset": self.config.data.dataset,
                 "mode": self.config.data.mode,
-                "model": self.config.model.name,
+                "model": self.config.model_name,
                 "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
             },
             "config": config_to_dict(self.config),
@@ -407,7 +407,7 @@ class Trainer:
         ckpt = load_checkpoint(path)
         manifest = ckpt.get("manifest", {})
         for key, ours in (
-            ("model", self.config.model.name),
+            ("model", self.config.model_name),
             ("dataset", self.config.data.dataset),
             ("mode", self.config.data.mode),
         ):

@@ -18,6 +18,7 @@ from ignite.engine import Engine, Events
 
 from m3sgg.engine.events import M3sggEvents
 from m3sgg.engine.handlers.base import Handler
+from m3sgg.errors import ConfigError
 
 __all__ = ["BestCheckpoint", "LastCheckpoint"]
 
@@ -80,7 +81,7 @@ class BestCheckpoint(Handler):
         results = engine.state.eval_metrics
         for metric in self.metrics:
             if metric not in results:
-                raise KeyError(
+                raise ConfigError(
                     f"best_checkpoint watches {metric!r}, which the evaluation does "
                     f"not report; available: {sorted(k for k in results if '/' in k)}"
                 )

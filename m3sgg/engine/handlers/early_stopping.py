@@ -28,14 +28,14 @@ class EarlyStopping(Handler):
         trainer_engine: Engine,
         metric: str = "with/mR@20",
         patience: int = 3,
-        min_delta: float = 0.0,
+        threshold: float = 0.0,
     ):
         self.metric = metric
         self.stopper = IgniteEarlyStopping(
             patience=patience,
             score_function=lambda engine: float(engine.state.eval_metrics[metric]),
             trainer=trainer_engine,
-            min_delta=min_delta,
+            threshold=threshold,
         )
 
     def events(self) -> list[Any]:

@@ -21,6 +21,7 @@ from ignite.handlers.param_scheduler import (
 
 from m3sgg.engine.events import M3sggEvents
 from m3sgg.engine.handlers.base import Handler
+from m3sgg.errors import ConfigError
 
 __all__ = ["LRPlateau", "LRSchedule", "cosine_schedule", "warmup_schedule"]
 
@@ -51,7 +52,7 @@ class LRPlateau(Handler):
     def __call__(self, engine: Engine) -> None:
         metrics = engine.state.eval_metrics
         if self.metric not in metrics:
-            raise KeyError(
+            raise ConfigError(
                 f"lr_plateau watches {self.metric!r}, which the evaluation does not "
                 f"report; available: {sorted(k for k in metrics if '/' in k)}"
             )
@@ -95,8 +96,9 @@ class LRSchedule(Handler):
 
 
 def warmup_schedule(optimizer: torch.optim.Optimizer, lr: float, iters: int) -> ParamScheduler:
-    """Linear warmup from ``lr / iters`` to ``lr`` over ``iters`` iterations."""
-    return PiecewiseLinear(optimizer, "lr", milestones_values=[(0, lr / iters), (iters, lr)])
+    """Linear warmup: iteration ``i`` (1-based) of the first ``iters`` gets ``lr * i / iters``."""
+    last = max(iters - 1, 1)
+    return PiecewiseLinear(optimizer, "lr", milestones_values=[(0, lr / iters), (last, lr)])
 
 
 def cosine_schedule(

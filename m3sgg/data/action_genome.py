@@ -1,0 +1,772 @@
+"""Action Genome reader: the real on-disk format, indexed into flat arrays, one video per sample.
+
+Layout read (``<root>/annotations/``)::
+
+    object_classes.txt                  36 class names, squashed spelling (``closetcabinet``)
+    relationship_classes.txt            26 predicate names, squashed spelling (``lookingat``)
+    person_bbox.pkl                     frame key -> {"bbox": (k, 4) xyxy, "bbox_size": (w, h), ...}
+    object_bbox_and_relationship.pkl    frame key -> [{"class", "bbox" xywh | None, "visible",
+                                          "attention_relationship", "spatial_relationship",
+                                          "contacting_relationship", "metadata": {"set", "tag"}}]
+    frame_list.txt                      optional; not needed (the pickles list every frame)
+
+Format quirks handled here:
+
+- The text files use the squashed spelling, the pickles the readable one (``cup/glass/bottle``,
+  ``in_front_of``). The text files are checked line by line against :mod:`m3sgg.vocab` (either
+  spelling is accepted per line); names inside the pickles are mapped to indices by dict lookup
+  (the squashed spelling is accepted there too, since it is unambiguous).
+- Object boxes are xywh and become xyxy (float64); person boxes are already xyxy. A person entry
+  with ``k > 1`` rows contributes its first row; ``k = 0`` means the frame has no person.
+- Invisible objects (``visible`` false; their ``bbox`` and relationship lists are ``None``) are
+  dropped without further inspection.
+- A frame's split is the ``metadata["set"]`` of its first object (the reference loader's rule).
+
+Filtering protocol (STTran's, the one every published AG number uses), applied per split:
+
+1. optional small-box filter (``filter_small_boxes=True``): a visible object whose box width or
+   height (in pixels, ``w`` and ``h`` of the xywh box) is below ``min_box_size`` is dropped;
+2. a frame is kept if it has at least one (remaining) visible object and a person box, and, with
+   ``require_frames=True``, its image ``<root>/frames/<key>`` exists;
+3. a video is kept only if it has **more than 2** kept frames.
+
+Frames are sorted by key within a video and videos by id. One sample is one video.
+
+Speed: the pickles are read once (both splits at a time, shared by an ``ActionGenome(root,
+"train")`` and a following ``ActionGenome(root, "test")`` through a one-entry cache keyed by the
+files' size and modification time) and turned, in a single pass, into a few flat numpy arrays for
+the whole dataset. ``ds[i]`` slices them into a :class:`~m3sgg.data.structures.VideoGT`.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from m3sgg.data.features import FeatureStore, VideoFeatures
+from m3sgg.data.safe_pickle import load_pickle
+from m3sgg.data.structures import VideoGT
+from m3sgg.errors import ConfigError, DataError
+from m3sgg.vocab import (
+    AG_OBJECT_CLASSES,
+    AG_PREDICATES,
+    PREDICATE_GROUPS,
+    PREDICATE_OFFSETS,
+    squash,
+)
+
+__all__ = [
+    "ANNOTATION_FILES",
+    "SPLITS",
+    "ActionGenome",
+    "VideoSample",
+    "clear_annotation_cache",
+    "read_class_file",
+]
+
+#: File names under ``<root>/annotations``.
+ANNOTATION_FILES = {
+    "object_classes": "object_classes.txt",
+    "relationship_classes": "relationship_classes.txt",
+    "person_bbox": "person_bbox.pkl",
+    "objects": "object_bbox_and_relationship.pkl",
+    "frame_list": "frame_list.txt",
+}
+SPLITS: tuple[str, ...] = ("train", "test")
+
+_GROUP_FIELDS = tuple(f"{group}_relationship" for group in PREDICATE_GROUPS)
+
+# Name -> index tables. Object classes exclude __background__ and person: neither is an object.
+_CLASS_INDEX: dict[str, int] = {}
+for _i, _name in enumerate(AG_OBJECT_CLASSES[2:], start=2):
+    _CLASS_INDEX[_name] = _i
+    _CLASS_INDEX[squash(_name)] = _i
+_GROUP_TABLES: list[dict[str, int]] = []
+for _group, _end in zip(PREDICATE_GROUPS, (3, 9, 26), strict=True):
+    _start = PREDICATE_OFFSETS[_group]
+    _table: dict[str, int] = {}
+    for _i in range(_start, _end):
+        _table[AG_PREDICATES[_i]] = _i
+        _table[squash(AG_PREDICATES[_i])] = _i
+    _GROUP_TABLES.append(_table)
+_SPLIT_CODE = {name: code for code, name in enumerate(SPLITS)}
+
+
+@dataclass(frozen=True, eq=False)
+class VideoSample:
+    """One training/evaluation sample: a whole video.
+
+    Attributes:
+        index: position in the dataset.
+        video_id: e.g. ``"50N4E.mp4"``.
+        gt: the video's ground truth (kept frames, visible objects, relations).
+        features: the feature store's ``"gt"`` section for the video's frames (person box first,
+            then the visible objects of each frame), or ``None`` without a store.
+        det: the store's ``"det"`` section (detections, for sgdet), or ``None`` when the store
+            has none or no store is used.
+    """
+
+    index: int
+    video_id: str
+    gt: VideoGT
+    features: VideoFeatures | None = None
+    det: VideoFeatures | None = None
+
+
+# ----------------------------------------------------------------------------------------------
+# Class files
+
+
+def read_class_file(path: str | os.PathLike[str], expected: Sequence[str]) -> list[str]:
+    """Read a class/predicate text file and check it lists ``expected`` in order.
+
+    Each line may use the squashed (``cupglassbottle``) or the readable (``cup/glass/bottle``)
+    spelling; blank lines at the end are ignored. Returns the readable names.
+
+    Raises:
+        DataError: the file is missing or a line differs (the error names the line).
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise DataError(path, "file not found") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise DataError(path, f"cannot read ({err})") from None
+    lines = [line.strip() for line in text.splitlines()]
+    while lines and not lines[-1]:
+        lines.pop()
+    for n, (line, name) in enumerate(zip(lines, expected, strict=False), start=1):
+        if line not in (name, squash(name)):
+            raise DataError(
+                path, f"expected {squash(name)!r} ({name!r}), found {line!r}", field=f"line {n}"
+            )
+    if len(lines) != len(expected):
+        raise DataError(
+            path,
+            f"expected {len(expected)} names, found {len(lines)}",
+            field=f"line {min(len(lines), len(expected)) + 1}",
+        )
+    return list(expected)
+
+
+# ----------------------------------------------------------------------------------------------
+# One pass over the pickles (both splits), cached
+
+
+@dataclass(frozen=True, eq=False)
+class _Parsed:
+    """Every annotated frame of both splits, frames sorted by (video, key); objects by frame."""
+
+    keys: list[str]
+    videos: list[str]  # video id per frame
+    split: np.ndarray  # int8 (F,): index into SPLITS, -1 when the frame has no objects
+    has_person: np.ndarray  # bool (F,)
+    person_boxes: np.ndarray  # float32 (F, 4) xyxy, zeros without a person
+    obj_frame: np.ndarray  # int64 (O,) visible objects only
+    obj_rank: np.ndarray  # int32 (O,) index among the frame's visible objects
+    obj_class: np.ndarray  # int64 (O,)
+    obj_boxes: np.ndarray  # float64 (O, 4) xyxy
+    obj_wh: np.ndarray  # float64 (O, 2) width, height of the annotated xywh box
+    rel_count: np.ndarray  # int64 (O,)
+    rel_pred: np.ndarray  # int64 (R,) global predicate ids, grouped by object
+
+
+_cache_lock = threading.Lock()
+_cache: dict[str, Any] = {"key": None, "value": None}
+
+
+def clear_annotation_cache() -> None:
+    """Forget the pickles parsed last (they are otherwise kept for the next split's reader)."""
+    with _cache_lock:
+        _cache["key"] = None
+        _cache["value"] = None
+
+
+def _file_stamp(path: Path) -> tuple[str, int, int]:
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        raise DataError(path, "file not found") from None
+    return (str(path.resolve()), st.st_size, st.st_mtime_ns)
+
+
+def _parse_cached(person_path: Path, objects_path: Path) -> _Parsed:
+    key = (_file_stamp(person_path), _file_stamp(objects_path))
+    with _cache_lock:
+        if _cache["key"] == key:
+            return _cache["value"]
+        _cache["key"] = _cache["value"] = None
+    parsed = _parse_without_gc(person_path, objects_path)
+    with _cache_lock:
+        _cache["key"], _cache["value"] = key, parsed
+    return parsed
+
+
+def _parse_without_gc(person_path: Path, objects_path: Path) -> _Parsed:
+    """:func:`_parse` with the cyclic garbage collector paused: unpickling a million small dicts
+    otherwise triggers it over and over (5.7 s instead of 1.2 s for the full object pickle)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return _parse(person_path, objects_path)
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _frame_sort_key(key: str) -> tuple[str, str]:
+    video, _, frame = key.partition("/")
+    return video, frame
+
+
+def _parse(person_path: Path, objects_path: Path) -> _Parsed:
+    """Both pickles -> :class:`_Parsed`, one after the other (only one is in memory at a time)."""
+    objects = load_pickle(objects_path)
+    if not isinstance(objects, dict):
+        raise DataError(
+            objects_path,
+            f"expected a dict of frame key -> object list, found {type(objects).__name__}",
+            field="top level",
+        )
+    for key in objects:
+        if type(key) is not str or "/" not in key:
+            raise DataError(
+                objects_path, "frame keys must be strings '<video>/<frame>'", field=f"frame {key!r}"
+            )
+    keys = sorted(objects, key=_frame_sort_key)
+    parsed = _parse_objects(objects_path, objects, keys)
+    del objects
+    persons = load_pickle(person_path)
+    if not isinstance(persons, dict):
+        raise DataError(
+            person_path,
+            f"expected a dict of frame key -> person entry, found {type(persons).__name__}",
+            field="top level",
+        )
+    has_person, person_boxes = _parse_persons(person_path, persons, keys)
+    return _Parsed(
+        keys=keys,
+        videos=[k.partition("/")[0] for k in keys],
+        has_person=has_person,
+        person_boxes=person_boxes,
+        **parsed,
+    )
+
+
+def _parse_objects(path: Path, objects: dict, keys: list[str]) -> dict[str, np.ndarray]:
+    """The single pass over the object pickle: visible objects and their relations as arrays."""
+    split_codes: list[int] = []
+    frame_counts: list[int] = []  # visible objects per frame
+    obj_class: list[int] = []
+    obj_box: list[Any] = []
+    rel_end: list[int] = []  # end of each object's relations in rel_pred
+    rel_pred: list[int] = []
+    add_split, add_count = split_codes.append, frame_counts.append
+    add_class, add_box, add_end = obj_class.append, obj_box.append, rel_end.append
+    add_pred = rel_pred.append
+    att_table, spa_table, con_table = _GROUP_TABLES
+    att_field, spa_field, con_field = _GROUP_FIELDS
+    class_index = _CLASS_INDEX
+    split_code = _SPLIT_CODE
+    key = ""
+    try:
+        for key in keys:
+            objs = objects[key]
+            if type(objs) is not list:
+                raise TypeError
+            add_split(split_code[objs[0]["metadata"]["set"]] if objs else -1)
+            count = 0
+            for obj in objs:
+                if not obj["visible"]:
+                    continue
+                bbox = obj["bbox"]
+                if bbox is None:
+                    raise TypeError
+                add_class(class_index[obj["class"]])
+                add_box(bbox)
+                count += 1
+                att = obj[att_field]
+                spa = obj[spa_field]
+                con = obj[con_field]
+                if type(att) is not list or type(spa) is not list or type(con) is not list:
+                    raise TypeError
+                for name in att:
+                    add_pred(att_table[name])
+                for name in spa:
+                    add_pred(spa_table[name])
+                for name in con:
+                    add_pred(con_table[name])
+                add_end(len(rel_pred))
+            add_count(count)
+    except (KeyError, TypeError, AttributeError, IndexError, ValueError) as err:
+        _diagnose_frame(path, key, objects.get(key))
+        raise DataError(
+            path, f"malformed record ({type(err).__name__}: {err})", field=f"frame {key!r}"
+        ) from err
+
+    counts = np.asarray(frame_counts, dtype=np.int64)
+    obj_frame = np.repeat(np.arange(len(keys), dtype=np.int64), counts)
+    obj_rank = np.arange(len(obj_frame), dtype=np.int64) - np.repeat(
+        np.cumsum(counts) - counts, counts
+    )
+    xywh = _object_boxes(path, keys, objects, obj_frame, obj_rank, obj_box)
+    del obj_box
+    bad = ~np.isfinite(xywh).all(axis=1) | (xywh[:, 2] < 0) | (xywh[:, 3] < 0)
+    if bad.any():
+        o = int(np.argmax(bad))
+        raise DataError(
+            path,
+            f"invalid xywh box {xywh[o].tolist()} (non-finite, or negative width/height)",
+            field=_object_field(keys, objects, obj_frame, obj_rank, o) + " bbox",
+        )
+    boxes = xywh.copy()
+    boxes[:, 2:] += boxes[:, :2]
+    return {
+        "split": np.asarray(split_codes, dtype=np.int8),
+        "obj_frame": obj_frame,
+        "obj_rank": obj_rank.astype(np.int32),
+        "obj_class": np.asarray(obj_class, dtype=np.int64),
+        "obj_boxes": boxes,
+        "obj_wh": xywh[:, 2:].copy(),
+        "rel_count": np.diff(np.asarray(rel_end, dtype=np.int64), prepend=0),
+        "rel_pred": np.asarray(rel_pred, dtype=np.int64),
+    }
+
+
+def _object_field(
+    keys: list[str], objects: dict, obj_frame: np.ndarray, obj_rank: np.ndarray, o: int
+) -> str:
+    """``frame '<key>' object <j>`` for visible object ``o`` (``j`` counts invisible ones too)."""
+    key = keys[int(obj_frame[o])]
+    visible = [j for j, obj in enumerate(objects[key]) if obj["visible"]]
+    return f"frame {key!r} object {visible[int(obj_rank[o])]}"
+
+
+def _parse_persons(path: Path, persons: dict, keys: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Person box (first row) of every frame in ``keys``: (has_person bool, float32 (F, 4))."""
+    has_person: list[bool] = []
+    person_rows: list[np.ndarray] = []
+    key = ""
+    try:
+        for key in keys:
+            person = persons[key]["bbox"]
+            if type(person) is not np.ndarray or person.ndim != 2 or person.shape[1] != 4:
+                person = _person_array(path, key, person)
+            if person.shape[0]:
+                person_rows.append(person[:1])
+                has_person.append(True)
+            else:
+                has_person.append(False)
+    except (KeyError, TypeError, IndexError) as err:
+        if key not in persons:
+            raise DataError(
+                path, "frame listed in the object annotations has no entry", field=f"frame {key!r}"
+            ) from None
+        raise DataError(
+            path,
+            f"expected a dict with 'bbox', found {_describe(persons[key])}",
+            field=f"frame {key!r}",
+        ) from err
+
+    n_frames = len(keys)
+    person_boxes = np.zeros((n_frames, 4), dtype=np.float32)
+    has_person_arr = np.asarray(has_person, dtype=bool).reshape(n_frames)
+    if person_rows:
+        person_boxes[has_person_arr] = np.concatenate(person_rows).astype(np.float32, copy=False)
+    bad = (
+        ~np.isfinite(person_boxes).all(axis=1)
+        | (person_boxes[:, 2] < person_boxes[:, 0])
+        | (person_boxes[:, 3] < person_boxes[:, 1])
+    )
+    if bad.any():
+        f = int(np.argmax(bad))
+        raise DataError(
+            path,
+            f"invalid xyxy person box {person_boxes[f].tolist()} "
+            "(non-finite, or x2 < x1 / y2 < y1)",
+            field=f"frame {keys[f]!r} bbox",
+        )
+    return has_person_arr, person_boxes
+
+
+def _person_array(path: Path, key: str, value: Any) -> np.ndarray:
+    """A person ``bbox`` that is not already a (k, 4) array: convert it or say what is wrong."""
+    try:
+        arr = np.asarray(value, dtype=np.float32)
+    except (TypeError, ValueError):
+        arr = None
+    if arr is None or arr.ndim not in (1, 2) or (arr.shape[-1] != 4 and arr.size != 0):
+        raise DataError(
+            path,
+            f"expected a (k, 4) xyxy array, found {_describe(value)}",
+            field=f"frame {key!r} bbox",
+        )
+    return arr.reshape(-1, 4)
+
+
+def _object_boxes(
+    path: Path,
+    keys: list[str],
+    objects: dict,
+    obj_frame: np.ndarray,
+    obj_rank: np.ndarray,
+    boxes: list[Any],
+) -> np.ndarray:
+    """The collected xywh boxes as one float64 (O, 4) array; names the first malformed one."""
+    try:
+        arr = np.array(boxes, dtype=np.float64)
+        if arr.shape == (len(boxes), 4) or (not boxes and arr.size == 0):
+            return arr.reshape(-1, 4)
+    except (TypeError, ValueError):
+        pass
+    for o, box in enumerate(boxes):
+        try:
+            ok = np.asarray(box, dtype=np.float64).shape == (4,)
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise DataError(
+                path,
+                f"expected an (x, y, w, h) box, found {_describe(box)}",
+                field=_object_field(keys, objects, obj_frame, obj_rank, o) + " bbox",
+            )
+    raise DataError(path, "object boxes are not all (x, y, w, h)", field="bbox")
+
+
+def _describe(value: Any) -> str:
+    text = repr(value)
+    if len(text) > 60:
+        text = text[:57] + "..."
+    return f"{type(value).__name__} {text}"
+
+
+def _diagnose_frame(objects_path: Path, key: str, objs: Any) -> None:
+    """Raise a precise DataError for a frame the fast loop choked on (returns if none found)."""
+    frame = f"frame {key!r}"
+    if not isinstance(objs, list):
+        raise DataError(
+            objects_path, f"expected a list of objects, found {_describe(objs)}", field=frame
+        )
+    for j, obj in enumerate(objs):
+        where = f"{frame} object {j}"
+        if not isinstance(obj, dict):
+            raise DataError(
+                objects_path, f"expected an object dict, found {_describe(obj)}", field=where
+            )
+        if j == 0:
+            meta = obj.get("metadata")
+            if not isinstance(meta, dict) or "set" not in meta:
+                raise DataError(
+                    objects_path,
+                    "missing metadata {'set': 'train'|'test'}",
+                    field=f"{where} metadata",
+                )
+            if meta["set"] not in _SPLIT_CODE:
+                raise DataError(
+                    objects_path,
+                    f"split must be 'train' or 'test', found {meta['set']!r}",
+                    field=f"{where} metadata.set",
+                )
+        if "visible" not in obj:
+            raise DataError(objects_path, "missing field", field=f"{where} visible")
+        if not obj["visible"]:
+            continue
+        if obj.get("bbox") is None:
+            raise DataError(objects_path, "visible object without a box", field=f"{where} bbox")
+        if "class" not in obj:
+            raise DataError(objects_path, "missing field", field=f"{where} class")
+        name = obj["class"]
+        if not isinstance(name, str) or name not in _CLASS_INDEX:
+            hint = " (the person is not an object)" if name == "person" else ""
+            raise DataError(
+                objects_path, f"unknown object class {name!r}{hint}", field=f"{where} class"
+            )
+        for field, table in zip(_GROUP_FIELDS, _GROUP_TABLES, strict=True):
+            if field not in obj:
+                raise DataError(objects_path, "missing field", field=f"{where} {field}")
+            labels = obj[field]
+            if not isinstance(labels, list):
+                raise DataError(
+                    objects_path,
+                    f"expected a list of predicate names, found {_describe(labels)}",
+                    field=f"{where} {field}",
+                )
+            for label in labels:
+                if not isinstance(label, str) or label not in table:
+                    group = field.removesuffix("_relationship")
+                    raise DataError(
+                        objects_path,
+                        f"unknown {group} predicate {label!r}",
+                        field=f"{where} {field}",
+                    )
+
+
+def _select_boxes(feats: VideoFeatures, rows: np.ndarray) -> VideoFeatures:
+    """Keep boxes ``rows`` (sorted) of a video's features and the pairs among them."""
+    new_index = np.full(feats.num_boxes, -1, dtype=np.int64)
+    new_index[rows] = np.arange(len(rows))
+    mapped = new_index[feats.pair_idx]
+    keep = (mapped >= 0).all(axis=1)
+    return replace(
+        feats,
+        boxes=feats.boxes[rows],
+        box_features=feats.box_features[rows],
+        pair_idx=mapped[keep],
+        im_idx=feats.im_idx[keep],
+        union_features=feats.union_features[keep],
+        scores=None if feats.scores is None else feats.scores[rows],
+        class_dists=None if feats.class_dists is None else feats.class_dists[rows],
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# The dataset
+
+
+class ActionGenome:
+    """Action Genome videos of one split, as :class:`VideoSample` objects (one per video).
+
+    Args:
+        root: the dataset folder (holding ``annotations/`` and, optionally, ``frames/``).
+        split: ``"train"`` or ``"test"``.
+        filter_small_boxes: drop visible objects whose annotated box is smaller than
+            ``min_box_size`` pixels in width **or** height (``w < min_box_size or h <
+            min_box_size`` on the xywh box), before the frame and video filters run, so a frame
+            left without objects is dropped too. Meant for sgcls/sgdet; off by default (predcls).
+            With a feature store, the ``"gt"`` features follow: the dropped objects' rows and
+            their pairs are removed.
+        min_box_size: the threshold of the small-box filter, in pixels (default 16).
+        require_frames: keep only frames whose image ``<root>/frames/<key>`` exists.
+        features: a feature store folder; each sample then carries its ``"gt"`` section (and
+            ``"det"`` section when the store has one). The store must hold every kept frame, with
+            ``1 +`` (visible objects) boxes per frame in the ``"gt"`` section.
+
+    Raises:
+        DataError: a file is missing or malformed, or the feature store does not match.
+        ConfigError: ``split`` or ``min_box_size`` is invalid.
+
+    Example::
+
+        ds = ActionGenome("data/ag", "test")
+        sample = ds[0]
+        sample.gt.frame_keys, sample.gt.obj_class, sample.gt.rel_pred
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        split: str = "train",
+        *,
+        filter_small_boxes: bool = False,
+        min_box_size: float = 16.0,
+        require_frames: bool = False,
+        features: str | os.PathLike[str] | None = None,
+    ) -> None:
+        if split not in SPLITS:
+            raise ConfigError(f"split must be one of {SPLITS} for Action Genome, got {split!r}")
+        if not min_box_size >= 0 or not np.isfinite(min_box_size):
+            raise ConfigError(f"min_box_size must be a finite number >= 0, got {min_box_size!r}")
+        self.root = Path(root)
+        self.split = split
+        self.filter_small_boxes = bool(filter_small_boxes)
+        self.min_box_size = float(min_box_size)
+        self.require_frames = bool(require_frames)
+        ann = self.root / "annotations"
+        if not ann.is_dir():
+            raise DataError(ann, "annotation folder not found (expected <root>/annotations)")
+        self.object_classes = read_class_file(
+            ann / ANNOTATION_FILES["object_classes"], AG_OBJECT_CLASSES[1:]
+        )
+        self.predicates = read_class_file(
+            ann / ANNOTATION_FILES["relationship_classes"], AG_PREDICATES
+        )
+        parsed = _parse_cached(
+            ann / ANNOTATION_FILES["person_bbox"], ann / ANNOTATION_FILES["objects"]
+        )
+        self._index(parsed)
+        self.store: FeatureStore | None = None
+        if features is not None:
+            self._attach_store(Path(features))
+
+    # -- indexing ----------------------------------------------------------------------------
+
+    def _index(self, p: _Parsed) -> None:
+        n_frames = len(p.keys)
+        obj_keep = np.ones(len(p.obj_class), dtype=bool)
+        if self.filter_small_boxes:
+            obj_keep = (p.obj_wh >= self.min_box_size).all(axis=1)
+        n_visible = np.bincount(p.obj_frame[obj_keep], minlength=n_frames)
+        frame_keep = (p.split == _SPLIT_CODE[self.split]) & p.has_person & (n_visible > 0)
+        if self.require_frames:
+            frame_keep &= self._frames_exist(p.keys, frame_keep)
+        kept = np.flatnonzero(frame_keep)
+        # Videos are contiguous runs of frames (keys are sorted by video); keep runs longer than 2.
+        videos = [p.videos[f] for f in kept.tolist()]
+        starts = [i for i in range(len(videos)) if i == 0 or videos[i] != videos[i - 1]]
+        bounds = np.asarray([*starts, len(videos)], dtype=np.int64)
+        lengths = np.diff(bounds)
+        long_enough = lengths > 2
+        frame_keep[kept[np.repeat(~long_enough, lengths)]] = False
+        kept = np.flatnonzero(frame_keep)
+
+        self._video_ids = [
+            videos[s] for s, ok in zip(starts, long_enough.tolist(), strict=True) if ok
+        ]
+        self._video_offsets = np.concatenate([[0], np.cumsum(lengths[long_enough])]).astype(
+            np.int64
+        )
+        self._keys = [p.keys[f] for f in kept.tolist()]
+        self._person_boxes = p.person_boxes[kept]
+
+        obj_sel = obj_keep & frame_keep[p.obj_frame]
+        rel_sel = np.repeat(obj_sel, p.rel_count)
+        self._obj_class = p.obj_class[obj_sel]
+        self._obj_boxes = p.obj_boxes[obj_sel]
+        self._obj_rank = p.obj_rank[obj_sel]
+        new_frame = np.cumsum(frame_keep) - 1
+        obj_counts = np.bincount(new_frame[p.obj_frame[obj_sel]], minlength=len(kept))
+        self._obj_offsets = np.concatenate([[0], np.cumsum(obj_counts)]).astype(np.int64)
+        self._rel_offsets = np.concatenate([[0], np.cumsum(p.rel_count[obj_sel])]).astype(np.int64)
+        self._rel_pred = p.rel_pred[rel_sel]
+        # Visible objects per kept frame before the small-box filter: the store holds them all.
+        self._visible_counts = np.bincount(p.obj_frame, minlength=n_frames)[kept]
+
+    def _frames_exist(self, keys: list[str], candidates: np.ndarray) -> np.ndarray:
+        """bool (F,): the image of each candidate frame exists (one directory listing per video)."""
+        frames_dir = self.root / "frames"
+        exists = np.zeros(len(keys), dtype=bool)
+        listings: dict[str, set[str]] = {}
+        for f in np.flatnonzero(candidates).tolist():
+            video, _, name = keys[f].partition("/")
+            if "/" in name:
+                exists[f] = (frames_dir / keys[f]).is_file()
+                continue
+            listing = listings.get(video)
+            if listing is None:
+                try:
+                    listing = set(os.listdir(frames_dir / video))
+                except (FileNotFoundError, NotADirectoryError):
+                    listing = set()
+                listings[video] = listing
+            exists[f] = name in listing
+        return exists
+
+    def _attach_store(self, path: Path) -> None:
+        store = FeatureStore(path)
+        store.require(self._keys, source=path)
+        row = {key: i for i, key in enumerate(store.keys)}
+        rows = np.fromiter((row[key] for key in self._keys), dtype=np.int64, count=len(self._keys))
+        offsets = np.asarray(store.array("box_offsets", "gt"))
+        counts = offsets[rows + 1] - offsets[rows]
+        expected = self._visible_counts + 1
+        bad = np.flatnonzero(counts != expected)
+        if bad.size:
+            f = int(bad[0])
+            raise DataError(
+                path,
+                f"the 'gt' section holds {int(counts[f])} boxes but the "
+                f"annotations have 1 person + {int(expected[f]) - 1} visible objects",
+                field=f"frame {self._keys[f]!r}",
+            )
+        self.store = store
+
+    # -- dataset protocol ----------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self._video_ids)
+
+    def __iter__(self) -> Iterator[VideoSample]:
+        for i in range(len(self)):
+            yield self[i]
+
+    def __getitem__(self, index: int) -> VideoSample:
+        n = len(self._video_ids)
+        if not -n <= index < n:
+            raise IndexError(f"video index {index} out of range for {n} videos")
+        index = int(index) % n
+        gt = self.video_gt(index)
+        features = det = None
+        if self.store is not None:
+            features = self._store_section(index, "gt")
+            if self.store.has_detections:
+                det = self.store.video(gt.frame_keys, section="det")
+        return VideoSample(index=index, video_id=gt.video_id, gt=gt, features=features, det=det)
+
+    def video_gt(self, index: int) -> VideoGT:
+        """The ground truth of video ``index`` (no features)."""
+        f0, f1 = int(self._video_offsets[index]), int(self._video_offsets[index + 1])
+        o0, o1 = int(self._obj_offsets[f0]), int(self._obj_offsets[f1])
+        r0, r1 = int(self._rel_offsets[o0]), int(self._rel_offsets[o1])
+        obj_counts = np.diff(self._obj_offsets[f0 : f1 + 1])
+        rel_counts = np.diff(self._rel_offsets[o0 : o1 + 1])
+        return VideoGT(
+            video_id=self._video_ids[index],
+            frame_keys=tuple(self._keys[f0:f1]),
+            person_boxes=self._person_boxes[f0:f1].copy(),
+            obj_frame=np.repeat(np.arange(f1 - f0, dtype=np.int64), obj_counts),
+            obj_class=self._obj_class[o0:o1].copy(),
+            obj_boxes=self._obj_boxes[o0:o1].copy(),
+            rel_obj=np.repeat(np.arange(o1 - o0, dtype=np.int64), rel_counts),
+            rel_pred=self._rel_pred[r0:r1].copy(),
+        )
+
+    def _store_section(self, index: int, section: str) -> VideoFeatures:
+        """The store's rows for video ``index``; with the small-box filter, only kept objects."""
+        assert self.store is not None
+        f0, f1 = int(self._video_offsets[index]), int(self._video_offsets[index + 1])
+        keys = self._keys[f0:f1]
+        feats = self.store.video(keys, section=section)
+        if not self.filter_small_boxes:
+            return feats
+        o0, o1 = int(self._obj_offsets[f0]), int(self._obj_offsets[f1])
+        # Store rows of one frame: person, then every visible object; keep the person and the
+        # objects that survived the filter.
+        frame_rows = np.concatenate([[0], np.cumsum(self._visible_counts[f0:f1] + 1)])[:-1]
+        obj_counts = np.diff(self._obj_offsets[f0 : f1 + 1])
+        obj_rows = np.repeat(frame_rows, obj_counts) + 1 + self._obj_rank[o0:o1]
+        return _select_boxes(feats, np.sort(np.concatenate([frame_rows, obj_rows])))
+
+    # -- introspection -------------------------------------------------------------------------
+
+    @property
+    def video_ids(self) -> list[str]:
+        """Video ids in dataset order (sorted)."""
+        return list(self._video_ids)
+
+    def frame_keys(self) -> list[str]:
+        """Every kept frame key, in dataset order (videos sorted, frames sorted within)."""
+        return list(self._keys)
+
+    def stats(self) -> dict[str, Any]:
+        """Counts for ``m3sgg inspect-data``: videos, frames, objects, relations by group, and
+        per object class and per predicate (readable names; zero counts included)."""
+        classes = np.bincount(self._obj_class, minlength=len(AG_OBJECT_CLASSES))
+        preds = np.bincount(self._rel_pred, minlength=len(AG_PREDICATES))
+        groups = {
+            group: int(preds[PREDICATE_OFFSETS[group] : end].sum())
+            for group, end in zip(PREDICATE_GROUPS, (3, 9, 26), strict=True)
+        }
+        return {
+            "videos": len(self._video_ids),
+            "frames": len(self._keys),
+            "objects": int(self._obj_class.shape[0]),
+            "relations": groups,
+            "object_classes": {
+                AG_OBJECT_CLASSES[c]: int(classes[c]) for c in range(2, len(AG_OBJECT_CLASSES))
+            },
+            "predicates": {name: int(preds[i]) for i, name in enumerate(AG_PREDICATES)},
+        }
+
+    def __repr__(self) -> str:
+        return (
+            f"ActionGenome(root={str(self.root)!r}, split={self.split!r}, "
+            f"videos={len(self)}, frames={len(self._keys)})"
+        )

@@ -1,0 +1,89 @@
+"""The protocol every m3sgg model follows, so the engine needs nothing model-specific.
+
+A model is a ``torch.nn.Module`` that:
+
+- ``forward(batch) -> dict[str, Tensor]``: predictions for a collated
+  :class:`~m3sgg.data.collate.Batch`, batch-level indices, with at least the keys
+  ``prediction_keys`` names (for Action Genome, the contract of ``docs/metrics.md``); it may add
+  more (logits the loss needs);
+- ``loss(predictions, batch) -> dict[str, Tensor]``: named scalar losses, already weighted; the
+  trainer back-propagates their sum and logs each one;
+- declares ``prediction_keys``, ``supported_datasets`` and ``supported_modes`` (class attributes
+  or properties), and ``input_section``: the feature section its batches are collated from
+  (``"gt"`` for ground-truth boxes, ``"det"`` for detections).
+
+Subclassing :class:`SceneGraphModel` is optional: :class:`ModelProtocol` is what is checked, so a
+plugin may bring any module with these members. Register the factory with
+:func:`m3sgg.models.register_model`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, ClassVar, Protocol, runtime_checkable
+
+import torch
+from torch import nn
+
+if TYPE_CHECKING:
+    from m3sgg.data.collate import Batch
+
+__all__ = ["AG_PREDICTION_KEYS", "ModelProtocol", "SceneGraphModel"]
+
+#: Keys an Action Genome model's predictions carry for the metrics (``docs/metrics.md``).
+AG_PREDICTION_KEYS: tuple[str, ...] = (
+    "boxes",
+    "labels",
+    "scores",
+    "pred_labels",
+    "pred_scores",
+    "im_idx",
+    "pair_idx",
+    "attention_distribution",
+    "spatial_distribution",
+    "contacting_distribution",
+)
+
+
+@runtime_checkable
+class ModelProtocol(Protocol):
+    """What the engine relies on (structural: no subclassing needed)."""
+
+    prediction_keys: tuple[str, ...]
+    supported_datasets: frozenset[str]
+    supported_modes: frozenset[str]
+    input_section: str
+
+    def __call__(self, batch: Batch) -> dict[str, torch.Tensor]: ...
+
+    def loss(
+        self, predictions: Mapping[str, torch.Tensor], batch: Batch
+    ) -> dict[str, torch.Tensor]: ...
+
+
+class SceneGraphModel(nn.Module):
+    """Convenience base class: declares the protocol's members; subclasses fill them in."""
+
+    prediction_keys: ClassVar[tuple[str, ...]] = ()
+    supported_datasets: ClassVar[frozenset[str]] = frozenset()
+    supported_modes: ClassVar[frozenset[str]] = frozenset()
+
+    def __init__(self, mode: str) -> None:
+        super().__init__()
+        self.mode = mode
+
+    @property
+    def input_section(self) -> str:
+        """Feature section to collate batches from: ``"det"`` in sgdet, ``"gt"`` otherwise."""
+        return "det" if self.mode == "sgdet" else "gt"
+
+    def forward(self, batch: Batch) -> dict[str, torch.Tensor]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def loss(
+        self, predictions: Mapping[str, torch.Tensor], batch: Batch
+    ) -> dict[str, torch.Tensor]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def extra_repr(self) -> str:
+        return f"mode={self.mode!r}"
