@@ -106,6 +106,8 @@ def build_training(config: Config, trainer_cls: Any, **overrides: Any) -> Any:
     device = resolve_device(config.run.device)
     spec, train, test = build_data(config)
     model = _build_model(config, spec, train)
+    if idist.get_world_size() > 1:  # DistributedDataParallel over the process group
+        model = idist.auto_model(model.to(device))
     if config.train.compile:
         model = torch.compile(model)
     train_loader, test_loader = build_loaders(config, train, test, spec.collate(model), device)

@@ -124,6 +124,8 @@ class Trainer:
             torch.device(device) if device is not None else resolve_device(config.run.device)
         )
         self.model = model.to(self.device)
+        #: the model itself, unwrapped from DistributedDataParallel and torch.compile
+        self.core_model = unwrap_model(self.model)
         self.optimizer = optimizer or build_optimizer(self.model, config)
         self.dataloader_train = dataloader_train
         self.dataloader_test = dataloader_test
@@ -213,7 +215,7 @@ class Trainer:
                         self.engine, cfg.train.early_stop_metric, cfg.train.early_stop_patience
                     )
                 )
-            if self.run_dir is not None:
+            if self.run_dir is not None and idist.get_rank() == 0:
                 add(MetricsFile(self.run_dir / "metrics.jsonl", self.optimizer))
         if self.checkpoint_dir is not None:
             add(LastCheckpoint(self.save_checkpoint, every_iters=cfg.checkpoint.every_iters))
@@ -285,9 +287,12 @@ class Trainer:
                 batch = self.object_detector(batch)
         with self._autocast():
             predictions = self.model(batch)
-            losses = self.model.loss(predictions, batch)
+            losses = self.core_model.loss(predictions, batch)
         total = torch.stack([v.float() for v in losses.values()]).sum()
-        finite = bool(torch.isfinite(total))
+        finite = torch.isfinite(total).to(torch.int32)
+        if idist.get_world_size() > 1:  # every rank skips the step together
+            finite = idist.all_reduce(finite, op="MIN")
+        finite = bool(finite)
         accumulate = self.config.optim.accumulate_steps
         if finite:
             self.scaler.scale(total / accumulate).backward()
@@ -338,8 +343,6 @@ class Trainer:
 
     def state_dict(self) -> dict[str, Any]:
         """Everything a resumed run needs, as tensors and plain values."""
-        model = self.model.module if hasattr(self.model, "module") else self.model
-        model = getattr(model, "_orig_mod", model)  # torch.compile wrapper
         return {
             "format": FORMAT,
             "manifest": {
@@ -350,7 +353,7 @@ class Trainer:
                 "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
             },
             "config": config_to_dict(self.config),
-            "model": model.state_dict(),
+            "model": self.core_model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(),
             "engine": dict(self.engine.state_dict()),
@@ -417,10 +420,8 @@ class Trainer:
                     f"checkpoint is for {key} {manifest.get(key)!r}, this run uses {ours!r}",
                     field=f"manifest.{key}",
                 )
-        model = self.model.module if hasattr(self.model, "module") else self.model
-        model = getattr(model, "_orig_mod", model)
         try:
-            model.load_state_dict(ckpt["model"])
+            self.core_model.load_state_dict(ckpt["model"])
         except RuntimeError as err:
             first = str(err).splitlines()[1].strip() if len(str(err).splitlines()) > 1 else str(err)
             raise DataError(
@@ -460,6 +461,15 @@ class Trainer:
         if self.evaluator is not None:
             parts.append(self.evaluator.describe())
         return "\n\n".join(parts)
+
+
+def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
+    """The module under DistributedDataParallel/DataParallel and torch.compile wrappers."""
+    while True:
+        inner = getattr(model, "module", None) or getattr(model, "_orig_mod", None)
+        if not isinstance(inner, torch.nn.Module):
+            return model
+        model = inner
 
 
 def build_optimizer(model: torch.nn.Module, config: Config) -> torch.optim.Optimizer:

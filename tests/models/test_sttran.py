@@ -384,11 +384,31 @@ def test_paper_defaults() -> None:
     assert isinstance(model.token_proj, torch.nn.Identity)
     assert (len(model.spatial_layers), len(model.temporal_layers)) == (1, 3)
     layer = model.temporal_layers[0]
-    assert layer.self_attn.num_heads == 8 and layer.linear1.out_features == 2048
-    assert layer.self_attn.embed_dim == 1936 and model.window == 2
+    assert layer.heads == 8 and layer.ff1.out_features == 2048
+    assert layer.qkv.in_features == 1936 and model.window == 2
     assert model.frame_position is not None and model.frame_position.shape == (3, 8, 3)
     assert model.union_proj.in_features == 1024 and model.subject_proj.in_features == 2048
     assert model.relation_loss == "margin" and model.mode == "predcls"
+
+
+def test_eval_mode_equals_train_mode_without_dropout(videos: list[VideoSample]) -> None:
+    """Regression: nn.TransformerEncoderLayer's inference fast path gave NaN with per-head masks;
+    after some training, eval-mode outputs must be finite and equal train mode at dropout 0."""
+    torch.manual_seed(0)
+    model = make_model("predcls", dropout=0.0)
+    batch = batch_for(model, videos)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    for _ in range(5):
+        sum(model.loss(model(batch), batch).values()).backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    with torch.no_grad():
+        trained = model(batch)
+        model.eval()
+        evaluated = model(batch)
+    for key in ("attention_distribution", "spatial_distribution", "contacting_distribution"):
+        assert torch.isfinite(evaluated[key]).all(), key
+        torch.testing.assert_close(evaluated[key], trained[key], rtol=1e-5, atol=1e-6)
 
 
 def test_autocast_keeps_scores_float32(videos: list[VideoSample]) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import ignite.distributed as idist
 import torch
 from ignite.engine import Engine, Events
 
@@ -42,7 +43,17 @@ class LossTracker(Handler):
         self._count += 1
 
     def means(self) -> dict[str, float]:
-        return {k: float(v) / self._count for k, v in self._sums.items()} if self._count else {}
+        """Mean of each term since the last :meth:`take`, over all ranks (one all-reduce)."""
+        if not self._count:
+            return {}
+        keys = sorted(self._sums)
+        sums = torch.stack(
+            [self._sums[k].double().cpu() for k in keys]
+            + [torch.tensor(float(self._count), dtype=torch.float64)]
+        )
+        if idist.get_world_size() > 1:
+            sums = idist.all_reduce(sums.to(idist.device())).cpu()
+        return {k: float(sums[i]) / float(sums[-1]) for i, k in enumerate(keys)}
 
     def take(self) -> dict[str, float]:
         """Means since the last call, then reset."""
