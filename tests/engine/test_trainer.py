@@ -31,16 +31,31 @@ def test_default_order_runs_evaluation_scheduler_checkpoint_early_stop(small_con
 
     def probe(tag):
         def look(engine):
-            seen.append((tag, (plateau.last_epoch, len(best.kept["with/mR@20"]),
-                               stopper.best_score is not None)))
+            seen.append(
+                (
+                    tag,
+                    (
+                        plateau.last_epoch,
+                        len(best.kept["with/mR@20"]),
+                        stopper.best_score is not None,
+                    ),
+                )
+            )
+
         return look
 
-    trainer.handlers.add(FunctionHandler(probe("before_lr"), [M3sggEvents.EVALUATION_COMPLETED],
-                                         "probe_lr"), before="lr_plateau")
-    trainer.handlers.add(FunctionHandler(probe("before_best"), [M3sggEvents.EVALUATION_COMPLETED],
-                                         "probe_best"), before="best_checkpoint")
-    trainer.handlers.add(FunctionHandler(probe("after_stop"), [M3sggEvents.EVALUATION_COMPLETED],
-                                         "probe_stop"), after="early_stopping")
+    trainer.handlers.add(
+        FunctionHandler(probe("before_lr"), [M3sggEvents.EVALUATION_COMPLETED], "probe_lr"),
+        before="lr_plateau",
+    )
+    trainer.handlers.add(
+        FunctionHandler(probe("before_best"), [M3sggEvents.EVALUATION_COMPLETED], "probe_best"),
+        before="best_checkpoint",
+    )
+    trainer.handlers.add(
+        FunctionHandler(probe("after_stop"), [M3sggEvents.EVALUATION_COMPLETED], "probe_stop"),
+        after="early_stopping",
+    )
     trainer.train_loop()
     first = dict(seen[:3])
     assert first["before_lr"] == (0, 0, False)
@@ -61,7 +76,12 @@ def test_training_writes_metrics_checkpoints_and_improves_loss(small_config):
     assert len(records[0]["metrics"]["with/per_predicate"]["20"]) == 26
     last = load_checkpoint(run / "checkpoints" / "last.pt")
     assert last["engine"]["iteration"] == state.iteration
-    assert set(last["handlers"]) >= {"loss_tracker", "lr_plateau", "best_checkpoint", "metrics_file"}
+    assert set(last["handlers"]) >= {
+        "loss_tracker",
+        "lr_plateau",
+        "best_checkpoint",
+        "metrics_file",
+    }
     for metric in ("with/mR@20", "with/R@20"):
         path = trainer.handlers.get("best_checkpoint").best(metric)
         assert path is not None and path.exists()
@@ -91,16 +111,20 @@ def test_nan_guard_saves_last_good_weights_and_names_the_term(small_config):
 
 def test_early_stopping_stops_when_metric_is_flat(small_config):
     # the number of evaluated frames never changes: no evaluation after the first improves
-    trainer = Trainer.from_config(small_config("train.epochs=6", "train.early_stop_patience=2",
-                                               "train.early_stop_metric=with/frames"))
+    trainer = Trainer.from_config(
+        small_config(
+            "train.epochs=6", "train.early_stop_patience=2", "train.early_stop_metric=with/frames"
+        )
+    )
     state = trainer.train_loop()
     assert state.epoch == 3
     assert "early stopping: with/frames did not improve for 2" in state.stop_reason
 
 
 def test_lr_plateau_halves_lr_without_improvement(small_config):
-    trainer = Trainer.from_config(small_config("train.epochs=4", "schedule.metric=with/frames",
-                                               "schedule.patience=0"))
+    trainer = Trainer.from_config(
+        small_config("train.epochs=4", "schedule.metric=with/frames", "schedule.patience=0")
+    )
     trainer.train_loop()
     lr = trainer.optimizer.param_groups[0]["lr"]
     assert math.isclose(lr, 1e-3 * 0.5**3, rel_tol=1e-9)  # evals 2, 3, 4 did not improve
@@ -109,17 +133,23 @@ def test_lr_plateau_halves_lr_without_improvement(small_config):
 def test_warmup_then_plateau(small_config):
     trainer = Trainer.from_config(small_config("schedule.warmup_iters=4", "train.epochs=1"))
     lrs = []
-    trainer.handlers.add(FunctionHandler(
-        lambda e: lrs.append(trainer.optimizer.param_groups[0]["lr"]),
-        [Events.ITERATION_STARTED], "lr_probe", priority=40))
+    trainer.handlers.add(
+        FunctionHandler(
+            lambda e: lrs.append(trainer.optimizer.param_groups[0]["lr"]),
+            [Events.ITERATION_STARTED],
+            "lr_probe",
+            priority=40,
+        )
+    )
     trainer.train_loop()
     assert lrs[:4] == pytest.approx([2.5e-4, 5e-4, 7.5e-4, 1e-3])
     assert lrs[4:] == pytest.approx([1e-3] * (len(lrs) - 4))
 
 
 def test_gradient_accumulation_steps_every_n(small_config):
-    trainer = Trainer.from_config(small_config("optim.accumulate_steps=3", "train.epochs=1",
-                                               "train.eval_every_epochs=0"))
+    trainer = Trainer.from_config(
+        small_config("optim.accumulate_steps=3", "train.epochs=1", "train.eval_every_epochs=0")
+    )
     steps = []
     original = trainer.optimizer.step
 

@@ -18,14 +18,17 @@ class LossTracker(Handler):
 
     Sums stay on the training device (no host sync per step); :meth:`take` returns the means as
     floats and starts a new window (the evaluation handler calls it, so ``metrics.jsonl`` holds
-    the mean training losses between two evaluations). State: the sums and count, resumable.
+    the mean training losses between two evaluations). State: the sums and count, resumable;
+    rank-local (a distributed checkpoint holds each rank's, see ``Trainer.save_checkpoint``).
     """
 
     name = "loss_tracker"
     priority = 20
+    rank_local = True  # each rank sums its own steps: checkpoints keep every rank's state
 
     def __init__(self) -> None:
-        self._sums: dict[str, torch.Tensor] = {}
+        self._keys: tuple[str, ...] = ()
+        self._sums: torch.Tensor | None = None  # float64 [len(keys)] on the training device
         self._count = 0
 
     def events(self) -> list[Any]:
@@ -35,35 +38,41 @@ class LossTracker(Handler):
         output = engine.state.output
         if not isinstance(output, dict) or not output.get("finite", True):
             return
-        for key, value in output.items():
-            if key == "finite":
-                continue
-            value = value.detach().double() if torch.is_tensor(value) else torch.tensor(value)
-            self._sums[key] = self._sums[key] + value if key in self._sums else value
+        keys = tuple(k for k in output if k != "finite")
+        values = torch.stack([torch.as_tensor(output[k]).detach().double() for k in keys])
+        if self._sums is None or keys != self._keys:
+            if self._sums is not None:  # a term appeared or vanished: start a new window
+                self._count = 0
+            self._keys, self._sums = keys, torch.zeros_like(values)
+        self._sums += values
         self._count += 1
 
     def means(self) -> dict[str, float]:
         """Mean of each term since the last :meth:`take`, over all ranks (one all-reduce)."""
-        if not self._count:
+        if not self._count or self._sums is None:
             return {}
-        keys = sorted(self._sums)
-        sums = torch.stack(
-            [self._sums[k].double().cpu() for k in keys]
-            + [torch.tensor(float(self._count), dtype=torch.float64)]
+        sums = torch.cat(
+            [self._sums.cpu(), torch.tensor([float(self._count)], dtype=torch.float64)]
         )
         if idist.get_world_size() > 1:
             sums = idist.all_reduce(sums.to(idist.device())).cpu()
-        return {k: float(sums[i]) / float(sums[-1]) for i, k in enumerate(keys)}
+        return {k: float(sums[i]) / float(sums[-1]) for i, k in enumerate(self._keys)}
 
     def take(self) -> dict[str, float]:
         """Means since the last call, then reset."""
         means = self.means()
-        self._sums, self._count = {}, 0
+        self._keys, self._sums, self._count = (), None, 0
         return means
 
     def state_dict(self) -> dict[str, Any]:
-        return {"sums": {k: float(v) for k, v in self._sums.items()}, "count": self._count}
+        sums = self._sums.cpu().tolist() if self._sums is not None else []
+        return {"sums": dict(zip(self._keys, sums, strict=True)), "count": self._count}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self._sums = {k: torch.tensor(v, dtype=torch.float64) for k, v in state["sums"].items()}
+        self._keys = tuple(state["sums"])
+        self._sums = (
+            torch.tensor(list(state["sums"].values()), dtype=torch.float64)
+            if (self._keys)
+            else None
+        )
         self._count = int(state["count"])
