@@ -268,6 +268,10 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--verbose", action="store_true")
     evaluate.set_defaults(func=_cmd_evaluate)
 
+    from m3sgg.dashboard import register_commands as register_dashboard_commands
+
+    register_dashboard_commands(commands)
+
     toy = commands.add_parser(
         "toy-data", help="write the built-in toy dataset in the real on-disk format"
     )

@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 from ignite.engine import Engine, Events
+from ignite.engine.events import RemovableEventHandle
 from ignite.metrics import Metric
 
 from m3sgg.engine.handlers.base import Handler, HandlerList
@@ -44,19 +45,31 @@ class MetricsRunner(Handler):
     def events(self) -> list[Any]:
         return [Events.STARTED, Events.ITERATION_COMPLETED, Events.COMPLETED]
 
+    def attach(self, engine: Engine) -> list[RemovableEventHandle]:
+        """One method per event (``last_event_name`` is unreliable under nested events)."""
+        started, iteration, completed = self.events()
+        return [
+            engine.add_event_handler(started, self.reset),
+            engine.add_event_handler(iteration, self.update),
+            engine.add_event_handler(completed, self.publish),
+        ]
+
     def __call__(self, engine: Engine) -> None:
-        event = engine.last_event_name
-        if event == Events.STARTED:
+        self.update(engine)
+
+    def reset(self, engine: Engine) -> None:
+        for metric in self.metrics.values():
+            metric.reset()
+
+    def update(self, engine: Engine) -> None:
+        for sample in engine.state.output:
             for metric in self.metrics.values():
-                metric.reset()
-        elif event == Events.ITERATION_COMPLETED:
-            for sample in engine.state.output:
-                for metric in self.metrics.values():
-                    metric.update(sample)
-        else:
-            for name, metric in self.metrics.items():
-                for key, value in metric.compute().items():
-                    engine.state.metrics[key if "/" in key else f"{name}/{key}"] = value
+                metric.update(sample)
+
+    def publish(self, engine: Engine) -> None:
+        for name, metric in self.metrics.items():
+            for key, value in metric.compute().items():
+                engine.state.metrics[key if "/" in key else f"{name}/{key}"] = value
 
 
 class Evaluator:

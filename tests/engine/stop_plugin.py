@@ -16,15 +16,19 @@ from m3sgg.engine.handlers.base import FunctionHandler
 def stop_at(trainer) -> None:
     at = int(os.environ["M3SGG_STOP_AT"])
 
-    def stop(engine) -> None:
-        # at an epoch boundary, stop after EPOCH_COMPLETED (its evaluation and last.pt) ran
-        boundary = at % engine.state.epoch_length == 0
-        at_epoch_end = engine.last_event_name == Events.EPOCH_COMPLETED
-        if engine.state.iteration == at and boundary == at_epoch_end:
+    def after_iteration(engine) -> None:
+        if engine.state.iteration == at and at % engine.state.epoch_length != 0:
+            engine.terminate()
+
+    def after_epoch(engine) -> None:  # at an epoch boundary: after its evaluation and last.pt
+        if engine.state.iteration == at:
             engine.terminate()
 
     trainer.handlers.add(
         FunctionHandler(
-            stop, [Events.ITERATION_COMPLETED, Events.EPOCH_COMPLETED], "stop_at", priority=1000
+            after_iteration, [Events.ITERATION_COMPLETED], "stop_mid_epoch", priority=1000
         )
+    )
+    trainer.handlers.add(
+        FunctionHandler(after_epoch, [Events.EPOCH_COMPLETED], "stop_at_epoch_end", priority=1000)
     )

@@ -6,6 +6,7 @@ import logging
 from typing import Any
 
 from ignite.engine import Engine, Events
+from ignite.engine.events import RemovableEventHandle
 
 from m3sgg.engine.events import M3sggEvents
 from m3sgg.engine.handlers.base import Handler
@@ -46,25 +47,39 @@ class ConsoleLogger(Handler):
     def events(self) -> list[Any]:
         return [Events.ITERATION_COMPLETED(every=self.every), M3sggEvents.EVALUATION_COMPLETED]
 
+    def attach(self, engine: Engine) -> list[RemovableEventHandle]:
+        """One method per event: nested events (an evaluation fired inside ITERATION_COMPLETED,
+        CHECKPOINT_SAVED inside EVALUATION_COMPLETED) make ``last_event_name`` unreliable."""
+        loss_event, eval_event = self.events()
+        return [
+            engine.add_event_handler(loss_event, self.log_losses),
+            engine.add_event_handler(eval_event, self.log_evaluation),
+        ]
+
     def __call__(self, engine: Engine) -> None:
+        self.log_losses(engine)
+
+    def log_losses(self, engine: Engine) -> None:
         state = engine.state
-        if engine.last_event_name == M3sggEvents.EVALUATION_COMPLETED:
-            logger.info(
-                "evaluation %d (epoch %d, iteration %d): %s",
-                state.eval_count,
-                state.epoch,
-                state.iteration,
-                headline(state.eval_metrics),
-            )
-            return
         output = state.output if isinstance(state.output, dict) else {}
         losses = " ".join(f"{k} {float(v):.4f}" for k, v in output.items() if k != "finite")
         lr = f" lr {self.optimizer.param_groups[0]['lr']:.2e}" if self.optimizer else ""
+        epoch_length = state.epoch_length or 0
         logger.info(
             "epoch %d iteration %d/%d: %s%s",
             state.epoch,
-            state.iteration - (state.epoch - 1) * (state.epoch_length or 0),
-            state.epoch_length or 0,
+            state.iteration - (state.epoch - 1) * epoch_length,
+            epoch_length,
             losses,
             lr,
+        )
+
+    def log_evaluation(self, engine: Engine) -> None:
+        state = engine.state
+        logger.info(
+            "evaluation %d (epoch %d, iteration %d): %s",
+            state.eval_count,
+            state.epoch,
+            state.iteration,
+            headline(state.eval_metrics),
         )

@@ -4,16 +4,19 @@ One visdom env per run (named after the run folder). The x axis of every curve i
 iteration (``engine.state.iteration``), so curves logged every N iterations and curves logged at
 each evaluation share one axis, whether evaluation runs per epoch or every N iterations.
 
-=======================  =====================  ==================================================
-window                   when                   what
-=======================  =====================  ==================================================
-``loss``                 every ``every`` iters  the total loss and each loss term
-``lr``                   every ``every`` iters  the learning rate of each parameter group
-``loss_mean``            each evaluation        mean training losses since the previous evaluation
-``<c>_R``, ``<c>_mR``    each evaluation        R@K / mR@K (%) of constraint ``c``, a line per K
-``<c>_per_predicate``    each evaluation        R@K (%) of each of the 26 predicates, bars per K,
-                                                replaced by every new evaluation
-=======================  =====================  ==================================================
+=======================  ====================  ===================================================
+window                   when                  what
+=======================  ====================  ===================================================
+``loss``                 every ``every`` its   the total loss and each loss term
+``lr``                   every ``every`` its   the learning rate of each parameter group
+``loss_mean``            each evaluation       mean training losses since the previous evaluation
+``<c>_R``, ``<c>_mR``    each evaluation       "<c>: R@K" / "<c>: mR@K" in %, one line per K
+``<c>_per_predicate``    each evaluation       R@K (%) of each of the 26 AG predicates, bars per
+                                               K, replaced by every new evaluation
+=======================  ====================  ===================================================
+
+``<c>`` is the constraint (``with``, ``semi``, ``no``) of metric keys ``"<c>/R@K"`` (EASG runs
+have ``with``/``no`` R@K curves and no bars); keys without a constraint give windows ``R``/``mR``.
 
 Training never depends on the server: a server that is absent at the start or dies mid-run gives
 one warning, plots are sent by a background worker (ignite's :class:`VisdomLogger` executor)
@@ -45,6 +48,7 @@ from urllib.parse import urlsplit
 import numpy as np
 import requests
 from ignite.engine import Engine, Events
+from ignite.engine.events import RemovableEventHandle
 from ignite.handlers.visdom_logger import VisdomLogger
 
 from m3sgg.engine.events import M3sggEvents
@@ -114,7 +118,8 @@ def parse_url(url: str) -> tuple[str, int, str]:
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ConfigError(f"visdom URL {url!r}: expected http://HOST[:PORT][/BASE]")
     base = parts.path.rstrip("/") or "/"
-    return f"{parts.scheme}://{parts.hostname}", port, base
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    return f"{parts.scheme}://{host}", port, base
 
 
 def open_logger(url: str, env: str, timeout: float = 2.0, num_workers: int = 1) -> VisdomLogger:
@@ -129,7 +134,7 @@ def open_logger(url: str, env: str, timeout: float = 2.0, num_workers: int = 1) 
         ConfigError: a malformed URL.
     """
     server, port, base = parse_url(url)
-    host = server.split("://", 1)[1]
+    host = server.split("://", 1)[1].strip("[]")
     try:
         socket.create_connection((host, port), timeout=timeout).close()
     except OSError as err:
@@ -201,6 +206,18 @@ class Table:
         return x, y
 
 
+def _scalar(value: Any) -> float | None:
+    """A number or one-element tensor as a float; None for anything else."""
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, int | float):
+        return float(value)
+    numel = getattr(value, "numel", None)
+    if numel is not None and numel() == 1:
+        return float(value)
+    return None
+
+
 def _finite(value: Any) -> float:
     value = math.nan if value is None else float(value)
     return value if math.isfinite(value) else math.nan
@@ -233,8 +250,8 @@ def evaluation_tables(records: Iterable[dict[str, Any]], lr: bool = False) -> di
             constraint, name = match["constraint"], match["name"]
             win = _window_id(constraint, name)
             if win not in tables:
-                title = f"{name}@K, {constraint} constraint" if constraint else f"{name}@K"
-                tables[win] = Table(title, "%")
+                title = f"{constraint}: {name}@K" if constraint else f"{name}@K"
+                tables[win] = Table(title, f"{name}@K (%)")
             curves.setdefault(win, {})[f"{name}@{match['k']}"] = 100.0 * value
         for win, values in curves.items():
             tables[win].add(x, dict(sorted(values.items(), key=lambda kv: _curve_order(kv[0]))))
@@ -268,12 +285,15 @@ def per_predicate_bars(record: dict[str, Any]) -> dict[str, tuple[np.ndarray, di
         x = np.nan_to_num(x, nan=0.0)
         names = list(AG_PREDICATES) if x.shape[0] == len(AG_PREDICATES) else None
         constraint = match["constraint"]
-        where = f", {constraint} constraint" if constraint else ""
+        where = f"{constraint}: " if constraint else ""
         opts: dict[str, Any] = {
-            "title": f"per-predicate R@K{where} (%), evaluation at iteration {record['iteration']}",
+            "title": f"{where}recall per predicate, iteration {record['iteration']}",
             "legend": [f"R@{k}" for k in ks],
-            "ylabel": "%",
+            "ylabel": "R@K (%)",
             "stacked": False,
+            "width": 900,  # room for the 26 predicate names
+            "height": 420,
+            "marginbottom": 120,
         }
         if names is not None:
             opts["rownames"] = names
@@ -309,18 +329,27 @@ def replay(vis: Any, records: Sequence[dict[str, Any]]) -> list[str]:
 
 
 class _Windows:
-    """Which traces each window has on the server (this connection), to append in one request.
+    """The traces of the windows this connection created, to append to them in one request.
 
-    A window whose traces are known and cover the new points gets all columns in one
-    ``line(update="append")``; otherwise each trace is appended by name (the server creates the
-    window, or adds the trace, as needed).
+    A window new on the server is created with all its traces, in order; later rows covered by
+    those traces go in one ``line(update="append")`` (traces matched by position). A window that
+    was already there (an env reloaded by a restarted server, a resumed run) and rows with new
+    traces are appended trace by trace, by name: the server adds a trace it does not have.
     """
 
     def __init__(self) -> None:
-        self.traces: dict[str, list[str]] = {}
+        self.traces: dict[str, list[str]] = {}  # windows created here → their traces, in order
+        self.foreign: set[str] = set()  # windows found on the server
 
     def append(self, vis: Any, win: str, table: Table) -> None:
         known = self.traces.get(win)
+        if known is None and win not in self.foreign:
+            if vis.win_exists(win) is False:
+                x, y = table.arrays()
+                vis.line(X=x, Y=y, win=win, opts=table.opts(legend=list(table.columns)))
+                self.traces[win] = list(table.columns)
+                return
+            self.foreign.add(win)
         if known is not None and set(table.columns) <= set(known):
             for name in known:
                 table.columns.setdefault(name, [math.nan] * len(table.xs))
@@ -328,7 +357,6 @@ class _Windows:
             x, y = table.arrays()
             vis.line(X=x, Y=y, win=win, update="append", opts=table.opts(legend=known))
             return
-        known = list(known or [])
         for name, column in table.columns.items():
             vis.line(
                 X=np.array(table.xs),
@@ -338,9 +366,8 @@ class _Windows:
                 update="append",
                 opts=table.opts(),
             )
-            if name not in known:
+            if known is not None and name not in known:
                 known.append(name)
-        self.traces[win] = known
 
 
 # ---------------------------------------------------------------------------- the handler
@@ -363,6 +390,7 @@ class VisdomPlotter(Handler):
         retry_every: seconds between reconnection attempts while the server is away.
         max_pending: sends allowed to wait in the background queue before training points drop.
         num_workers: 1: send from ignite's background executor; 0: send in the training thread.
+        clock: seconds for the retry schedule (tests pass a fake one).
 
     Example::
 
@@ -383,6 +411,7 @@ class VisdomPlotter(Handler):
         retry_every: float = 30.0,
         max_pending: int = 64,
         num_workers: int = 1,
+        clock: Callable[[], float] = time.monotonic,
     ):
         parse_url(url)
         if not isinstance(every, int) or every < 1:
@@ -403,11 +432,12 @@ class VisdomPlotter(Handler):
         self.retry_every = retry_every
         self.max_pending = max_pending
         self.num_workers = num_workers
+        self.clock = clock
         #: connection attempts made (each at most ~2 x timeout seconds of the training thread)
         self.connect_attempts = 0
         #: sends that failed on the network (each one opens an outage)
         self.failures = 0
-        #: training points not sent because the queue was full or the server away
+        #: training points not sent: the queue was full, or no server was connected
         self.dropped = 0
         self._logger: VisdomLogger | None = None
         self._generation = 0
@@ -422,31 +452,58 @@ class VisdomPlotter(Handler):
         self._bug_logged = False
 
     def events(self) -> list[Any]:
+        return [event for event, _ in self._routes()]
+
+    def _routes(self) -> list[tuple[Any, Callable[[Engine], None]]]:
         return [
-            Events.STARTED,
-            Events.ITERATION_COMPLETED(every=self.every),
-            M3sggEvents.EVALUATION_COMPLETED,
-            Events.COMPLETED,
+            (Events.STARTED, self.started),
+            (Events.ITERATION_COMPLETED(every=self.every), self.iteration_completed),
+            (M3sggEvents.EVALUATION_COMPLETED, self.evaluation_completed),
+            (Events.COMPLETED, self.completed),
         ]
+
+    def attach(self, engine: Engine) -> list[RemovableEventHandle]:
+        """One method per event: an evaluation fired from inside ITERATION_COMPLETED changes
+        ``engine.last_event_name`` before this handler's turn at that iteration comes."""
+        return [engine.add_event_handler(event, method) for event, method in self._routes()]
+
+    def __call__(self, engine: Engine) -> None:
+        """Do what ``engine.last_event_name`` calls for (:meth:`attach` binds the methods)."""
+        for event, method in self._routes():
+            if engine.last_event_name == event:
+                method(engine)
+                return
+
+    @property
+    def waiting_evaluations(self) -> int:
+        """Evaluations not yet on the server (sent when it answers again)."""
+        return len(self._evaluations)
 
     @property
     def connected(self) -> bool:
         """A connection is open and none of its sends has failed."""
         return self._logger is not None and self._down_generation != self._generation
 
-    def __call__(self, engine: Engine) -> None:
-        event = engine.last_event_name
-        if event == M3sggEvents.EVALUATION_COMPLETED:
-            self._evaluations.append(self._record(engine))
-            if self._ensure_connected():
-                self._submit(self._send_evaluations, droppable=False)
-        elif event == Events.ITERATION_COMPLETED:
-            if self._ensure_connected():
-                self._submit(self._training_job(engine), droppable=True)
-        elif event == Events.STARTED:
-            self._ensure_connected()
-        elif event == Events.COMPLETED:
-            self.close()
+    def started(self, engine: Engine) -> None:
+        """Connect (or warn once that no server answers)."""
+        self._ensure_connected()
+
+    def iteration_completed(self, engine: Engine) -> None:
+        """Queue this iteration's losses and learning rates."""
+        if self._ensure_connected():
+            self._submit(self._training_job(engine), droppable=True)
+        else:
+            self.dropped += 1
+
+    def evaluation_completed(self, engine: Engine) -> None:
+        """Keep the evaluation's record and queue every one the server has not got yet."""
+        self._evaluations.append(self._record(engine))
+        if self._ensure_connected():
+            self._submit(self._send_evaluations, droppable=False)
+
+    def completed(self, engine: Engine) -> None:
+        """Send what is queued, save the env, stop the worker."""
+        self.close()
 
     # ------------------------------------------------------------------ what each event sends
 
@@ -461,13 +518,13 @@ class VisdomPlotter(Handler):
             "metrics": jsonable(getattr(state, "eval_metrics", {}) or {}),
         }
 
-    def _training_job(self, engine: Engine) -> Callable[[Any], None]:
+    def _training_job(self, engine: Engine) -> Callable[[Any, _Windows], None]:
         x = engine.state.iteration
         output = engine.state.output
         values = output if isinstance(output, dict) else {"loss": output}
-        losses = {k: v for k, v in values.items() if k != "finite" and v is not None}
+        losses = {k: _scalar(v) for k, v in values.items() if k != "finite"}
         loss_table = Table(f"training loss (every {self.every} iterations)", "loss")
-        loss_table.add(x, _loss_first(losses))
+        loss_table.add(x, _loss_first({k: v for k, v in losses.items() if v is not None}))
         tables = {"loss": loss_table}
         if self.optimizer is not None:
             lr_table = Table("learning rate", "lr")
@@ -476,18 +533,20 @@ class VisdomPlotter(Handler):
             )
             tables["lr"] = lr_table
 
-        def job(vis: Any) -> None:
+        def job(vis: Any, windows: _Windows) -> None:
             for win, table in tables.items():
-                self._windows.append(vis, win, table)
+                windows.append(vis, win, table)
 
         return job
 
-    def _send_evaluations(self, vis: Any) -> None:
-        """Send every evaluation not yet on the server (the new one, and any missed)."""
+    def _send_evaluations(self, vis: Any, windows: _Windows) -> None:
+        """Send every evaluation not yet on the server (the new one, any missed), save the env.
+
+        The worker may run this after later evaluations were queued: it then sends them too, and
+        the jobs of those find nothing left but still save (the env file keeps up).
+        """
         records = list(self._evaluations)
-        if not records:
-            return
-        draw_evaluations(vis, records, self._windows)
+        draw_evaluations(vis, records, windows)
         vis.save([self.env])
         with self._lock:
             for record in records:
@@ -502,14 +561,14 @@ class VisdomPlotter(Handler):
             if self.connected:
                 return True
             self._disconnect()
-        now = time.monotonic()
+        now = self.clock()
         if now < self._next_attempt:
             return False
-        self._next_attempt = now + self.retry_every
         self.connect_attempts += 1
         try:
             self._logger = open_logger(self.url, self.env, self.timeout, self.num_workers)
         except VisdomUnavailable as err:
+            self._next_attempt = self.clock() + self.retry_every
             self._begin_outage(str(err))
             return False
         self._generation += 1
@@ -539,7 +598,7 @@ class VisdomPlotter(Handler):
         old, self._logger = self._logger, None
         if old is not None:
             old.executor.shutdown(wait=False, cancel_futures=True)
-        self._next_attempt = time.monotonic() + self.retry_every
+        self._next_attempt = self.clock() + self.retry_every
         self._begin_outage(f"lost the server at {self.url} ({self._down_reason})")
 
     def _submit(self, job: Callable[[Any, _Windows], None], droppable: bool) -> None:
@@ -571,7 +630,9 @@ class VisdomPlotter(Handler):
 
         future = visdom_logger.executor.submit(run)
         if hasattr(future, "add_done_callback"):  # a real future: it may be cancelled unrun
-            future.add_done_callback(lambda f: self._cancelled(droppable) if f.cancelled() else None)
+            future.add_done_callback(
+                lambda f: self._cancelled(droppable) if f.cancelled() else None
+            )
 
     def _cancelled(self, droppable: bool) -> None:
         with self._lock:
@@ -592,7 +653,7 @@ class VisdomPlotter(Handler):
 
         The env stays on the server (ignite's ``VisdomLogger.close`` would delete its windows).
         """
-        if self._logger is not None and self.connected and self._evaluations:
+        if self._logger is not None and self.connected:
             self._submit(self._send_evaluations, droppable=False)
         self.flush()
         if self._logger is not None:
