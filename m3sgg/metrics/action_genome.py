@@ -1,0 +1,1062 @@
+"""Action Genome scene-graph recall: R@K, mR@K and per-predicate recall as STTran/TEMPURA report.
+
+The numbers equal those of STTran's ``BasicSceneGraphEvaluator`` (R@K) and of TEMPURA's evaluator
+(mR@K, per-predicate recall) on the same predictions. One sample is one **video**.
+
+Per frame::
+
+    GT relations      object m: (person, m, a), (m, person, 3+s) for each spatial s (reversed),
+                      (person, m, 9+c) for each contacting c           -> 26 global predicate ids
+    candidate rows    the frame's pairs three times: attention (columns 0-2), spatial with the
+                      pair reversed (3-8), contacting (9-25); zeros outside a row's group
+    with              one prediction per row: argmax column (lowest on ties), score = row max
+                      (so an all-zero row predicts predicate 0 with score 0)
+    semi (t)          rows with col0+col1 > 0: their argmax; else rows with col3+col4 > 0 or
+                      col9+col10 > 0: every column with value > t (float64); else nothing
+    no                every cell; the top 100 by float32(subject_score * object_score) * cell
+    triplet score     subject_score * object_score * predicate_score (float64), ranked descending
+    match             same subject class, predicate and object class, subject IoU and object IoU
+                      >= iou_threshold ("+1 pixel" IoU, float64); no one-to-one assignment
+    R@K of the frame  GT relations recalled by the top K predictions / GT relations
+
+Dtypes follow the reference: the attention logits go through ``torch.softmax(dim=1)`` in float32
+on the CPU, then all probabilities are widened to float64; boxes and object scores are float32
+widened to float64 (their product is rounded to float32 only for the ``no`` top-100 cut).
+
+Aggregation: ``R@K`` is the mean over all evaluated frames of all videos; ``per_predicate[K][p]``
+is ``hits[p] / (count[p] + 1e-10)`` with hits and counts summed over the whole evaluation (the
+``1e-10`` is TEMPURA's), and ``mR@K`` is their sum divided by 26 (predicates without ground truth
+count 0). State is per video and is cleared by ``reset()``, so mR does not drift across epochs.
+
+Behaviours the reference leaves open:
+
+* **Frames without any GT relation** (impossible in the AG protocol) are skipped: they are in
+  neither the R@K average nor the mR counts, and are counted in ``frames_without_gt``. A frame
+  with GT but without predicted pairs is evaluated and has recall 0.
+* **Ties.** The reference ranks with an unstable sort, so equal scores straddling a cut make its
+  result platform-dependent. Here the ranking is stable: equal scores keep the reference's
+  candidate order (attention rows, spatial rows, contacting rows, each in pair order, columns
+  ascending); in ``no``, the top-100 cut keeps that order among equal cut scores and the final
+  ranking keeps the cut's order, i.e. it sorts by (triplet score desc, cut score desc, order).
+* Pairs whose ``im_idx`` is not a frame of the ground truth are ignored, as in the reference.
+
+Implementation: no Python loop per frame or per relation. ``update`` checks and copies a video;
+pending videos are evaluated together (frames renumbered batch-wide) when they reach about
+``_BATCH_SIZE`` pairs + frames, and at ``compute()``. Matching is done once per batch, whatever
+the constraints: a candidate recalls a GT relation iff its predicate is the relation's and its
+(pair, direction) matches the relation's object (classes and IoUs), so every GT relation gets the
+keys ``(direction, pair, predicate)`` that would recall it. Each constraint then ranks its
+candidates within their frames (a padded frame × candidate table sorted row-wise; rows with
+equal scores re-sorted stably) and a relation is recalled at K iff its best key ranks below K.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from numbers import Integral, Real
+from typing import Any
+
+import ignite.distributed as idist
+import numpy as np
+import torch
+from ignite.exceptions import NotComputableError
+
+from m3sgg.data.structures import VideoGT
+from m3sgg.errors import ConfigError
+from m3sgg.metrics.base import SampleStatsMetric, sample_hash
+from m3sgg.vocab import GROUP_SIZES, NUM_AG_PREDICATES, PREDICATE_GROUPS, PREDICATE_OFFSETS
+
+__all__ = [
+    "AG_CONSTRAINTS",
+    "AG_MODES",
+    "NO_CONSTRAINT_TOP",
+    "ActionGenomeRecall",
+    "ActionGenomeRecallSuite",
+]
+
+AG_MODES: tuple[str, ...] = ("predcls", "sgcls", "sgdet")
+AG_CONSTRAINTS: tuple[str, ...] = ("with", "semi", "no")
+#: Cells per frame the ``no`` constraint keeps (ranked by the float32 object-score product × cell).
+NO_CONSTRAINT_TOP = 100
+#: TEMPURA's guard in ``hits / (count + 1e-10)``.
+_EPS = 1e-10
+_NP = NUM_AG_PREDICATES  # 26 columns per candidate row
+_PERSON = 1
+_NO_RANK = np.iinfo(np.int32).max  # rank of a GT relation no prediction recalls
+#: Videos are evaluated in batches of about this many pairs + frames (bounded memory, few calls).
+_BATCH_SIZE = 4096
+_OFFSETS = tuple(PREDICATE_OFFSETS[g] for g in PREDICATE_GROUPS)  # (0, 3, 9)
+_WIDTHS = tuple(GROUP_SIZES[g] for g in PREDICATE_GROUPS)  # (3, 6, 17)
+_PREDICATE_GROUP = np.repeat(np.arange(3), _WIDTHS)  # predicate id -> block 0/1/2
+_REVERSED_BLOCK = 1  # the spatial block holds the pairs reversed (object -> person)
+
+
+# --------------------------------------------------------------------------------------------
+# One video, checked and copied by update()
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _VideoInput:
+    """One video's ground truth and predictions as owned arrays (pairs of GT frames only)."""
+
+    sample_id: str
+    num_frames: int
+    person_boxes: np.ndarray  # (F, 4) float32 xyxy
+    obj_frame: np.ndarray  # (O,) int64
+    obj_class: np.ndarray  # (O,) int64
+    obj_boxes: np.ndarray  # (O, 4) float64 xyxy
+    rel_obj: np.ndarray  # (R,) int64
+    rel_pred: np.ndarray  # (R,) int64 predicate id
+    boxes: np.ndarray  # (B, 4) float64 xyxy
+    labels: np.ndarray  # (B,) int64
+    scores: np.ndarray  # (B,) float32
+    pair_frame: np.ndarray  # (P,) int64
+    sub: np.ndarray  # (P,) int64 box index of the subject (the person)
+    obj: np.ndarray  # (P,) int64 box index of the object
+    attention_logits: np.ndarray  # (P, 3) float32
+    spatial: np.ndarray  # (P, 6) float64
+    contacting: np.ndarray  # (P, 17) float64
+
+    @property
+    def size(self) -> int:
+        """What the video adds to a batch (pairs and frames)."""
+        return int(self.sub.shape[0]) + self.num_frames
+
+
+def _owned(pred: Mapping[str, Any], name: str, dtype: Any, width: int | None) -> np.ndarray:
+    """``pred[name]`` as a new numpy array of ``dtype``: 1-D, or ``(N, width)``."""
+    value = pred[name]
+    if isinstance(value, torch.Tensor):
+        value = value.detach().cpu().numpy()
+    try:
+        array = np.array(value, dtype=dtype)  # always a copy: the caller's data is never aliased
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"pred[{name!r}] cannot be read as {np.dtype(dtype).name}: {err}") from err
+    if width is None:
+        if array.ndim != 1 and array.size != 0:
+            raise ValueError(f"pred[{name!r}] must be 1-D, got shape {array.shape}")
+        return array.reshape(-1)
+    if array.size == 0:
+        return array.reshape(0, width)
+    if array.ndim != 2 or array.shape[1] != width:
+        raise ValueError(f"pred[{name!r}] must have shape (N, {width}), got {array.shape}")
+    return array
+
+
+def _read_video(sample_id: str, gt: VideoGT, pred: Mapping[str, Any], mode: str) -> _VideoInput:
+    """Check one video's ``pred`` against the mode and copy what the metric needs."""
+    label_key, score_key = (
+        ("labels", "scores") if mode == "predcls" else ("pred_labels", "pred_scores")
+    )
+    needed = (
+        "boxes",
+        label_key,
+        score_key,
+        "im_idx",
+        "pair_idx",
+        "attention_distribution",
+        "spatial_distribution",
+        "contacting_distribution",
+    )
+    missing = [key for key in needed if key not in pred]
+    if missing:
+        raise ValueError(f"pred for mode {mode!r} lacks the keys {missing}")
+    boxes = _owned(pred, "boxes", np.float64, 5)[:, 1:]  # float32 values are exact in float64
+    labels = _owned(pred, label_key, np.int64, None)
+    scores = _owned(pred, score_key, np.float32, None)
+    im_idx = _owned(pred, "im_idx", np.float64, None)
+    pair_idx = _owned(pred, "pair_idx", np.int64, 2)
+    attention = _owned(pred, "attention_distribution", np.float32, _WIDTHS[0])
+    spatial = _owned(pred, "spatial_distribution", np.float64, _WIDTHS[1])
+    contacting = _owned(pred, "contacting_distribution", np.float64, _WIDTHS[2])
+
+    num_boxes = boxes.shape[0]
+    if labels.shape[0] != num_boxes or scores.shape[0] != num_boxes:
+        raise ValueError(
+            f"pred[{label_key!r}] and pred[{score_key!r}] need one entry per box ({num_boxes}), "
+            f"got {labels.shape[0]} and {scores.shape[0]}"
+        )
+    num_pairs = pair_idx.shape[0]
+    for name, array in (
+        ("im_idx", im_idx),
+        ("attention_distribution", attention),
+        ("spatial_distribution", spatial),
+        ("contacting_distribution", contacting),
+    ):
+        if array.shape[0] != num_pairs:
+            raise ValueError(f"pred[{name!r}] has {array.shape[0]} rows for {num_pairs} pairs")
+    if num_pairs and (pair_idx.min() < 0 or pair_idx.max() >= num_boxes):
+        raise ValueError(f"pred['pair_idx'] must index the {num_boxes} boxes")
+    pair_frame = im_idx.astype(np.int64)
+    if (pair_frame != im_idx).any():
+        raise ValueError("pred['im_idx'] must hold integer frame indices")
+    num_objects = gt.obj_class.shape[0]
+    if gt.person_boxes.shape != (gt.num_frames, 4) or gt.obj_boxes.shape != (num_objects, 4):
+        raise ValueError(f"gt of video {sample_id!r}: person_boxes or obj_boxes are mis-shaped")
+    if num_objects and (gt.obj_frame.min() < 0 or gt.obj_frame.max() >= gt.num_frames):
+        raise ValueError(f"gt of video {sample_id!r}: obj_frame must index its frames")
+    if gt.rel_obj.shape[0] and (gt.rel_obj.min() < 0 or gt.rel_obj.max() >= num_objects):
+        raise ValueError(f"gt of video {sample_id!r}: rel_obj must index its objects")
+    if gt.rel_pred.shape[0] and (gt.rel_pred.min() < 0 or gt.rel_pred.max() >= _NP):
+        raise ValueError(f"gt of video {sample_id!r}: rel_pred must be predicate ids 0..25")
+    keep = (pair_frame >= 0) & (pair_frame < gt.num_frames)  # the reference ignores the others
+    if not keep.all():
+        pair_frame, pair_idx = pair_frame[keep], pair_idx[keep]
+        attention, spatial, contacting = attention[keep], spatial[keep], contacting[keep]
+    return _VideoInput(
+        sample_id=sample_id,
+        num_frames=gt.num_frames,
+        person_boxes=np.array(gt.person_boxes, np.float32),  # copies: evaluated later
+        obj_frame=np.array(gt.obj_frame, np.int64),
+        obj_class=np.array(gt.obj_class, np.int64),
+        obj_boxes=np.array(gt.obj_boxes, np.float64),
+        rel_obj=np.array(gt.rel_obj, np.int64),
+        rel_pred=np.array(gt.rel_pred, np.int64),
+        boxes=boxes,
+        labels=labels,
+        scores=scores,
+        pair_frame=pair_frame,
+        sub=pair_idx[:, 0].copy(),
+        obj=pair_idx[:, 1].copy(),
+        attention_logits=attention,
+        spatial=spatial,
+        contacting=contacting,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# A batch of videos: the constraint-independent work
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Batch:
+    """Several videos evaluated together; frames, boxes and objects are renumbered batch-wide.
+
+    Candidate cells are numbered ``(block * P + q) * 26 + column`` (block 0 attention, 1 spatial,
+    2 contacting; ``q`` the pair). Within a frame, ascending ids are the reference's row order.
+    """
+
+    num_videos: int
+    num_frames: int
+    frame_video: np.ndarray  # (F,) video of each frame
+    num_pairs: int
+    pair_frame: np.ndarray  # (P,)
+    blocks: tuple[np.ndarray, np.ndarray, np.ndarray]  # float64 (P,3) softmaxed, (P,6), (P,17)
+    pair_score: np.ndarray  # (P,) float64 subject_score * object_score (exact in float64)
+    pair_score32: np.ndarray  # (P,) the same product rounded to float32, widened
+    rel_frame: np.ndarray  # (R,) frame of each GT relation
+    rel_pred: np.ndarray  # (R,) predicate id of each GT relation
+    match_rel: np.ndarray  # (J,) GT relation ...
+    match_key: np.ndarray  # (J,) ... and the key of candidates that would recall it
+    _argmax: list[tuple[np.ndarray, np.ndarray] | None]
+
+    def row_argmax(self, block: int) -> tuple[np.ndarray, np.ndarray]:
+        """Argmax column (lowest on ties) and max of the 26-column rows of ``block``, cached."""
+        cached = self._argmax[block]
+        if cached is None:
+            cached = _row_argmax(self.blocks[block], _OFFSETS[block])
+            self._argmax[block] = cached
+        return cached
+
+
+def _exclusive_cumsum(counts: Sequence[int]) -> np.ndarray:
+    out = np.zeros(len(counts), np.int64)
+    np.cumsum(counts[:-1], out=out[1:])
+    return out
+
+
+def _make_batch(items: Sequence[_VideoInput], iou_threshold: float) -> _Batch:
+    """Concatenate videos (frames, boxes, objects renumbered) and do the shared work."""
+    frame_off = _exclusive_cumsum([it.num_frames for it in items])
+    box_off = _exclusive_cumsum([it.boxes.shape[0] for it in items])
+    obj_off = _exclusive_cumsum([it.obj_class.shape[0] for it in items])
+    num_frames = int(frame_off[-1]) + items[-1].num_frames
+
+    def cat(parts: list[np.ndarray]) -> np.ndarray:
+        return np.concatenate(parts) if len(parts) > 1 else parts[0]
+
+    person = cat([it.person_boxes for it in items]).astype(np.float64)
+    obj_frame = cat([it.obj_frame + frame_off[v] for v, it in enumerate(items)])
+    obj_class = cat([it.obj_class for it in items])
+    obj_boxes = cat([it.obj_boxes for it in items])
+    rel_obj = cat([it.rel_obj + obj_off[v] for v, it in enumerate(items)])
+    rel_pred = cat([it.rel_pred for it in items])
+    boxes = cat([it.boxes for it in items])
+    labels = cat([it.labels for it in items])
+    scores = cat([it.scores for it in items])
+    pair_frame = cat([it.pair_frame + frame_off[v] for v, it in enumerate(items)])
+    sub = cat([it.sub + box_off[v] for v, it in enumerate(items)])
+    obj = cat([it.obj + box_off[v] for v, it in enumerate(items)])
+    logits = torch.from_numpy(cat([it.attention_logits for it in items]))
+    # softmax is row-wise: one call over the batch equals one call per video
+    attention = torch.softmax(logits, dim=1).numpy().astype(np.float64)
+    spatial = cat([it.spatial for it in items])
+    contacting = cat([it.contacting for it in items])
+
+    score64 = scores.astype(np.float64)
+    match_rel, match_key = _match_keys(
+        person,
+        obj_frame,
+        obj_class,
+        obj_boxes,
+        rel_obj,
+        rel_pred,
+        boxes,
+        labels,
+        pair_frame,
+        sub,
+        obj,
+        iou_threshold,
+    )
+    return _Batch(
+        num_videos=len(items),
+        num_frames=num_frames,
+        frame_video=np.repeat(np.arange(len(items)), [it.num_frames for it in items]),
+        num_pairs=int(sub.shape[0]),
+        pair_frame=pair_frame,
+        blocks=(attention, spatial, contacting),
+        pair_score=score64[sub] * score64[obj],
+        pair_score32=(scores[sub] * scores[obj]).astype(np.float64),
+        rel_frame=obj_frame[rel_obj],
+        rel_pred=rel_pred,
+        match_rel=match_rel,
+        match_key=match_key,
+        _argmax=[None, None, None],
+    )
+
+
+def _row_argmax(values: np.ndarray, offset: int) -> tuple[np.ndarray, np.ndarray]:
+    """Argmax and max of rows that are ``values`` at ``offset`` and zeros elsewhere (26 wide)."""
+    if values.shape[0] == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.float64)
+    column = values.argmax(axis=1)
+    best = values[np.arange(values.shape[0]), column]  # faster than a max along rows
+    column += offset
+    positive = best > 0
+    if offset == 0:
+        # a zero maximum is first reached inside the block, a negative one just after it
+        zero_column = np.where(best == 0, column, values.shape[1])
+    else:
+        zero_column = np.zeros_like(column)  # the zeros before the block come first
+    return np.where(positive, column, zero_column), np.where(positive, best, 0.0)
+
+
+def _iou(gt: np.ndarray, pred: np.ndarray) -> np.ndarray:
+    """IoU of the columns of float64 ``(4, n)`` xyxy boxes, with the reference's "+1 pixel"
+    arithmetic: ``inter / ((gt_area + pred_area) - inter)``, 0 unless both overlaps are > 0."""
+    gx1, gy1, gx2, gy2 = gt
+    px1, py1, px2, py2 = pred
+    iw = np.minimum(gx2, px2) - np.maximum(gx1, px1) + 1
+    ih = np.minimum(gy2, py2) - np.maximum(gy1, py1) + 1
+    inter = iw * ih
+    union = (gx2 - gx1 + 1) * (gy2 - gy1 + 1) + (px2 - px1 + 1) * (py2 - py1 + 1) - inter
+    out = np.zeros(inter.shape[0], np.float64)
+    np.divide(inter, union, out=out, where=(iw > 0) & (ih > 0))
+    return out
+
+
+def _join(left: np.ndarray, right: np.ndarray, key_range: int) -> tuple[np.ndarray, np.ndarray]:
+    """All index pairs ``(i, j)`` with ``left[i] == right[j]``, keys ints in ``[0, key_range)``."""
+    if key_range > 1 << 24:  # sparse keys: renumber them densely first
+        keys, right = np.unique(right, return_inverse=True)
+        pos = np.minimum(np.searchsorted(keys, left), max(keys.shape[0] - 1, 0))
+        left = np.where(keys[pos] == left, pos, keys.shape[0]) if keys.shape[0] else left * 0
+        key_range = keys.shape[0] + 1
+    counts = np.bincount(right, minlength=key_range)
+    if counts.max(initial=0) <= 1:  # each key at most once on the right: a lookup table
+        where = np.full(key_range, -1, np.int64)
+        where[right] = np.arange(right.shape[0])
+        found = where[left]
+        li = np.flatnonzero(found >= 0)
+        return li, found[li]
+    order = np.argsort(right, kind="stable")
+    per_left = counts[left]
+    li = np.repeat(np.arange(left.shape[0]), per_left)
+    first = np.repeat(np.cumsum(counts)[left] - per_left - np.cumsum(per_left) + per_left, per_left)
+    return li, order[first + np.arange(li.shape[0])]
+
+
+def _match_keys(
+    person: np.ndarray,
+    obj_frame: np.ndarray,
+    obj_class: np.ndarray,
+    obj_boxes: np.ndarray,
+    rel_obj: np.ndarray,
+    rel_pred: np.ndarray,
+    boxes: np.ndarray,
+    labels: np.ndarray,
+    pair_frame: np.ndarray,
+    sub: np.ndarray,
+    obj: np.ndarray,
+    iou_threshold: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Every (GT relation, candidate key) such that a candidate with that key recalls it.
+
+    A candidate of pair ``(i, j)`` is the triplet ``(i, column, j)``, or ``(j, column, i)`` in the
+    (reversed) spatial block. Against a GT relation ``(person, p, m)`` or, for spatial ``p``,
+    ``(m, p, person)``, it matches iff ``column == p`` and, when the candidate's direction equals
+    the relation's, *forward*: ``label[i] == person``, ``label[j] == class[m]``, IoU(i, person
+    box) and IoU(j, box m) pass; when the directions differ, *backward*: the same with ``i``
+    and ``j`` swapped. So matching depends on the direction, not on the block: the key is
+    ``(direction * P + pair) * 26 + column`` (direction 1 = reversed). Cells outside their
+    block's group (zero scores, which ``with`` and ``no`` can still rank) are candidates too.
+    """
+    empty = np.zeros(0, np.int64)
+    num_pairs = sub.shape[0]
+    if num_pairs == 0 or rel_obj.shape[0] == 0:
+        return empty, empty
+    # (4, n) layouts: each coordinate contiguous
+    person_t, obj_boxes_t, boxes_t = person.T.copy(), obj_boxes.T.copy(), boxes.T.copy()
+    pair_person = np.take(person_t, pair_frame, axis=1)
+    lo = min(int(labels.min()), int(obj_class.min()))
+    span = max(int(labels.max()), int(obj_class.max())) - lo + 1
+    obj_key = obj_frame * span + (obj_class - lo)
+    key_range = (int(pair_frame.max()) + 1) * span
+
+    found_pair, found_obj, found_backward = [], [], []
+    for backward, (head, tail) in enumerate(((sub, obj), (obj, sub))):
+        # ``head`` stands for the person and ``tail`` for object m
+        ok = labels[head] == _PERSON
+        ok &= _iou(pair_person, np.take(boxes_t, head, axis=1)) >= iou_threshold
+        pairs = np.flatnonzero(ok)
+        if pairs.shape[0] == 0:
+            continue
+        pair_key = pair_frame[pairs] * span + (labels[tail[pairs]] - lo)
+        pi, objects = _join(pair_key, obj_key, max(key_range, int(obj_key.max()) + 1))
+        pairs = pairs[pi]
+        gt_boxes = np.take(obj_boxes_t, objects, axis=1)
+        hit = _iou(gt_boxes, np.take(boxes_t, tail[pairs], axis=1)) >= iou_threshold
+        found_pair.append(pairs[hit])
+        found_obj.append(objects[hit])
+        found_backward.append(np.full(int(hit.sum()), bool(backward)))
+    if not found_pair:
+        return empty, empty
+    pairs = np.concatenate(found_pair)
+    backward = np.concatenate(found_backward)
+    mi, ri = _join(np.concatenate(found_obj), rel_obj, obj_class.shape[0])
+    pred = rel_pred[ri]
+    # the direction a candidate needs: the relation's (forward) or the other one (backward)
+    direction = backward[mi] != (_PREDICATE_GROUP[pred] == _REVERSED_BLOCK)
+    return ri, (direction * num_pairs + pairs[mi]) * _NP + pred
+
+
+# --------------------------------------------------------------------------------------------
+# Ranking
+# --------------------------------------------------------------------------------------------
+
+
+def _group_slots(group: np.ndarray, num_groups: int) -> tuple[np.ndarray, np.ndarray]:
+    """Position of each element among its group's elements (in element order), group sizes."""
+    counts = np.bincount(group, minlength=num_groups)
+    narrow = group.astype(np.uint16) if num_groups <= 1 << 16 else group
+    order = np.argsort(narrow, kind="stable")  # a radix sort for 16-bit keys
+    slot = np.empty(group.shape[0], np.int64)
+    slot[order] = np.arange(group.shape[0]) - (np.cumsum(counts) - counts)[group[order]]
+    return slot, counts
+
+
+def _argsort_rows(table: np.ndarray, counts: np.ndarray, *tiebreaks: np.ndarray) -> np.ndarray:
+    """Row-wise argsort, ascending; columns ``>= counts`` are padding (keys that sort last).
+
+    Equal keys are ordered by the ``tiebreaks`` tables (same shape, first one first), else by
+    column. Rows are sorted with the fast unstable sort, then the rows where equal keys meet
+    (among their real entries) are sorted again with a stable one.
+    """
+    order = np.argsort(table, axis=1)
+    width = table.shape[1]
+    if width > 1:
+        ordered = np.take_along_axis(table, order, axis=1)
+        tie = ordered[:, 1:] == ordered[:, :-1]
+        tie &= np.arange(1, width)[None, :] <= counts[:, None]  # a real key equal to the padding
+        if tie.any():
+            rows = np.flatnonzero(tie.any(axis=1))
+            if tiebreaks:
+                keys = (*(t[rows] for t in reversed(tiebreaks)), table[rows])
+                order[rows] = np.lexsort(keys, axis=1)
+            else:
+                order[rows] = np.argsort(table[rows], axis=1, kind="stable")
+    return order
+
+
+def _segment_ranks(group: np.ndarray, key: np.ndarray, num_groups: int) -> np.ndarray:
+    """Rank of each element within its group by ``key`` ascending, ties in element order.
+
+    Groups are the rows of a padded table, sorted row-wise. When group sizes vary a lot, groups
+    of each size class (a power of two) get their own table, so padding at most doubles it.
+    """
+    n = group.shape[0]
+    if n == 0:
+        return np.zeros(0, np.int64)
+    slot, counts = _group_slots(group, num_groups)
+    if num_groups * int(counts.max()) <= 4 * n + 4096:
+        return _ranks_in_table(group, slot, counts, key)
+    size_class = np.ceil(np.log2(np.maximum(counts, 1))).astype(np.int64)
+    rank = np.empty(n, np.int64)
+    element_class = size_class[group]
+    for size in np.unique(size_class[counts > 0]):
+        groups = np.flatnonzero(size_class == size)
+        row_of = np.zeros(num_groups, np.int64)
+        row_of[groups] = np.arange(groups.shape[0])
+        mine = np.flatnonzero(element_class == size)
+        rank[mine] = _ranks_in_table(row_of[group[mine]], slot[mine], counts[groups], key[mine])
+    return rank
+
+
+def _ranks_in_table(
+    row: np.ndarray, slot: np.ndarray, counts: np.ndarray, key: np.ndarray
+) -> np.ndarray:
+    width = int(counts.max())
+    table = np.full((counts.shape[0], width), np.inf)
+    table[row, slot] = key
+    order = _argsort_rows(table, counts)
+    rank = np.empty_like(order)
+    np.put_along_axis(rank, order, np.arange(width)[None, :], axis=1)
+    return rank[row, slot]
+
+
+# --------------------------------------------------------------------------------------------
+# Constraint-specific candidates
+# --------------------------------------------------------------------------------------------
+
+
+def _candidates(
+    batch: _Batch, constraint: str, semi_threshold: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """``with``/``semi`` candidates: cell ids (ascending) and predicate scores."""
+    num_pairs = batch.num_pairs
+    rows = np.arange(num_pairs)
+    ids, scores = [], []
+    for block in range(3):
+        if constraint == "with":
+            column, best = batch.row_argmax(block)
+            ids.append((block * num_pairs + rows) * _NP + column)
+            scores.append(best)
+            continue
+        values = batch.blocks[block]
+        routed = values[:, 0] + values[:, 1] > 0  # the reference's routing of a row
+        if block == 0:
+            column, best = batch.row_argmax(block)
+            keep = np.flatnonzero(routed)
+            ids.append((block * num_pairs + keep) * _NP + column[keep])
+            scores.append(best[keep])
+        else:
+            q, k = np.nonzero((values > semi_threshold) & routed[:, None])
+            ids.append((block * num_pairs + q) * _NP + _OFFSETS[block] + k)
+            scores.append(values[q, k])
+    return np.concatenate(ids), np.concatenate(scores)
+
+
+def _top_group_cells(
+    batch: _Batch, cut: np.ndarray, frames: np.ndarray, slot: np.ndarray, most: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The ``no`` cut of ``frames`` (with at most ``most`` pairs each) among group cells.
+
+    Returns the frames with at least 100 positive group cells (only those can ignore the zero
+    cells outside the groups), and for them ``(pair, column)`` of their 100 kept cells, shaped
+    ``(len(full), 100)``: the 100 largest cut scores, cells equal to the 100th in cell order.
+    """
+    row_of = np.full(batch.num_frames, -1, np.int64)
+    row_of[frames] = np.arange(frames.shape[0])
+    row = row_of[batch.pair_frame]
+    if frames.shape[0] == batch.num_frames:  # one size class: every pair
+        pairs, pair_slot, pair_cut = np.arange(batch.num_pairs), slot, cut
+    else:
+        pairs = np.flatnonzero(row >= 0)
+        row, pair_slot, pair_cut = row[pairs], slot[pairs], cut[pairs]
+    pair_at = np.zeros((frames.shape[0], most), np.int64)
+    pair_at[row, pair_slot] = pairs
+    width = most * _NP
+    table = np.full((frames.shape[0], width), -np.inf)  # a frame's group cells, padded
+    table.reshape(-1, most, _NP)[row, pair_slot] = pair_cut
+    kth = width - NO_CONSTRAINT_TOP
+    part = np.argpartition(table, kth, axis=1)
+    threshold = np.take_along_axis(table, part[:, kth : kth + 1], axis=1)[:, 0]
+    # where cells equal to the 100th straddle the cut, they enter in cell order
+    at_least = np.count_nonzero(table >= threshold[:, None], axis=1)
+    full = np.flatnonzero(threshold > 0)  # at least 100 positive cells
+    top = part[full, kth:]
+    straddle = np.flatnonzero(at_least[full] > NO_CONSTRAINT_TOP)
+    if straddle.shape[0]:
+        column = np.arange(width) % _NP
+        pair = np.repeat(pair_at[full[straddle]], _NP, axis=1)
+        cell = (_PREDICATE_GROUP[column] * batch.num_pairs + pair) * _NP + column
+        order = np.lexsort((cell, -table[full[straddle]]), axis=1)
+        top[straddle] = order[:, :NO_CONSTRAINT_TOP]
+    return frames[full], np.take_along_axis(pair_at[full], top // _NP, axis=1), top % _NP
+
+
+def _no_constraint_ranks(batch: _Batch) -> tuple[np.ndarray, np.ndarray]:
+    """``no``: the kept cells (ids) and their final ranks within their frames.
+
+    The reference keeps each frame's first 100 cells by (cut score desc, cell order), then ranks
+    them by triplet score with a sort that keeps the cut's order among equal scores; together:
+    by (triplet desc, cut desc, cell id).
+    """
+    num_pairs, num_frames = batch.num_pairs, batch.num_frames
+    values = np.concatenate(batch.blocks, axis=1)  # (P, 26): each block's group columns
+    cut = batch.pair_score32[:, None] * values
+    slot, counts = _group_slots(batch.pair_frame, num_frames)
+    chosen: list[tuple[np.ndarray, ...]] = []  # (frame, slot, pair, block, column, value)
+    full_frame = np.zeros(num_frames, bool)
+    # Frames with enough group cells, by size class (padding at most doubles a class's table).
+    size_class = np.ceil(np.log2(np.maximum(counts, 1))).astype(np.int64)
+    size_class[counts * _NP < NO_CONSTRAINT_TOP] = -1
+    for size in np.unique(size_class[size_class >= 0]):
+        frames = np.flatnonzero(size_class == size)
+        full, pair, column = _top_group_cells(batch, cut, frames, slot, int(counts[frames].max()))
+        full_frame[full] = True
+        chosen.append(
+            (
+                np.repeat(full, NO_CONSTRAINT_TOP),
+                np.tile(np.arange(NO_CONSTRAINT_TOP), full.shape[0]),
+                pair.ravel(),
+                _PREDICATE_GROUP[column.ravel()],
+                column.ravel(),
+                values[pair.ravel(), column.ravel()],
+            )
+        )
+    # Other frames: every cell of their rows, zeros outside the row's group included, in cell
+    # order (block, pair, column), cut to the first 100 by (cut score desc, cell order).
+    rows = np.flatnonzero(~full_frame[batch.pair_frame])
+    if rows.shape[0]:
+        shape = (3, rows.shape[0], _NP)
+        block = np.broadcast_to(np.arange(3)[:, None, None], shape).ravel()
+        pair = np.broadcast_to(rows[None, :, None], shape).ravel()
+        column = np.broadcast_to(np.arange(_NP)[None, None, :], shape).ravel()
+        inside = _PREDICATE_GROUP[None, None, :] == np.arange(3)[:, None, None]
+        value = np.where(inside, values[rows][None, :, :], 0.0).ravel()
+        frame = batch.pair_frame[pair]
+        rank = _segment_ranks(frame, -(batch.pair_score32[pair] * value), num_frames)
+        kept = rank < NO_CONSTRAINT_TOP
+        chosen.append((frame[kept], rank[kept], pair[kept], block[kept], column[kept], value[kept]))
+    if len(chosen) == 1:
+        frame, slot, pair, block, column, value = chosen[0]
+    else:
+        frame, slot, pair, block, column, value = (
+            np.concatenate(c) for c in zip(*chosen, strict=True)
+        )
+    cell = (block * num_pairs + pair) * _NP + column
+    # final ranking: by triplet score desc, then cut score desc, then cell order
+    counts = np.bincount(frame, minlength=num_frames)
+    shape = (num_frames, min(int(counts.max()), NO_CONSTRAINT_TOP))
+    keys = [np.full(shape, np.inf), np.full(shape, np.inf), np.full(shape, np.iinfo(np.int64).max)]
+    keys[0][frame, slot] = -(batch.pair_score[pair] * value)
+    keys[1][frame, slot] = -(batch.pair_score32[pair] * value)
+    keys[2][frame, slot] = cell
+    order = _argsort_rows(keys[0], counts, keys[1], keys[2])
+    rank = np.empty_like(order)
+    np.put_along_axis(rank, order, np.arange(shape[1])[None, :], axis=1)
+    return cell, rank[frame, slot]
+
+
+def _first_ranks(batch: _Batch, constraint: str, semi_threshold: float) -> np.ndarray:
+    """Best (lowest) rank, within its frame, of a prediction recalling each GT relation."""
+    best = np.full(batch.rel_pred.shape[0], _NO_RANK, np.int32)
+    if batch.num_pairs == 0 or batch.match_key.shape[0] == 0:
+        return best
+    if constraint == "no":
+        cell, rank = _no_constraint_ranks(batch)
+    else:
+        cell, predicate_score = _candidates(batch, constraint, semi_threshold)
+        pair = (cell // _NP) % batch.num_pairs
+        triplet = batch.pair_score[pair] * predicate_score
+        rank = _segment_ranks(batch.pair_frame[pair], -triplet, batch.num_frames)
+    # a candidate's key: its direction (the spatial block is reversed), pair and column
+    block, rest = np.divmod(cell, batch.num_pairs * _NP)
+    key = (block == _REVERSED_BLOCK) * (batch.num_pairs * _NP) + rest
+    rank_of_key = np.full(2 * batch.num_pairs * _NP, _NO_RANK, np.int32)
+    np.minimum.at(rank_of_key, key, rank.astype(np.int32))
+    np.minimum.at(best, batch.match_rel, rank_of_key[batch.match_key])
+    return best
+
+
+# --------------------------------------------------------------------------------------------
+# Per-video rows and their reduction
+# --------------------------------------------------------------------------------------------
+
+
+class _Layout:
+    """Columns of one constraint's block in a video's row (all float64)."""
+
+    def __init__(self, ks: tuple[int, ...]) -> None:
+        n = len(ks)
+        self.frames = 0  # frames with GT relations
+        self.frames_without_gt = 1
+        self.recall_sum = slice(2, 2 + n)  # sum over frames of the frame's R@K
+        self.counts = slice(2 + n, 2 + n + _NP)  # GT relations per predicate
+        self.hits = slice(2 + n + _NP, 2 + n + _NP + n * _NP)  # (K, 26) recalled per predicate
+        self.width = 2 + n + _NP + n * _NP
+
+
+def _rows(batch: _Batch, best_rank: np.ndarray, ks: tuple[int, ...], layout: _Layout) -> np.ndarray:
+    """``(videos, layout.width)`` statistics of one constraint."""
+    num_videos, num_frames, num_ks = batch.num_videos, batch.num_frames, len(ks)
+    out = np.zeros((num_videos, layout.width), np.float64)
+    per_frame = np.bincount(batch.rel_frame, minlength=num_frames)
+    evaluated = per_frame > 0
+    frames = np.bincount(batch.frame_video, minlength=num_videos)
+    out[:, layout.frames] = np.bincount(batch.frame_video, weights=evaluated, minlength=num_videos)
+    out[:, layout.frames_without_gt] = frames - out[:, layout.frames]
+    video_pred = batch.frame_video[batch.rel_frame] * _NP + batch.rel_pred
+    out[:, layout.counts] = np.bincount(video_pred, minlength=num_videos * _NP).reshape(-1, _NP)
+    # first K index recalling each relation (len(ks): none); counted once, then cumulated over K
+    first = np.searchsorted(np.asarray(ks), best_rank, side="right")
+    first[best_rank == _NO_RANK] = num_ks  # never recalled, however large K
+    width = num_ks + 1
+    frame_hits = np.cumsum(
+        np.bincount(batch.rel_frame * width + first, minlength=num_frames * width).reshape(
+            num_frames, width
+        )[:, :num_ks],
+        axis=1,
+    )
+    recall = np.zeros((num_frames, num_ks), np.float64)
+    np.divide(frame_hits, per_frame[:, None], out=recall, where=evaluated[:, None])
+    # bincount adds in input order (frame order): a video's sum does not depend on its batch
+    k_index = np.arange(num_ks)[None, :]
+    recall_sum = np.bincount(
+        (batch.frame_video[:, None] * num_ks + k_index).ravel(),
+        recall.ravel(),
+        num_videos * num_ks,
+    )
+    out[:, layout.recall_sum] = recall_sum.reshape(num_videos, num_ks)
+    hits = np.bincount(video_pred * width + first, minlength=num_videos * _NP * width)
+    hits = np.cumsum(hits.reshape(num_videos, _NP, width)[:, :, :num_ks], axis=2)
+    out[:, layout.hits] = hits.transpose(0, 2, 1).reshape(num_videos, -1)
+    return out
+
+
+def _summary(rows: np.ndarray, ks: tuple[int, ...], layout: _Layout) -> dict[str, Any]:
+    """Reduce per-video rows (already deduplicated) of one constraint to the reported values."""
+    frames = int(rows[:, layout.frames].sum())
+    counts = rows[:, layout.counts].sum(axis=0)  # integers: exact in any order
+    hits = rows[:, layout.hits].sum(axis=0).reshape(len(ks), _NP)
+    result: dict[str, Any] = {}
+    for j, k in enumerate(ks):
+        # fsum is exact: the result does not depend on the order ranks deliver the videos in
+        result[f"R@{k}"] = math.fsum(rows[:, layout.recall_sum.start + j].tolist()) / frames
+    per_predicate: dict[int, list[float]] = {}
+    for j, k in enumerate(ks):
+        recall = hits[j] / (counts + _EPS)
+        per_predicate[k] = recall.tolist()
+        result[f"mR@{k}"] = float(np.sum(recall) / _NP)
+    result["per_predicate"] = per_predicate
+    result["frames"] = frames
+    result["frames_without_gt"] = int(rows[:, layout.frames_without_gt].sum())
+    return result
+
+
+# --------------------------------------------------------------------------------------------
+# Metrics
+# --------------------------------------------------------------------------------------------
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, Integral) and not isinstance(value, bool)
+
+
+def _check_ks(ks: Any) -> tuple[int, ...]:
+    if isinstance(ks, str | bytes) or not isinstance(ks, Sequence) or len(ks) == 0:
+        raise ConfigError(f"ks must be a non-empty sequence of positive ints, got {ks!r}")
+    for k in ks:
+        if not _is_int(k) or k < 1:
+            raise ConfigError(f"ks must be a non-empty sequence of positive ints, got {ks!r}")
+    if any(b <= a for a, b in itertools.pairwise(ks)):
+        raise ConfigError(f"ks must be sorted ascending without repeats, got {list(ks)}")
+    return tuple(int(k) for k in ks)
+
+
+def _check_fraction(name: str, value: Any) -> float:
+    if not isinstance(value, Real) or isinstance(value, bool) or not 0.0 <= float(value) <= 1.0:
+        raise ConfigError(f"{name} must be a number in [0, 1], got {value!r}")
+    return float(value)
+
+
+class _ActionGenomeRecallBase(SampleStatsMetric):
+    """The shared implementation: one row per video holding every constraint's statistics."""
+
+    required_output_keys = ("gt", "pred")
+
+    def __init__(
+        self,
+        mode: str,
+        constraints: Sequence[str],
+        semi_threshold: float,
+        iou_threshold: float,
+        ks: Sequence[int],
+        per_video: bool,
+        output_transform: Callable[[Any], Any],
+        device: str | torch.device,
+    ) -> None:
+        if mode not in AG_MODES:
+            raise ConfigError(f"mode must be one of 'predcls', 'sgcls', 'sgdet', got {mode!r}")
+        for constraint in constraints:
+            if constraint not in AG_CONSTRAINTS:
+                raise ConfigError(
+                    f"constraint must be one of 'with', 'semi', 'no', got {constraint!r}"
+                )
+        if len(set(constraints)) != len(constraints):
+            raise ConfigError(f"constraints must not repeat a value, got {list(constraints)}")
+        if not isinstance(per_video, bool):
+            raise ConfigError(f"per_video must be a bool, got {per_video!r}")
+        self.mode = mode
+        self.constraints = tuple(constraints)
+        self.semi_threshold = _check_fraction("semi_threshold", semi_threshold)
+        self.iou_threshold = _check_fraction("iou_threshold", iou_threshold)
+        self.ks = _check_ks(ks)
+        self.per_video = per_video
+        self._layout = _Layout(self.ks)
+        self.row_width = self._layout.width * len(self.constraints)
+        super().__init__(output_transform=output_transform, device=device, skip_unrolling=True)
+
+    def reset(self) -> None:
+        super().reset()
+        self._updates = 0
+        self._pending: list[_VideoInput] = []
+        self._pending_size = 0
+
+    def update(self, output: Sequence[Any]) -> None:
+        """Take one video ``(gt, pred)``.
+
+        - ``gt``: a :class:`~m3sgg.data.structures.VideoGT`, or the STTran list of frames
+          ``[{"person_bbox": (1,4) xyxy, "frame": key}, obj, ...]`` (objects with ``"class"``,
+          ``"bbox"`` xyxy and the ``attention_relationship``, ``spatial_relationship``,
+          ``contacting_relationship`` lists of group-local indices). The sample id is the video
+          id (``VideoGT.video_id``, or the frame keys' part before ``/``): a video seen twice,
+          also on two ranks, counts once. A video without an id gets a unique one.
+        - ``pred``: a mapping of tensors (any device) or arrays: ``boxes`` [B,5] ``(frame, x1,
+          y1, x2, y2)``; ``labels`` and ``scores`` [B] (predcls) or ``pred_labels`` and
+          ``pred_scores`` (sgcls, sgdet); ``im_idx`` [P]; ``pair_idx`` [P,2] (person box,
+          object box); ``attention_distribution`` [P,3] **logits**; ``spatial_distribution``
+          [P,6] and ``contacting_distribution`` [P,17] probabilities. Nothing is modified.
+
+        The input is checked and copied here; the evaluation runs on batches of videos (about
+        ``_BATCH_SIZE`` pairs + frames, and the rest at ``compute()``), which gives the numbers
+        of evaluating each video alone.
+        """
+        if not isinstance(output, Sequence) or isinstance(output, str) or len(output) != 2:
+            raise TypeError(f"{type(self).__name__}.update expects a pair (gt, pred)")
+        gt, pred = output
+        if not isinstance(pred, Mapping):
+            raise TypeError(f"pred must be a mapping of tensors, got {type(pred).__name__}")
+        video_gt, sample_id = self._video_gt(gt)
+        video = _read_video(sample_id, video_gt, pred, self.mode)
+        self._pending.append(video)
+        self._pending_size += video.size
+        self._updates += 1
+        if self._pending_size >= _BATCH_SIZE:
+            self._flush()
+
+    def _flush(self) -> None:
+        """Evaluate the pending videos together and record one row per video."""
+        if not self._pending:
+            return
+        videos, self._pending, self._pending_size = self._pending, [], 0
+        batch = _make_batch(videos, self.iou_threshold)
+        rows = np.concatenate(
+            [
+                _rows(batch, _first_ranks(batch, c, self.semi_threshold), self.ks, self._layout)
+                for c in self.constraints
+            ],
+            axis=1,
+        )
+        for video, row in zip(videos, torch.from_numpy(rows), strict=True):
+            self._record(video.sample_id, row)
+
+    def gathered(self) -> tuple[torch.Tensor, torch.Tensor]:
+        self._flush()
+        return super().gathered()
+
+    def local_samples(self) -> list[tuple[str, torch.Tensor]]:
+        self._flush()
+        return super().local_samples()
+
+    def _video_gt(self, gt: Any) -> tuple[VideoGT, str]:
+        if isinstance(gt, VideoGT):
+            video_gt, named = gt, bool(gt.video_id)
+        elif isinstance(gt, Sequence) and not isinstance(gt, str | bytes):
+            video_gt = VideoGT.from_sttran(gt)
+            named = bool(len(gt)) and "frame" in gt[0][0] and bool(video_gt.video_id)
+        else:
+            raise TypeError(f"gt must be a VideoGT or the STTran list of frames, got {type(gt)}")
+        # without an id, a video gets a unique one (so it is never merged with another)
+        sample_id = video_gt.video_id if named else f"#{idist.get_rank()}:{self._updates}"
+        return video_gt, sample_id
+
+    def _summaries(self) -> dict[str, dict[str, Any]]:
+        ids, rows = self.gathered()
+        rows_np = rows.numpy()
+        width = self._layout.width
+        frames = rows_np[:, self._layout.frames].sum() if rows_np.shape[0] else 0
+        if frames == 0:
+            raise NotComputableError(
+                f"{type(self).__name__} needs at least one frame with a GT relation, got "
+                f"{rows_np.shape[0]} videos without one"
+            )
+        names = self._all_names() if self.per_video else {}
+        out: dict[str, dict[str, Any]] = {}
+        for c, constraint in enumerate(self.constraints):
+            block = rows_np[:, c * width : (c + 1) * width]
+            result = _summary(block, self.ks, self._layout)
+            if self.per_video:
+                result["per_video"] = self._per_video(ids.tolist(), block, names)
+            out[constraint] = result
+        return out
+
+    def _per_video(
+        self, ids: list[int], rows: np.ndarray, names: dict[int, str]
+    ) -> dict[str, dict[str, float | int]]:
+        layout = self._layout
+        videos: dict[str, dict[str, float | int]] = {}
+        for sample, row in zip(ids, rows, strict=True):
+            frames = int(row[layout.frames])
+            if frames == 0:
+                continue
+            entry: dict[str, float | int] = {
+                f"R@{k}": float(row[layout.recall_sum.start + j] / frames)
+                for j, k in enumerate(self.ks)
+            }
+            entry["frames"] = frames
+            entry["frames_without_gt"] = int(row[layout.frames_without_gt])
+            videos[names[sample]] = entry
+        return videos
+
+    def _all_names(self) -> dict[int, str]:
+        """Sample-id hash → sample id, over all ranks."""
+        names = list(self._names)
+        if idist.get_world_size() > 1:
+            gathered = idist.all_gather(json.dumps(names))
+            names = [name for part in gathered for name in json.loads(part)]
+        return {sample_hash(name): name for name in names}
+
+
+class ActionGenomeRecall(_ActionGenomeRecallBase):
+    """R@K, mR@K and per-predicate recall on Action Genome for one mode and constraint.
+
+    ``update((gt, pred))`` takes one video (see :meth:`update` for the accepted forms);
+    ``compute()`` returns fractions (papers print ×100)::
+
+        {"R@10": …, "R@20": …, …, "mR@10": …, …, "per_predicate": {10: [26 floats], …},
+         "frames": evaluated_frames, "frames_without_gt": skipped_frames}
+
+    ``per_predicate[K]`` follows the order of :data:`m3sgg.vocab.AG_PREDICATES`.
+
+    Args:
+        mode: ``"predcls"``, ``"sgcls"`` or ``"sgdet"`` (which labels and scores are read).
+        constraint: ``"with"``, ``"semi"`` or ``"no"``.
+        semi_threshold: the ``semi`` constraint's strict threshold on spatial/contacting values.
+        iou_threshold: subject and object IoU needed for a match (``>=``).
+        ks: the K of ``R@K`` and ``mR@K``, ascending.
+        per_video: also return ``"per_video"``: ``{video_id: {"R@K": …, "frames": n,
+            "frames_without_gt": m}}`` for every video with an evaluated frame.
+        output_transform: maps the engine output to ``(gt, pred)``; a mapping output is read
+            as ``(output["gt"], output["pred"])``.
+        device: ignite's metric device (the evaluation itself runs on the CPU).
+
+    Example:
+        >>> import torch
+        >>> gt = [[{"person_bbox": torch.tensor([[0.0, 0, 10, 10]]), "frame": "v.mp4/000001.png"},
+        ...        {"class": 5, "bbox": [20.0, 0, 30, 10], "attention_relationship": [0],
+        ...         "spatial_relationship": [], "contacting_relationship": [8]}]]
+        >>> pred = {"boxes": torch.tensor([[0.0, 0, 0, 10, 10], [0.0, 20, 0, 30, 10]]),
+        ...         "labels": torch.tensor([1, 5]), "scores": torch.ones(2),
+        ...         "im_idx": torch.zeros(1), "pair_idx": torch.tensor([[0, 1]]),
+        ...         "attention_distribution": torch.tensor([[5.0, 0, 0]]),
+        ...         "spatial_distribution": torch.full((1, 6), 0.1),
+        ...         "contacting_distribution": torch.full((1, 17), 0.2)}
+        >>> metric = ActionGenomeRecall("predcls", "with")
+        >>> metric.update((gt, pred))
+        >>> metric.compute()["R@10"]  # looking_at recalled; not_contacting predicted 'carrying'
+        0.5
+    """
+
+    def __init__(
+        self,
+        mode: str = "predcls",
+        constraint: str = "with",
+        semi_threshold: float = 0.9,
+        iou_threshold: float = 0.5,
+        ks: Sequence[int] = (10, 20, 50, 100),
+        per_video: bool = False,
+        output_transform: Callable[[Any], Any] = lambda x: x,
+        device: str | torch.device = "cpu",
+    ) -> None:
+        if not isinstance(constraint, str):
+            raise ConfigError(f"constraint must be one of 'with', 'semi', 'no', got {constraint!r}")
+        super().__init__(
+            mode,
+            (constraint,),
+            semi_threshold,
+            iou_threshold,
+            ks,
+            per_video,
+            output_transform,
+            device,
+        )
+        self.constraint = constraint
+
+    def compute(self) -> dict[str, Any]:
+        """``R@K``, ``mR@K``, ``per_predicate``, ``frames``, ``frames_without_gt`` (and
+        ``per_video`` if asked)."""
+        return self._summaries()[self.constraint]
+
+
+class ActionGenomeRecallSuite(_ActionGenomeRecallBase):
+    """Several constraints in one pass: the shared work (softmax, IoUs, matches) is done once.
+
+    ``compute()`` returns the values of :class:`ActionGenomeRecall` for every constraint, keyed
+    ``"<constraint>/<key>"``: ``"with/R@20"``, ``"no/mR@50"``, ``"semi/per_predicate"``,
+    ``"with/frames"``, … Attached to an evaluator, ignite puts each key in
+    ``engine.state.metrics``. The numbers are exactly those of one :class:`ActionGenomeRecall`
+    per constraint.
+
+    Args:
+        mode: ``"predcls"``, ``"sgcls"`` or ``"sgdet"``.
+        constraints: the constraints to evaluate, any of ``"with"``, ``"semi"``, ``"no"``.
+        semi_threshold, iou_threshold, ks, per_video, output_transform, device: as for
+            :class:`ActionGenomeRecall`.
+
+    Example:
+        >>> suite = ActionGenomeRecallSuite("sgdet", ks=(20, 50))
+        >>> # evaluator.attach(suite, "ag")  ->  state.metrics["with/R@20"], ["no/mR@50"], ...
+    """
+
+    def __init__(
+        self,
+        mode: str = "predcls",
+        constraints: Sequence[str] = AG_CONSTRAINTS,
+        semi_threshold: float = 0.9,
+        iou_threshold: float = 0.5,
+        ks: Sequence[int] = (10, 20, 50, 100),
+        per_video: bool = False,
+        output_transform: Callable[[Any], Any] = lambda x: x,
+        device: str | torch.device = "cpu",
+    ) -> None:
+        if isinstance(constraints, str) or not isinstance(constraints, Sequence) or not constraints:
+            raise ConfigError(
+                f"constraints must be a non-empty sequence of 'with', 'semi', 'no', got "
+                f"{constraints!r}"
+            )
+        super().__init__(
+            mode,
+            tuple(constraints),
+            semi_threshold,
+            iou_threshold,
+            ks,
+            per_video,
+            output_transform,
+            device,
+        )
+
+    def compute(self) -> dict[str, Any]:
+        """Every constraint's results, keys prefixed by ``"<constraint>/"``."""
+        return {
+            f"{constraint}/{key}": value
+            for constraint, result in self._summaries().items()
+            for key, value in result.items()
+        }
