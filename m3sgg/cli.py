@@ -269,8 +269,10 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.set_defaults(func=_cmd_evaluate)
 
     from m3sgg.dashboard import register_commands as register_dashboard_commands
+    from m3sgg.features_extraction import register_commands as register_extraction_commands
 
     register_dashboard_commands(commands)
+    register_extraction_commands(commands)
 
     toy = commands.add_parser(
         "toy-data", help="write the built-in toy dataset in the real on-disk format"

@@ -27,7 +27,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,7 +37,6 @@ __all__ = [
     "ASSETS",
     "Asset",
     "install_assets",
-    "main",
     "missing_assets",
     "register_commands",
     "serve",
@@ -348,7 +347,7 @@ def spawn(
     command = [
         sys.executable,
         "-m",
-        "m3sgg.dashboard",
+        "m3sgg",
         "dashboard",
         "--port",
         str(port),
@@ -476,20 +475,3 @@ def _port(text: str) -> int:
     if not 1 <= port <= 65535:
         raise argparse.ArgumentTypeError(f"port must be in 1..65535, got {port}")
     return port
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m m3sgg.dashboard dashboard|plot ...`` (the same commands as ``m3sgg``)."""
-    parser = argparse.ArgumentParser(prog="m3sgg")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    register_commands(commands)
-    args = parser.parse_args(argv)
-    try:
-        return int(args.func(args))
-    except M3sggError as err:
-        print(f"m3sgg {args.command}: error: {err}", file=sys.stderr)
-        return err.exit_code
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

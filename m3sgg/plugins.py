@@ -30,7 +30,7 @@ from typing import Any
 
 from m3sgg.errors import ConfigError
 
-__all__ = ["ENTRY_POINT_GROUP", "Plugin", "apply_plugins", "load_plugins"]
+__all__ = ["ENTRY_POINT_GROUP", "Plugin", "apply_plugins", "import_object", "load_plugins"]
 
 ENTRY_POINT_GROUP = "m3sgg.plugins"
 
@@ -44,23 +44,28 @@ class Plugin:
     setup: Callable[[Any], Any]
 
 
-def _import(spec: str, source: str) -> Plugin:
+def import_object(spec: str, what: str, expected: str = "'module:attr'") -> Any:
+    r"""The object ``"package.module:attr.sub"`` names; errors name ``what`` (e.g. ``"plugin
+    'x:y' (--plugin)"``) and are one-line :class:`ConfigError`\ s."""
     module_name, sep, attr = spec.partition(":")
     if not sep or not module_name or not attr:
-        raise ConfigError(f"plugin {spec!r}: expected 'module:attr'")
+        raise ConfigError(f"{what}: expected {expected}")
     try:
         module = importlib.import_module(module_name)
-    except Exception as err:  # any import-time failure names the plugin
-        raise ConfigError(
-            f"plugin {spec!r} ({source}) failed to import: {type(err).__name__}: {err}"
-        ) from None
+    except Exception as err:  # any import-time failure names the spec
+        raise ConfigError(f"{what} failed to import: {type(err).__name__}: {err}") from None
     target: Any = module
     for part in attr.split("."):
         if not hasattr(target, part):
-            raise ConfigError(f"plugin {spec!r} ({source}): module {module_name!r} has no {attr!r}")
+            raise ConfigError(f"{what}: module {module_name!r} has no {attr!r}")
         target = getattr(target, part)
+    return target
+
+
+def _import(spec: str, source: str) -> Plugin:
+    target = import_object(spec, f"plugin {spec!r} ({source})")
     if not callable(target):
-        raise ConfigError(f"plugin {spec!r} ({source}): {attr!r} is not callable")
+        raise ConfigError(f"plugin {spec!r} ({source}): {spec.partition(':')[2]!r} is not callable")
     return Plugin(spec, source, target)
 
 

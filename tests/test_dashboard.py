@@ -18,7 +18,8 @@ import numpy as np
 import pytest
 
 from m3sgg import dashboard
-from m3sgg.dashboard import ASSETS, install_assets, main, missing_assets, spawn
+from m3sgg.cli import main
+from m3sgg.dashboard import ASSETS, install_assets, missing_assets, spawn
 from m3sgg.errors import M3sggError
 
 CONSTRAINTS = ("with", "semi", "no")
@@ -192,7 +193,7 @@ def test_dashboard_user_errors_are_one_line(tmp_path: Path, problem: str) -> Non
         if problem == "env path is a file":
             env_path.write_text("not a folder")
         done = subprocess.run(
-            [sys.executable, "-m", "m3sgg.dashboard", "dashboard", "--port", str(port),
+            [sys.executable, "-m", "m3sgg", "dashboard", "--port", str(port),
              "--env-path", str(env_path)],
             capture_output=True, text=True, timeout=60, check=False,
         )  # fmt: skip

@@ -1,0 +1,1146 @@
+"""``m3sgg extract-features``: backbone + RoIAlign over Action Genome frames → a feature store.
+
+Why: training reads precomputed features (:mod:`m3sgg.data.features`) instead of running a
+detector backbone at every step. This module computes them once from the frame images:
+
+1. the frames the Action Genome reader keeps (default protocol, both splits unless told
+   otherwise) are read from ``<root>/frames/<video>.mp4/<frame>.png`` with Pillow, as RGB in
+   [0, 1] normalised with the ImageNet mean and std (torchvision's convention);
+2. a backbone turns a batch of frames into feature maps ``[B, C, H / stride, W / stride]``;
+3. :func:`~m3sgg.ops.roi_align.roi_align` (``pool_size`` x ``pool_size`` bins, ``sampling_ratio``
+   samples per bin, aligned) pools each box, and the bins are averaged: one ``C``-vector per box;
+4. the store's ``gt`` section gets, per frame, the person box then the visible objects in
+   annotation order (exactly what :class:`~m3sgg.data.action_genome.ActionGenome` expects), pairs
+   ``(0, j)`` for every object ``j``, and union features pooled the same way over the union box
+   of each pair (the smallest box holding both);
+5. with ``detections`` (sgdet), the ``det`` section gets the detected boxes the same way (see
+   the layout below).
+
+``object_dim`` and ``union_dim`` of the store both equal the backbone's channel count ``C``;
+features are stored as float16 by default (``dtype``). Images are read with Pillow (a dependency
+of this command only; a clear error says so when it is missing). A missing or unreadable image
+is an error naming the file, unless ``skip_missing_frames`` leaves missing ones out (then read
+the store with ``ActionGenome(..., require_frames=True)``, which drops the same frames).
+
+Boxes: the store keeps boxes in the annotations' pixel coordinates. When an image's size differs
+from the annotated frame size (``bbox_size`` in ``person_bbox.pkl``), boxes are scaled per axis
+onto the image before pooling, so downscaled frames work. Frames are batched with their
+neighbours of the same image size (up to ``batch_frames``), so the features of a frame never
+depend on the batching (no padding).
+
+Backbones:
+
+- ``"builtin"``: :func:`builtin_backbone`, four 3x3 conv + ReLU blocks, output stride 8, 256
+  channels, weights drawn from a fixed seed (no download; deterministic). Its features are
+  untrained: they encode colour and local texture, enough for the toy frames of
+  :func:`write_toy_frames`, not a substitute for a detector backbone on real video.
+- ``"package.module:attr"``: ``attr`` (dots allowed) is a ``torch.nn.Module`` instance, or a
+  callable taking no arguments that returns one. Its ``forward`` takes ``[B, 3, H, W]`` float
+  images (the dtype of its first floating-point parameter) and returns one ``[B, C, h, w]``
+  tensor. The output stride is ``stride=`` (``--stride``) or else the module's ``stride``
+  attribute (a number, or a pair of equal numbers as on ``nn.Conv2d``); it is checked against
+  the feature maps' size at every batch.
+
+Detections file (sgdet), in either of two layouts, boxes xyxy in the annotations' pixel
+coordinates, classes in Action Genome's 37-class space (0 ``__background__``, 1 ``person``, then
+the 35 objects of ``annotations/object_classes.txt`` in order)::
+
+    # JSON (.json): a frame with no detections is listed with empty lists
+    {"frames": {
+        "50N4E.mp4/000682.png": {
+            "boxes":       [[x1, y1, x2, y2], ...],   # (k, 4)
+            "scores":      [0.98, ...],               # (k,)
+            "class_dists": [[p0, ..., p36], ...]      # (k, 37) probabilities in [0, 1]
+        },
+        ...}}
+
+    # npz (.npz, np.savez; read without pickle): frame f owns rows off[f]:off[f + 1]
+    keys          (F,)       str      frame keys
+    box_offsets   (F + 1,)   int      starts at 0, non-decreasing, ends at N
+    boxes         (N, 4)     float    xyxy
+    scores        (N,)       float
+    class_dists   (N, 37)    float    probabilities in [0, 1]
+
+Instead of ``class_dists`` a record may give ``labels`` (``(k,)`` ints in 1..36): the
+distribution is then one-hot at the label. When both are present, ``class_dists`` is used. Every
+extracted frame needs an entry; extra frames are ignored. In the ``det`` section each frame's
+person is the detection with the highest score among those whose arg-max class (background
+excluded, the rule of :mod:`m3sgg.data.collate`) is ``person``; it comes first, the other
+detections follow in file order, and the pairs are ``(person, each other detection)``. A frame
+without a person detection keeps its detections and has no pairs. For full Action Genome use
+npz: JSON of 288k frames is large and slow to parse.
+
+Example (offline, on the toy dataset)::
+
+    from m3sgg.data.action_genome import ActionGenome
+    from m3sgg.data.toy import make_toy_action_genome
+    from m3sgg.features_extraction import extract_features, write_toy_frames
+
+    root = make_toy_action_genome("toy_ag", videos=12)
+    write_toy_frames(root, size=(96, 64))          # colored boxes: the class is the colour
+    extract_features(root, "toy_ag/cnn_features", dtype="float32")
+    ds = ActionGenome(root, "train", features="toy_ag/cnn_features")
+
+or ``m3sgg extract-features --data-path toy_ag --out toy_ag/cnn_features``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import colorsys
+import json
+import os
+import time
+import zipfile
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+import numpy as np
+
+from m3sgg.data.action_genome import ANNOTATION_FILES, SPLITS, ActionGenome
+from m3sgg.data.features import FEATURE_DTYPES, FeatureStoreWriter, FrameFeatures
+from m3sgg.data.safe_pickle import load_pickle
+from m3sgg.errors import ConfigError, DataError
+from m3sgg.vocab import AG_OBJECT_CLASSES, NUM_AG_CLASSES
+
+if TYPE_CHECKING:  # torch is imported where it is used: the CLI imports this module to build
+    import torch  # its parser, and `m3sgg --help` must stay fast
+    from torch import nn
+
+__all__ = [
+    "BUILTIN_STRIDE",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "Detections",
+    "ExtractionResult",
+    "builtin_backbone",
+    "class_color",
+    "extract_features",
+    "load_backbone",
+    "read_detections",
+    "register_commands",
+    "write_toy_frames",
+]
+
+#: Per-channel RGB mean and std of the input normalisation (images scaled to [0, 1] first).
+IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
+IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+#: Output stride of :func:`builtin_backbone`.
+BUILTIN_STRIDE = 8
+
+_PERSON = 1
+
+
+# ----------------------------------------------------------------------------------------------
+# Backbones
+
+
+def builtin_backbone(widths: Sequence[int] = (32, 64, 128, 256), seed: int = 0) -> nn.Module:
+    """A small CNN that needs no weights download: output stride 8, ``widths[-1]`` channels.
+
+    Four blocks of 3x3 convolution + ReLU with strides 2, 2, 2, 1 (padding 1, so an ``H x W``
+    image gives ``ceil(H / 8) x ceil(W / 8)`` maps), as an ``nn.Sequential``. Weights are
+    He-normal and biases zero, drawn from a private generator seeded with ``seed``: the same
+    seed gives the same weights whatever the global RNG state. (A factory rather than a class so
+    that importing this module, which the CLI does to build its parser, does not import torch.)
+
+    Args:
+        widths: channels of the four blocks; the last is the feature width.
+        seed: seed of the weights.
+
+    Returns:
+        The module, with attributes ``stride`` (:data:`BUILTIN_STRIDE`, read by
+        :func:`extract_features`) and ``out_channels``.
+
+    Example:
+        >>> builtin_backbone()(torch.zeros(1, 3, 64, 96)).shape
+        torch.Size([1, 256, 8, 12])
+    """
+    import torch
+    from torch import nn
+
+    widths = tuple(int(w) for w in widths)
+    if len(widths) != 4 or any(w <= 0 for w in widths):
+        raise ValueError(f"widths must be four positive ints, got {widths!r}")
+    layers: list[nn.Module] = []
+    in_channels = 3
+    for width, stride in zip(widths, (2, 2, 2, 1), strict=True):
+        layers += [nn.Conv2d(in_channels, width, 3, stride=stride, padding=1), nn.ReLU()]
+        in_channels = width
+    body = nn.Sequential(*layers)
+    generator = torch.Generator().manual_seed(int(seed))
+    with torch.no_grad():
+        for module in body:
+            if isinstance(module, nn.Conv2d):
+                fan_in = module.in_channels * module.kernel_size[0] * module.kernel_size[1]
+                module.weight.normal_(0.0, (2.0 / fan_in) ** 0.5, generator=generator)
+                assert module.bias is not None
+                module.bias.zero_()
+    body.stride = BUILTIN_STRIDE
+    body.out_channels = widths[-1]
+    return body
+
+
+def load_backbone(spec: str | nn.Module) -> tuple[nn.Module, str]:
+    """The backbone named by ``spec``, and a name for messages.
+
+    Args:
+        spec: ``"builtin"``, ``"package.module:attr"`` (``attr`` a module instance or a zero-arg
+            factory returning one), or a ``torch.nn.Module`` instance.
+
+    Raises:
+        ConfigError: malformed spec, import failure, missing attribute, or not a module.
+    """
+    from torch import nn
+
+    if isinstance(spec, nn.Module):
+        return spec, type(spec).__name__
+    if spec == "builtin":
+        return builtin_backbone(), "builtin"
+    from m3sgg.plugins import import_object
+
+    target = import_object(str(spec), f"backbone {spec!r}", "'builtin' or 'module:attr'")
+    if not isinstance(target, nn.Module):
+        if not callable(target):
+            raise ConfigError(
+                f"backbone {spec!r} is a {type(target).__name__}, not a torch.nn.Module or a "
+                "zero-argument factory returning one"
+            )
+        try:
+            target = target()
+        except Exception as err:
+            raise ConfigError(
+                f"backbone {spec!r}: calling the factory failed: {type(err).__name__}: {err}"
+            ) from None
+        if not isinstance(target, nn.Module):
+            raise ConfigError(
+                f"backbone {spec!r}: the factory returned a {type(target).__name__}, "
+                "not a torch.nn.Module"
+            )
+    return target, str(spec)
+
+
+def _resolve_stride(backbone: nn.Module, name: str, stride: Any) -> float:
+    """``stride`` if given, else the module's ``stride`` attribute: a positive finite number.
+
+    A pair of equal numbers (what ``nn.Conv2d`` holds) counts as that number.
+    """
+    source = "stride (--stride)"
+    if stride is None:
+        stride = getattr(backbone, "stride", None)
+        source = f"backbone {name!r} attribute 'stride'"
+        if stride is None:
+            raise ConfigError(
+                f"backbone {name!r} has no 'stride' attribute; give its output stride with "
+                "--stride (stride=...)"
+            )
+    value = stride
+    if isinstance(value, tuple | list) and len(value) == 2 and value[0] == value[1]:
+        value = value[0]
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigError(
+            f"{source} must be a positive number (the same along both axes), got {stride!r}; "
+            "give the output stride with --stride"
+        )
+    if not (np.isfinite(value) and value > 0):
+        raise ConfigError(f"{source} must be a positive number, got {stride!r}")
+    return float(value)
+
+
+# ----------------------------------------------------------------------------------------------
+# Detections
+
+
+class Detections(NamedTuple):
+    """One frame's detections, validated: ``(k, 4)`` xyxy boxes, ``(k,)`` scores, ``(k, 37)``
+    class probabilities (float32)."""
+
+    boxes: np.ndarray
+    scores: np.ndarray
+    class_dists: np.ndarray
+
+
+def read_detections(path: str | os.PathLike[str]) -> dict[str, Detections]:
+    """Read and validate a detections file in the JSON or npz layout of the module docstring.
+
+    Raises:
+        DataError: the file is missing, not JSON/npz, or a record is malformed; the message
+            names the file, the frame and the field.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(path, "detections file not found")
+    suffix = path.suffix.lower()
+    if suffix == ".json":
+        return _read_detections_json(path)
+    if suffix == ".npz":
+        return _read_detections_npz(path)
+    raise DataError(path, f"unknown detections format {suffix!r}: expected .json or .npz")
+
+
+def _read_detections_json(path: Path) -> dict[str, Detections]:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = json.load(fh)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise DataError(path, f"cannot read JSON ({err})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("frames"), dict):
+        raise DataError(
+            path, 'expected an object {"frames": {frame key: record}}', field="top level"
+        )
+    out: dict[str, Detections] = {}
+    for key, record in data["frames"].items():
+        where = f"frames[{key!r}]"
+        if not isinstance(record, dict):
+            raise DataError(path, f"expected an object, found {type(record).__name__}", field=where)
+        for name in ("boxes", "scores"):
+            if name not in record:
+                raise DataError(path, "missing field", field=f"{where}.{name}")
+        if "class_dists" not in record and "labels" not in record:
+            raise DataError(path, "missing field (or 'labels')", field=f"{where}.class_dists")
+
+        boxes = _json_array(path, where, record, "boxes", empty_shape=(0, 4))
+        scores = _json_array(path, where, record, "scores", empty_shape=(0,))
+        if "class_dists" in record:
+            dists = _json_array(path, where, record, "class_dists", (0, NUM_AG_CLASSES))
+            labels = None
+        else:
+            dists, labels = None, _json_array(path, where, record, "labels", (0,))
+        out[str(key)] = _validated(path, where, boxes, scores, dists, labels)
+    return out
+
+
+def _json_array(
+    path: Path, where: str, record: dict, name: str, empty_shape: tuple[int, ...]
+) -> np.ndarray:
+    """``record[name]`` as float64; an empty list becomes an empty array of ``empty_shape``."""
+    try:
+        array = np.asarray(record[name], dtype=np.float64)
+    except (TypeError, ValueError) as err:
+        raise DataError(path, f"not an array of numbers ({err})", field=f"{where}.{name}") from None
+    return array.reshape(empty_shape) if array.size == 0 else array
+
+
+def _read_detections_npz(path: Path) -> dict[str, Detections]:
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            arrays = {name: npz[name] for name in npz.files}
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:
+        raise DataError(path, f"cannot read npz ({err})") from None
+    for name in ("keys", "box_offsets", "boxes", "scores"):
+        if name not in arrays:
+            raise DataError(path, "missing array", field=name)
+    if "class_dists" not in arrays and "labels" not in arrays:
+        raise DataError(path, "missing array (or 'labels')", field="class_dists")
+    keys = arrays["keys"]
+    if keys.ndim != 1 or keys.dtype.kind not in "US":
+        raise DataError(
+            path, f"expected a 1-d string array, found {keys.dtype} {keys.shape}", field="keys"
+        )
+    keys_list = [k.decode("utf-8") if isinstance(k, bytes) else str(k) for k in keys.tolist()]
+    offsets = arrays["box_offsets"]
+    if offsets.dtype.kind not in "iu" or offsets.shape != (len(keys_list) + 1,):
+        raise DataError(
+            path,
+            f"expected {len(keys_list) + 1} integers (len(keys) + 1), found {offsets.dtype} "
+            f"{offsets.shape}",
+            field="box_offsets",
+        )
+    offsets = offsets.astype(np.int64)
+    n = int(arrays["boxes"].shape[0]) if arrays["boxes"].ndim else -1
+    if offsets[0] != 0 or offsets[-1] != n or (np.diff(offsets) < 0).any():
+        raise DataError(
+            path,
+            f"must start at 0, never decrease and end at the number of boxes ({n})",
+            field="box_offsets",
+        )
+    dists = arrays.get("class_dists")
+    labels = None if dists is not None else arrays["labels"]
+    numeric = {"boxes": arrays["boxes"], "scores": arrays["scores"]}
+    numeric["class_dists" if dists is not None else "labels"] = (
+        dists if dists is not None else labels
+    )
+    for name, value in numeric.items():
+        if value.dtype.kind not in "fiu":
+            raise DataError(path, f"dtype {value.dtype} is not numeric", field=name)
+    # Validate once for the whole file, then hand out per-frame views.
+    flat = _validated(
+        path,
+        "arrays",
+        arrays["boxes"].astype(np.float64),
+        arrays["scores"].astype(np.float64),
+        None if dists is None else dists.astype(np.float64),
+        None if labels is None else labels.astype(np.float64),
+    )
+    out: dict[str, Detections] = {}
+    for f, key in enumerate(keys_list):
+        if key in out:
+            raise DataError(path, f"duplicate frame key {key!r}", field="keys")
+        rows = slice(int(offsets[f]), int(offsets[f + 1]))
+        out[key] = Detections(flat.boxes[rows], flat.scores[rows], flat.class_dists[rows])
+    return out
+
+
+def _validated(
+    path: Path,
+    where: str,
+    boxes: np.ndarray,
+    scores: np.ndarray,
+    dists: np.ndarray | None,
+    labels: np.ndarray | None,
+) -> Detections:
+    """Shapes, finiteness, box order, probability range; labels → one-hot distributions."""
+    if boxes.ndim != 2 or boxes.shape[1] != 4:
+        raise DataError(path, f"shape {boxes.shape}, expected (k, 4)", field=f"{where}.boxes")
+    k = boxes.shape[0]
+    if scores.shape != (k,):
+        raise DataError(path, f"shape {scores.shape}, expected ({k},)", field=f"{where}.scores")
+    for name, value in (("boxes", boxes), ("scores", scores)):
+        if not np.isfinite(value).all():
+            raise DataError(path, "non-finite value", field=f"{where}.{name}")
+    bad = (boxes[:, 2] < boxes[:, 0]) | (boxes[:, 3] < boxes[:, 1])
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise DataError(
+            path,
+            f"box {i} {boxes[i].tolist()} is not xyxy (x2 < x1 or y2 < y1)",
+            field=f"{where}.boxes",
+        )
+    if dists is not None:
+        if dists.shape != (k, NUM_AG_CLASSES):
+            raise DataError(
+                path,
+                f"shape {dists.shape}, expected ({k}, {NUM_AG_CLASSES}): Action Genome's "
+                "classes with background (0) and person (1)",
+                field=f"{where}.class_dists",
+            )
+        if not np.isfinite(dists).all() or (dists.size and (dists.min() < 0 or dists.max() > 1)):
+            raise DataError(
+                path,
+                "class probabilities must be finite and in [0, 1]",
+                field=f"{where}.class_dists",
+            )
+    else:
+        assert labels is not None
+        if labels.shape != (k,):
+            raise DataError(path, f"shape {labels.shape}, expected ({k},)", field=f"{where}.labels")
+        if ((labels != np.round(labels)) | (labels < 1) | (labels >= NUM_AG_CLASSES)).any():
+            raise DataError(
+                path,
+                f"labels must be class indices in 1..{NUM_AG_CLASSES - 1}",
+                field=f"{where}.labels",
+            )
+        dists = np.zeros((k, NUM_AG_CLASSES))
+        dists[np.arange(k), labels.astype(np.int64)] = 1.0
+    return Detections(boxes.astype(np.float32), scores.astype(np.float32), dists.astype(np.float32))
+
+
+def _arrange(det: Detections) -> tuple[np.ndarray, np.ndarray]:
+    """Row order of the ``det`` section (person first) and its pairs (person, each other)."""
+    k = det.boxes.shape[0]
+    if k == 0:
+        return np.zeros(0, np.int64), np.zeros((0, 2), np.int64)
+    labels = np.argmax(det.class_dists[:, 1:], axis=1) + 1
+    persons = np.flatnonzero(labels == _PERSON)
+    if persons.size == 0:
+        return np.arange(k, dtype=np.int64), np.zeros((0, 2), np.int64)
+    person = int(persons[np.argmax(det.scores[persons])])
+    order = np.concatenate([[person], np.delete(np.arange(k), person)]).astype(np.int64)
+    others = np.arange(1, k, dtype=np.int64)
+    return order, np.stack([np.zeros_like(others), others], axis=1)
+
+
+# ----------------------------------------------------------------------------------------------
+# Frames and images
+
+
+@dataclass(frozen=True, eq=False)
+class _Frame:
+    """One frame to extract: its key, image path, gt boxes (person first), annotated size."""
+
+    key: str
+    path: Path
+    boxes: np.ndarray  # float32 (1 + objects, 4) xyxy, annotation pixels
+    size: tuple[float, float] | None  # annotated (w, h), None if unknown
+
+
+def _annotated_sizes(root: Path) -> dict[str, tuple[float, float]]:
+    """``bbox_size`` (w, h) of every frame in ``person_bbox.pkl`` that has a valid one."""
+    persons = load_pickle(root / "annotations" / ANNOTATION_FILES["person_bbox"])
+    sizes: dict[str, tuple[float, float]] = {}
+    if not isinstance(persons, dict):
+        return sizes
+    for key, entry in persons.items():
+        size = entry.get("bbox_size") if isinstance(entry, dict) else None
+        try:
+            w, h = (float(v) for v in size)  # type: ignore[union-attr]
+        except (TypeError, ValueError):
+            continue
+        if np.isfinite(w) and np.isfinite(h) and w > 0 and h > 0:
+            sizes[key] = (w, h)
+    return sizes
+
+
+def _frames_to_extract(root: Path, splits: Sequence[str], require_frames: bool) -> list[_Frame]:
+    """The frames the reader keeps in ``splits`` (default protocol), sorted by key."""
+    sizes = _annotated_sizes(root)
+    frames: list[_Frame] = []
+    for split in splits:
+        dataset = ActionGenome(root, split, require_frames=require_frames)
+        for index in range(len(dataset)):
+            gt = dataset.video_gt(index)
+            offsets = gt.object_offsets()
+            for f, key in enumerate(gt.frame_keys):
+                boxes = np.concatenate(
+                    [gt.person_boxes[f : f + 1], gt.obj_boxes[offsets[f] : offsets[f + 1]]]
+                ).astype(np.float32)
+                frames.append(_Frame(key, root / "frames" / key, boxes, sizes.get(key)))
+    frames.sort(key=lambda frame: frame.key)
+    return frames
+
+
+def _import_pillow() -> Any:
+    try:
+        from PIL import Image
+    except ImportError:
+        raise ConfigError(
+            "extract-features reads frame images with Pillow, which is not installed: "
+            "pip install Pillow"
+        ) from None
+    return Image
+
+
+def _read_image(path: Path) -> np.ndarray:
+    """``(H, W, 3)`` uint8 RGB; DataError naming the file if it is missing or unreadable."""
+    image_module = _import_pillow()
+    try:
+        with image_module.open(path) as image:
+            return np.asarray(image.convert("RGB"))
+    except FileNotFoundError:
+        raise DataError(
+            path,
+            "frame image not found (pass --skip-missing-frames to leave such frames out, and "
+            "read the store with require_frames=True)",
+        ) from None
+    except (OSError, ValueError, SyntaxError) as err:  # UnidentifiedImageError is an OSError
+        raise DataError(path, f"cannot read image ({type(err).__name__}: {err})") from None
+
+
+def _prefetch(
+    fn: Callable[[_Frame], np.ndarray], frames: Sequence[_Frame], ahead: int, workers: int
+) -> Iterator[tuple[_Frame, np.ndarray]]:
+    """``(frame, fn(frame))`` in order, decoding up to ``ahead`` frames in ``workers`` threads."""
+    if workers <= 0:
+        for frame in frames:
+            yield frame, fn(frame)
+        return
+    executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="m3sgg-frames")
+    pending: deque[tuple[_Frame, Future[np.ndarray]]] = deque()
+    items = iter(frames)
+    try:
+        for frame in items:
+            pending.append((frame, executor.submit(fn, frame)))
+            if len(pending) >= ahead:
+                break
+        while pending:
+            frame, future = pending.popleft()
+            image = future.result()
+            nxt = next(items, None)
+            if nxt is not None:
+                pending.append((nxt, executor.submit(fn, nxt)))
+            yield frame, image
+    finally:
+        executor.shutdown(wait=True, cancel_futures=True)
+
+
+def _batches(
+    loaded: Iterable[tuple[_Frame, np.ndarray]], batch_frames: int
+) -> Iterator[list[tuple[_Frame, np.ndarray]]]:
+    """Consecutive frames of one image size, at most ``batch_frames`` per batch."""
+    batch: list[tuple[_Frame, np.ndarray]] = []
+    for frame, image in loaded:
+        if batch and (len(batch) == batch_frames or image.shape != batch[0][1].shape):
+            yield batch
+            batch = []
+        batch.append((frame, image))
+    if batch:
+        yield batch
+
+
+# ----------------------------------------------------------------------------------------------
+# Extraction
+
+
+@dataclass(frozen=True)
+class ExtractionResult:
+    """What :func:`extract_features` wrote.
+
+    Attributes:
+        path: the store folder.
+        frames: frames written.
+        object_dim, union_dim: feature widths (the backbone's channel count).
+        gt_boxes, gt_pairs: rows of the ``gt`` section.
+        det_boxes, det_pairs: rows of the ``det`` section (0 without detections).
+        seconds: wall time.
+    """
+
+    path: Path
+    frames: int
+    object_dim: int
+    union_dim: int
+    gt_boxes: int
+    gt_pairs: int
+    det_boxes: int
+    det_pairs: int
+    seconds: float
+
+
+def _person_pairs(num_boxes: int) -> np.ndarray:
+    objects = np.arange(1, num_boxes, dtype=np.int64)
+    return np.stack([np.zeros_like(objects), objects], axis=1)
+
+
+def _union_boxes(boxes: np.ndarray, pairs: np.ndarray) -> np.ndarray:
+    """``(p, 4)`` smallest boxes holding both boxes of each pair."""
+    a, b = boxes[pairs[:, 0]], boxes[pairs[:, 1]]
+    return np.concatenate([np.minimum(a[:, :2], b[:, :2]), np.maximum(a[:, 2:], b[:, 2:])], axis=1)
+
+
+def _check_positive_int(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ConfigError(f"{name} must be a positive int, got {value!r}")
+    return value
+
+
+def _device(device: str | torch.device) -> torch.device:
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError, TypeError):
+        raise ConfigError(f"device: not a torch device: {device!r}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {device!r}: CUDA is not available on this machine")
+    return dev
+
+
+def _format_seconds(seconds: float) -> str:
+    seconds = round(seconds)
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
+
+
+def extract_features(
+    dataset_root: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    *,
+    backbone: str | nn.Module = "builtin",
+    stride: float | None = None,
+    pool_size: int = 7,
+    sampling_ratio: int = 2,
+    dtype: str = "float16",
+    splits: Sequence[str] = SPLITS,
+    detections: str | os.PathLike[str] | None = None,
+    device: str | torch.device = "cpu",
+    batch_frames: int = 8,
+    workers: int = 2,
+    skip_missing_frames: bool = False,
+    overwrite: bool = False,
+    progress: Callable[[str], None] | None = None,
+    progress_every: int = 200,
+) -> ExtractionResult:
+    """Run ``backbone`` + RoIAlign over an Action Genome dataset's frames; write a feature store.
+
+    Args:
+        dataset_root: the dataset folder (``annotations/`` and ``frames/``).
+        out: the store folder to write (atomically: nothing appears there on failure).
+        backbone: ``"builtin"``, ``"module:attr"`` or a ``torch.nn.Module`` (module docstring).
+        stride: the backbone's output stride; default: its ``stride`` attribute.
+        pool_size: RoIAlign bins per side; the bins are averaged into one vector per box.
+        sampling_ratio: bilinear samples per bin and axis (fixed; see :mod:`m3sgg.ops`).
+        dtype: storage dtype of the features, ``"float16"`` (half the disk) or ``"float32"``.
+        splits: the splits whose kept frames are extracted.
+        detections: a detections file (JSON or npz, module docstring) → the ``det`` section.
+        device: where the backbone and RoIAlign run (``"cpu"``, ``"cuda"``, ``"cuda:1"``).
+        batch_frames: frames per backbone call (frames of one image size only).
+        workers: threads decoding images ahead of the backbone (0: decode inline).
+        skip_missing_frames: leave out frames whose image is missing, as the reader does with
+            ``require_frames=True`` (read the store that way); otherwise a missing image is an
+            error.
+        overwrite: replace an existing store at ``out``.
+        progress: called with a one-line status every ``progress_every`` frames and at the end.
+        progress_every: frames between progress lines.
+
+    Returns:
+        :class:`ExtractionResult`.
+
+    Raises:
+        DataError: missing frames folder, missing or unreadable image, bad detections file,
+            existing ``out`` (without ``overwrite``), or nothing to extract.
+        ConfigError: bad backbone, stride (including one that does not match the feature maps),
+            dtype, device or count argument.
+
+    The backbone module is moved to ``device`` and put in eval mode; it runs under
+    ``torch.inference_mode``.
+    """
+    import torch
+
+    start = time.perf_counter()
+    root, out_path = Path(dataset_root), Path(out)
+    if dtype not in FEATURE_DTYPES:
+        raise ConfigError(f"dtype must be one of {FEATURE_DTYPES}, got {dtype!r}")
+    pool_size = _check_positive_int("pool_size", pool_size)
+    sampling_ratio = _check_positive_int("sampling_ratio", sampling_ratio)
+    batch_frames = _check_positive_int("batch_frames", batch_frames)
+    progress_every = _check_positive_int("progress_every", progress_every)
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
+        raise ConfigError(f"workers must be an int >= 0, got {workers!r}")
+    splits = tuple(dict.fromkeys([splits] if isinstance(splits, str) else splits))
+    if not splits or any(split not in SPLITS for split in splits):
+        raise ConfigError(f"splits must be a non-empty subset of {SPLITS}, got {splits!r}")
+    dev = _device(device)
+    if (out_path.exists() or out_path.is_symlink()) and not overwrite:
+        raise DataError(out_path, "already exists; pass --overwrite (overwrite=True) to replace it")
+    if not (root / "frames").is_dir():
+        raise DataError(
+            root / "frames", "frames folder not found (expected <root>/frames/<video>/<frame>)"
+        )
+    _import_pillow()
+    model, name = load_backbone(backbone)
+    stride_value = _resolve_stride(model, name, stride)
+
+    frames = _frames_to_extract(root, splits, require_frames=skip_missing_frames)
+    if not frames:
+        raise DataError(root, f"no frames to extract in splits {list(splits)}")
+    dets: dict[str, Detections] | None = None
+    if detections is not None:
+        dets = read_detections(detections)
+        missing = [frame.key for frame in frames if frame.key not in dets]
+        if missing:
+            raise DataError(
+                detections,
+                f"no detections for {len(missing)} of the {len(frames)} frames to extract, "
+                f"e.g. {missing[0]!r} (list a frame without detections with empty arrays)",
+            )
+
+    model = model.to(dev).eval()
+    to_input = _InputTransform(model, dev)
+    pool = {"pool_size": pool_size, "sampling_ratio": sampling_ratio, "stride": stride_value}
+    writer: FeatureStoreWriter | None = None
+    counts = {"frames": 0, "gt_boxes": 0, "gt_pairs": 0, "det_boxes": 0, "det_pairs": 0}
+    channels = 0
+    next_report = progress_every
+    loaded = _prefetch(_load_frame, frames, ahead=max(2 * batch_frames, 4), workers=workers)
+    try:
+        for batch in _batches(loaded, batch_frames):
+            x = to_input(np.stack([image for _, image in batch]))
+            plans = [_plan_frame(frame, x.shape[3], x.shape[2], dets) for frame, _ in batch]
+            with torch.inference_mode():
+                fmap = model(x)
+                _check_feature_map(fmap, name, len(batch), x.shape[2], x.shape[3], stride_value)
+                vectors = _pool_features(fmap, plans, **pool)
+            channels = int(fmap.shape[1])
+            if writer is None:
+                writer = FeatureStoreWriter(
+                    out_path,
+                    object_dim=channels,
+                    union_dim=channels,
+                    num_classes=NUM_AG_CLASSES if dets is not None else None,
+                    dtype=dtype,
+                    overwrite=overwrite,
+                )
+            for (frame, _), sections in zip(batch, _frame_features(plans, vectors), strict=True):
+                writer.add_frame(frame.key, *sections)
+                counts["frames"] += 1
+                for section, prefix in zip(sections, ("gt", "det"), strict=False):
+                    counts[f"{prefix}_boxes"] += len(section.boxes)
+                    counts[f"{prefix}_pairs"] += len(section.pairs)
+            if progress is not None and counts["frames"] >= next_report:
+                next_report = (counts["frames"] // progress_every + 1) * progress_every
+                rate = counts["frames"] / max(time.perf_counter() - start, 1e-9)
+                eta = (len(frames) - counts["frames"]) / max(rate, 1e-9)
+                progress(
+                    f"extract-features: {counts['frames']}/{len(frames)} frames, "
+                    f"{rate:.1f} frames/s, eta {_format_seconds(eta)}"
+                )
+        assert writer is not None  # frames is not empty
+        writer.close()
+    except BaseException:
+        loaded.close()
+        if writer is not None:
+            writer.abort()
+        raise
+    seconds = time.perf_counter() - start
+    result = ExtractionResult(
+        path=out_path,
+        frames=counts["frames"],
+        object_dim=channels,
+        union_dim=channels,
+        gt_boxes=counts["gt_boxes"],
+        gt_pairs=counts["gt_pairs"],
+        det_boxes=counts["det_boxes"],
+        det_pairs=counts["det_pairs"],
+        seconds=seconds,
+    )
+    if progress is not None:
+        det = (
+            f", det {result.det_boxes} boxes / {result.det_pairs} pairs" if dets is not None else ""
+        )
+        progress(
+            f"extract-features: wrote {result.frames} frames (gt {result.gt_boxes} boxes / "
+            f"{result.gt_pairs} pairs{det}; dim {channels}, {dtype}) to {out_path} in "
+            f"{_format_seconds(seconds)}"
+        )
+    return result
+
+
+def _load_frame(frame: _Frame) -> np.ndarray:
+    return _read_image(frame.path)
+
+
+class _InputTransform:
+    """``(B, H, W, 3)`` uint8 images → normalised ``[B, 3, H, W]`` on the backbone's device,
+    in the dtype of its first floating-point parameter (float32 without one).
+
+    The uint8 batch is copied (from pinned memory, without blocking, on CUDA) and converted on
+    the device: a quarter of the bytes of a float32 copy.
+    """
+
+    def __init__(self, model: nn.Module, device: torch.device) -> None:
+        import torch
+
+        self.device = device
+        self.pin = device.type == "cuda"
+        params = (p.dtype for p in model.parameters() if p.is_floating_point())
+        self.dtype = next(params, torch.float32)
+        self.mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
+        self.std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
+
+    def __call__(self, images: np.ndarray) -> torch.Tensor:
+        import torch
+
+        batch = torch.from_numpy(images)
+        if self.pin:
+            batch = batch.pin_memory()
+        x = batch.to(self.device, non_blocking=self.pin).permute(0, 3, 1, 2).float().div_(255.0)
+        return ((x - self.mean) / self.std).to(self.dtype)
+
+
+def _pool_features(
+    fmap: torch.Tensor,
+    plans: list[list[_Part]],
+    *,
+    pool_size: int,
+    sampling_ratio: int,
+    stride: float,
+) -> np.ndarray:
+    """One RoIAlign call over every roi of the batch; bins averaged → float32 ``(R, C)``."""
+    import torch
+
+    from m3sgg.ops.roi_align import roi_align
+
+    rois = [(b, part.rois) for b, plan in enumerate(plans) for part in plan]
+    table = np.concatenate(
+        [np.concatenate([np.full((len(r), 1), b, np.float32), r], axis=1) for b, r in rois]
+    )
+    # float32 rois whatever the feature dtype (roi_align computes box geometry in float64).
+    tensor = torch.from_numpy(table)
+    if fmap.device.type == "cuda":
+        tensor = tensor.pin_memory()
+    pooled = roi_align(
+        fmap,
+        tensor.to(fmap.device, non_blocking=True),
+        pool_size,
+        spatial_scale=1.0 / stride,
+        sampling_ratio=sampling_ratio,
+        aligned=True,
+    )
+    return pooled.float().mean(dim=(2, 3)).cpu().numpy()
+
+
+def _frame_features(plans: list[list[_Part]], vectors: np.ndarray) -> list[list[FrameFeatures]]:
+    """Cut the pooled rows back into each frame's sections (boxes first, then unions)."""
+    out: list[list[FrameFeatures]] = []
+    row = 0
+    for plan in plans:
+        sections = []
+        for part in plan:
+            k, p = len(part.boxes), len(part.pairs)
+            sections.append(
+                FrameFeatures(
+                    boxes=part.boxes,
+                    box_features=vectors[row : row + k],
+                    pairs=part.pairs,
+                    union_features=vectors[row + k : row + k + p],
+                    scores=part.scores,
+                    class_dists=part.class_dists,
+                )
+            )
+            row += k + p
+        out.append(sections)
+    return out
+
+
+class _Part(NamedTuple):
+    """One section of one frame: stored boxes and pairs, and the image-space rois to pool."""
+
+    boxes: np.ndarray  # float32 (k, 4), annotation pixels (what the store keeps)
+    pairs: np.ndarray  # int64 (p, 2)
+    rois: np.ndarray  # float32 (k + p, 4), image pixels: the boxes, then the pairs' unions
+    scores: np.ndarray | None
+    class_dists: np.ndarray | None
+
+
+def _plan_frame(
+    frame: _Frame, width: int, height: int, dets: dict[str, Detections] | None
+) -> list[_Part]:
+    """The ``gt`` part (and the ``det`` part) of one frame, with rois scaled onto the image."""
+    if frame.size is None:
+        scale = np.ones(4, np.float32)
+    else:
+        sx, sy = width / frame.size[0], height / frame.size[1]
+        scale = np.array([sx, sy, sx, sy], np.float32)
+
+    def part(
+        boxes: np.ndarray,
+        pairs: np.ndarray,
+        scores: np.ndarray | None = None,
+        dists: np.ndarray | None = None,
+    ) -> _Part:
+        rois = np.concatenate([boxes, _union_boxes(boxes, pairs)]).reshape(-1, 4) * scale
+        return _Part(boxes, pairs, rois.astype(np.float32), scores, dists)
+
+    parts = [part(frame.boxes, _person_pairs(len(frame.boxes)))]
+    if dets is not None:
+        det = dets[frame.key]
+        order, pairs = _arrange(det)
+        parts.append(part(det.boxes[order], pairs, det.scores[order], det.class_dists[order]))
+    return parts
+
+
+def _check_feature_map(
+    fmap: Any, name: str, batch: int, height: int, width: int, stride: float
+) -> None:
+    """A ``[B, C, h, w]`` floating tensor whose size fits ``stride`` (within 2 strides)."""
+    from torch import Tensor
+
+    if not isinstance(fmap, Tensor) or fmap.dim() != 4 or not fmap.is_floating_point():
+        what = (
+            f"a {fmap.dtype} tensor of shape {list(fmap.shape)}"
+            if isinstance(fmap, Tensor)
+            else f"a {type(fmap).__name__}"
+        )
+        raise ConfigError(
+            f"backbone {name!r} returned {what}; it must return one floating-point "
+            "[B, C, H/stride, W/stride] tensor"
+        )
+    if fmap.shape[0] != batch:
+        raise ConfigError(
+            f"backbone {name!r} returned {fmap.shape[0]} feature maps for {batch} images"
+        )
+    h, w = int(fmap.shape[2]), int(fmap.shape[3])
+    if abs(h * stride - height) > 2 * stride or abs(w * stride - width) > 2 * stride:
+        raise ConfigError(
+            f"backbone {name!r}: a {width}x{height} image gave {w}x{h} feature maps, which does "
+            f"not fit stride {stride:g} (it suggests about {width / max(w, 1):.3g}); "
+            "give the right --stride"
+        )
+
+
+# ----------------------------------------------------------------------------------------------
+# Toy frames
+
+
+def class_color(cls: int) -> tuple[int, int, int]:
+    """A distinct RGB colour per Action Genome class index (1 person, 2..36 objects).
+
+    Hues step by the golden ratio; saturation and brightness alternate, so neighbouring class
+    indices differ strongly.
+    """
+    hue = (cls * 0.618033988749895) % 1.0
+    saturation = (0.95, 0.6, 0.8)[cls % 3]
+    value = (0.95, 0.65)[(cls // 3) % 2]
+    r, g, b = colorsys.hsv_to_rgb(hue, saturation, value)
+    return round(r * 255), round(g * 255), round(b * 255)
+
+
+def _draw_box(draw: Any, box: Sequence[float], cls: int, sx: float, sy: float) -> None:
+    """Fill xyxy ``box`` (annotation pixels, scaled by ``sx``, ``sy``) with ``cls``'s colour."""
+    x1, y1, x2, y2 = box[0] * sx, box[1] * sy, box[2] * sx, box[3] * sy
+    draw.rectangle([x1, y1, max(x1, x2 - 1), max(y1, y2 - 1)], fill=class_color(cls))
+
+
+def write_toy_frames(
+    root: str | os.PathLike[str],
+    seed: int = 0,
+    size: tuple[int, int] | None = None,
+) -> int:
+    """Render a PNG for every annotated frame of an Action Genome dataset (the toy one).
+
+    Each image is a grey background with the person box and then the visible objects (in
+    annotation order, later ones on top) drawn as filled rectangles whose colour encodes the
+    class (:func:`class_color`), plus mild Gaussian pixel noise (std 6, seeded per frame), so
+    features extracted from them predict the object classes. Existing images are replaced.
+
+    Args:
+        root: the dataset folder (``annotations/``); images go to ``<root>/frames/<key>``.
+        seed: seed of the pixel noise; the same seed gives identical images.
+        size: ``(width, height)`` of every image; default: each frame's annotated size
+            (``bbox_size``). Boxes are scaled per axis, as :func:`extract_features` scales back.
+
+    Returns:
+        The number of images written.
+
+    Raises:
+        DataError: a missing or malformed annotation pickle.
+        ValueError: ``size`` is not two positive ints.
+    """
+    if size is not None and (
+        len(size) != 2 or any(isinstance(v, bool) or not isinstance(v, int) or v <= 0 for v in size)
+    ):
+        raise ValueError(f"size must be (width, height) positive ints, got {size!r}")
+    image_module = _import_pillow()
+    from PIL import ImageDraw
+
+    root = Path(root)
+    ann = root / "annotations"
+    persons = load_pickle(ann / ANNOTATION_FILES["person_bbox"])
+    objects_path = ann / ANNOTATION_FILES["objects"]
+    objects = load_pickle(objects_path)
+    if not isinstance(persons, dict) or not isinstance(objects, dict):
+        raise DataError(ann, "annotation pickles must hold dicts of frame key -> entry")
+    class_index = {name: i for i, name in enumerate(AG_OBJECT_CLASSES)}
+    written = 0
+    for number, key in enumerate(sorted(objects)):
+        entry = persons.get(key)
+        if not isinstance(entry, dict) or "bbox_size" not in entry:
+            raise DataError(
+                ann / ANNOTATION_FILES["person_bbox"],
+                "no entry with a bbox_size",
+                field=f"frame {key!r}",
+            )
+        frame_w, frame_h = (float(v) for v in entry["bbox_size"])
+        out_w, out_h = size if size is not None else (round(frame_w), round(frame_h))
+        sx, sy = out_w / frame_w, out_h / frame_h
+        image = image_module.new("RGB", (out_w, out_h), (128, 128, 128))
+        draw = ImageDraw.Draw(image)
+        bbox = entry.get("bbox")
+        person = np.zeros((0, 4)) if bbox is None else np.asarray(bbox, np.float64).reshape(-1, 4)
+        if len(person):
+            _draw_box(draw, person[0], _PERSON, sx, sy)
+        for j, obj in enumerate(objects[key]):
+            if not (isinstance(obj, dict) and obj.get("visible") and obj.get("bbox") is not None):
+                continue
+            cls = class_index.get(obj.get("class"))  # type: ignore[arg-type]
+            if cls is None:
+                raise DataError(
+                    objects_path,
+                    f"unknown object class {obj.get('class')!r}",
+                    field=f"frame {key!r} object {j} class",
+                )
+            x, y, w, h = (float(v) for v in obj["bbox"])
+            _draw_box(draw, (x, y, x + w, y + h), cls, sx, sy)
+        rng = np.random.default_rng([seed, number])
+        pixels = np.asarray(image, dtype=np.float32) + rng.normal(0.0, 6.0, (out_h, out_w, 3))
+        path = root / "frames" / key
+        path.parent.mkdir(parents=True, exist_ok=True)
+        image_module.fromarray(pixels.clip(0, 255).astype(np.uint8)).save(path)
+        written += 1
+    return written
+
+
+# ----------------------------------------------------------------------------------------------
+# Command line
+
+
+def _cmd_extract_features(args: argparse.Namespace) -> int:
+    extract_features(
+        args.data_path,
+        args.out,
+        backbone=args.backbone,
+        stride=args.stride,
+        pool_size=args.pool_size,
+        sampling_ratio=args.sampling_ratio,
+        dtype=args.dtype,
+        splits=args.splits,
+        detections=args.detections,
+        device=args.device,
+        batch_frames=args.batch_frames,
+        workers=args.workers,
+        skip_missing_frames=args.skip_missing_frames,
+        overwrite=args.overwrite,
+        progress=lambda line: print(line, flush=True),
+        progress_every=args.progress_every,
+    )
+    return 0
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
+    return value
+
+
+def _stride(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not (np.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
+def register_commands(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``extract-features`` to the CLI's subcommands (sets ``func``)."""
+    cmd = subparsers.add_parser(
+        "extract-features",
+        help="compute a feature store from an Action Genome dataset's frame images",
+        description="Run a backbone (default: a small built-in CNN, no download) and RoIAlign "
+        "over the frames <data-path>/frames/<video>/<frame> that the reader keeps, and write an "
+        "m3sgg feature store (gt boxes and pairs; with --detections also the det section).",
+    )
+    cmd.add_argument("--data-path", type=Path, required=True, help="Action Genome root folder")
+    cmd.add_argument("--out", type=Path, required=True, help="feature store folder to write")
+    cmd.add_argument(
+        "--backbone",
+        default="builtin",
+        metavar="builtin|MODULE:ATTR",
+        help="a torch.nn.Module instance or zero-arg factory (default: builtin, stride 8)",
+    )
+    cmd.add_argument(
+        "--stride", type=_stride, default=None, help="backbone output stride (default: its .stride)"
+    )
+    cmd.add_argument("--pool-size", type=_positive_int, default=7, help="RoIAlign bins (7)")
+    cmd.add_argument("--sampling-ratio", type=_positive_int, default=2, help="samples per bin (2)")
+    cmd.add_argument("--dtype", choices=FEATURE_DTYPES, default="float16", help="storage dtype")
+    cmd.add_argument(
+        "--splits", nargs="+", choices=SPLITS, default=list(SPLITS), help="splits (both)"
+    )
+    cmd.add_argument(
+        "--detections", type=Path, default=None, help="detections .json/.npz for the det section"
+    )
+    cmd.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default cpu)")
+    cmd.add_argument("--batch-frames", type=_positive_int, default=8, help="frames per call (8)")
+    cmd.add_argument(
+        "--workers", type=int, default=2, help="image-decoding threads, 0 for none (2)"
+    )
+    cmd.add_argument(
+        "--skip-missing-frames",
+        action="store_true",
+        help="leave out frames without an image (read the store with require_frames=True)",
+    )
+    cmd.add_argument(
+        "--progress-every", type=_positive_int, default=200, help="frames per progress line"
+    )
+    cmd.add_argument("--overwrite", action="store_true", help="replace an existing store")
+    cmd.set_defaults(func=_cmd_extract_features)
