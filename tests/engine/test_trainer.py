@@ -193,3 +193,31 @@ def test_plain_pytorch_components_are_accepted(small_config):
     trainer.train_loop()
     assert trainer.handlers.get("lr_plateau").scheduler is plateau
     assert "with/R@20" in trainer.engine.state.eval_metrics
+
+
+def test_object_detector_runs_frozen_under_no_grad_every_step(small_config):
+    """The classic online-detector path: a frozen module turns each raw batch into inputs."""
+    import dataclasses
+
+    calls: list[bool] = []
+
+    class ScaleFeatures(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.scale = torch.nn.Parameter(torch.tensor(2.0))
+
+        def forward(self, batch):
+            calls.append(torch.is_grad_enabled())
+            return dataclasses.replace(batch, box_features=batch.box_features * self.scale)
+
+    built = Trainer.from_config(small_config("train.epochs=1", "train.eval_every_epochs=0"))
+    detector = ScaleFeatures()
+    trainer = Trainer(
+        model=built.model,
+        config=built.config,
+        dataloader_train=built.dataloader_train,
+        object_detector=detector,
+    )
+    state = trainer.train_loop()
+    assert len(calls) == state.iteration and not any(calls)
+    assert not detector.scale.requires_grad and not detector.training
