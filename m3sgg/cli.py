@@ -66,7 +66,6 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     from m3sgg.config import load_config
     from m3sgg.engine.builders import run_folder
-    from m3sgg.engine.handlers.graceful_stop import GracefulStop
     from m3sgg.engine.trainer import Trainer
     from m3sgg.errors import ConfigError
 
@@ -84,41 +83,36 @@ def _cmd_train(args: argparse.Namespace) -> int:
         raise ConfigError(
             f"{run_dir} already holds a run; continue it with --resume auto, or pick another --name"
         )
-    trainer = Trainer.from_config(config, run_dir=run_dir)
-    if args.resume == "auto":
-        if last.exists():
-            trainer.resume(last)
-        else:
-            print(f"no checkpoint in {run_dir} yet: starting a new run")
-    elif args.resume is not None:
-        trainer.resume(_checkpoint_path(Path(args.resume)))
-    print(f"run folder: {run_dir}")
+    from m3sgg.config import config_to_dict
+    from m3sgg.engine.distributed import launch, launched_by_torchrun, train_worker
+
+    resume = (
+        args.resume if args.resume in (None, "auto") else str(_checkpoint_path(Path(args.resume)))
+    )
     hint = f"m3sgg train --name {run_dir.name} --output {run_dir.parent} --resume auto"
     if args.config:
         hint += f" --config {args.config}"
-    stop = GracefulStop(trainer.save_checkpoint, hint).install()
-    trainer.handlers.add(stop)
-    try:
-        state = trainer.train_loop()
-    finally:
-        stop.uninstall()
-    reason = getattr(state, "stop_reason", None)
-    best = (
-        trainer.handlers.get("best_checkpoint") if "best_checkpoint" in trainer.handlers else None
+    if args.nproc_per_node:
+        hint += f" --nproc-per-node {args.nproc_per_node}"
+    if args.backend:
+        hint += f" --backend {args.backend}"
+    if launched_by_torchrun():
+        hint = f"torchrun ... -m {hint}"
+    summary = launch(
+        train_worker,
+        config_to_dict(config),
+        resume,
+        nproc_per_node=args.nproc_per_node,
+        backend=args.backend,
+        run_dir=str(run_dir),
+        resume_hint=hint,
+        verbose=args.verbose,
     )
-    metrics = getattr(state, "eval_metrics", None)
-    if metrics:
-        from m3sgg.engine.handlers.console import headline
-
-        print(f"final evaluation: {headline(metrics)}")
-    if best is not None:
-        for metric in best.metrics:  # type: ignore[attr-defined]
-            print(f"best {metric}: {best.best(metric)}")  # type: ignore[attr-defined]
-    print(f"metrics: {run_dir / 'metrics.jsonl'}")
-    if reason:
-        print(f"m3sgg train: {reason}", file=sys.stderr)
-        return 130 if stop.signal is not None else 3
-    return 0
+    if summary is None:  # ranks > 0 under torchrun
+        return 0
+    if summary["stop_reason"]:
+        print(f"m3sgg train: {summary['stop_reason']}", file=sys.stderr)
+    return int(summary["exit_code"])
 
 
 def _checkpoint_path(path: Path) -> Path:
@@ -247,6 +241,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="plot to a visdom server",
     )
     train.add_argument("--progress", action="store_true", help="show ignite's progress bar")
+    train.add_argument(
+        "--nproc-per-node",
+        type=int,
+        metavar="N",
+        help="train with N local processes (DDP via ignite.distributed); leave out under torchrun",
+    )
+    train.add_argument(
+        "--backend",
+        choices=("gloo", "nccl"),
+        help="process-group backend (default: nccl with CUDA, else gloo)",
+    )
     train.add_argument(
         "--describe", action="store_true", help="print the handler order per event and exit"
     )

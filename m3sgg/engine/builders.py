@@ -102,16 +102,20 @@ def build_training(config: Config, trainer_cls: Any, **overrides: Any) -> Any:
     from m3sgg.engine.trainer import resolve_device
 
     plugins = load_plugins(config.plugins)  # imports first: plugins may register models
-    manual_seed(config.run.seed)
+    # each rank its own random stream (dropout); DDP broadcasts rank 0's initial weights
+    manual_seed(config.run.seed + idist.get_rank())
     device = resolve_device(config.run.device)
     spec, train, test = build_data(config)
     model = _build_model(config, spec, train)
+    collate_fn = spec.collate(model)  # reads model attributes: before any wrapper hides them
     if idist.get_world_size() > 1:  # DistributedDataParallel over the process group
         model = idist.auto_model(model.to(device))
     if config.train.compile:
         model = torch.compile(model)
-    train_loader, test_loader = build_loaders(config, train, test, spec.collate(model), device)
+    train_loader, test_loader = build_loaders(config, train, test, collate_fn, device)
     run_dir = overrides.pop("run_dir", None) or run_folder(config)
+    if idist.get_world_size() > 1:  # one folder for all ranks (a timestamped name may differ)
+        run_dir = Path(idist.broadcast(str(run_dir), src=0, safe_mode=True))
     arguments: dict[str, Any] = {
         "model": model,
         "config": config,

@@ -55,7 +55,7 @@ from m3sgg.errors import DataError
 if TYPE_CHECKING:
     from m3sgg.engine.evaluator import Evaluator
 
-__all__ = ["Trainer", "resolve_amp", "resolve_device"]
+__all__ = ["RankZeroPlaceholder", "Trainer", "rank_zero", "resolve_amp", "resolve_device"]
 
 
 def resolve_device(name: str) -> torch.device:
@@ -186,9 +186,9 @@ class Trainer:
         tracker = add(LossTracker())
         for handler in self._lr_handlers(scheduler):
             add(handler)
-        add(ConsoleLogger(self.optimizer, every=cfg.log.every_iters))
+        add(rank_zero(ConsoleLogger, self.optimizer, every=cfg.log.every_iters))
         if cfg.log.progress_bar:
-            add(ProgressBar())
+            add(rank_zero(ProgressBar))
         if self.evaluator is not None and (
             cfg.train.eval_every_epochs or cfg.train.eval_every_iters
         ):
@@ -215,15 +215,16 @@ class Trainer:
                         self.engine, cfg.train.early_stop_metric, cfg.train.early_stop_patience
                     )
                 )
-            if self.run_dir is not None and idist.get_rank() == 0:
-                add(MetricsFile(self.run_dir / "metrics.jsonl", self.optimizer))
+            if self.run_dir is not None:
+                add(rank_zero(MetricsFile, self.run_dir / "metrics.jsonl", self.optimizer))
         if self.checkpoint_dir is not None:
             add(LastCheckpoint(self.save_checkpoint, every_iters=cfg.checkpoint.every_iters))
         if cfg.log.visdom:
             from m3sgg.engine.handlers.visdom import VisdomPlotter
 
             add(
-                VisdomPlotter(
+                rank_zero(
+                    VisdomPlotter,
                     cfg.log.visdom,
                     env=self.run_dir.name if self.run_dir else "m3sgg",
                     optimizer=self.optimizer,
@@ -281,7 +282,8 @@ class Trainer:
             ``{"loss": total, <term>: value, ..., "finite": bool}`` (detached tensors).
         """
         self.model.train()
-        batch = batch.to(self.device, non_blocking=True)
+        if batch.device != self.device:
+            batch = batch.to(self.device, non_blocking=True)
         if self.object_detector is not None:
             with torch.no_grad():
                 batch = self.object_detector(batch)
@@ -295,7 +297,7 @@ class Trainer:
         finite = bool(finite)
         accumulate = self.config.optim.accumulate_steps
         if finite:
-            self.scaler.scale(total / accumulate).backward()
+            self.scaler.scale(total / accumulate if accumulate > 1 else total).backward()
             epoch_length = engine.state.epoch_length or 0
             in_epoch = engine.state.iteration - (engine.state.epoch - 1) * epoch_length
             if in_epoch % accumulate == 0 or in_epoch == epoch_length:
@@ -350,6 +352,7 @@ class Trainer:
                 "dataset": self.config.data.dataset,
                 "mode": self.config.data.mode,
                 "model": self.config.model_name,
+                "world_size": idist.get_world_size(),
                 "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
             },
             "config": config_to_dict(self.config),
@@ -363,14 +366,28 @@ class Trainer:
         }
 
     def save_checkpoint(self, filename: str = "last.pt") -> Path:
-        """Write the full resumable state to ``<run>/checkpoints/<filename>`` (rank 0 only)."""
+        """Write the full resumable state to ``<run>/checkpoints/<filename>`` (rank 0 writes).
+
+        With several processes this is a collective call (every rank calls it at the same
+        point, as the built-in handlers do): each rank's random-generator states and rank-local
+        handler states (``rank_local = True``, e.g. the loss tracker's sums) are gathered into
+        the checkpoint's ``"ranks"`` list, so every rank resumes exactly; and no rank returns
+        before the file is on disk.
+        """
         if self.checkpoint_dir is None:
             raise RuntimeError("this trainer has no run_dir; give one to save checkpoints")
         path = self.checkpoint_dir / filename
+        world = idist.get_world_size()
+        ranks = idist.all_gather(self._rank_state()) if world > 1 else None
         if idist.get_rank() == 0:
             self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
             remove_stale_temps(self.checkpoint_dir)
-            atomic_save(self.state_dict(), path)
+            state = self.state_dict()
+            if ranks is not None:
+                state["ranks"] = list(ranks)
+            atomic_save(state, path)
+        if world > 1:
+            idist.barrier()
         self.engine.state.last_checkpoint = path
         self.engine.fire_event(M3sggEvents.CHECKPOINT_SAVED)
         return path
@@ -390,11 +407,22 @@ class Trainer:
             saved += [p for m in best.metrics if (p := best.best(m)) is not None]
         return saved
 
+    def _rank_state(self) -> dict[str, Any]:
+        """This rank's part of a checkpoint: RNG states and rank-local handler states."""
+        return {
+            "rng": capture_rng(),
+            "handlers": {
+                h.name: h.state_dict() for h in self.handlers if getattr(h, "rank_local", False)
+            },
+        }
+
     def resume(self, path: str | Path) -> Path:
         """Load a checkpoint written by :meth:`save_checkpoint`; ``"auto"`` picks ``last.pt``.
 
         Everything is restored now except the random generators, which are restored right before
-        the first resumed step (loading and data-iterator setup must not disturb them).
+        the first resumed step (loading and data-iterator setup must not disturb them). Every
+        rank of a distributed run loads the same file and takes its own RNG and rank-local
+        handler states from it; the run must have as many processes as the one that saved it.
 
         Raises:
             DataError: no checkpoint, an unreadable one, or one from another model/dataset/mode or
@@ -420,6 +448,15 @@ class Trainer:
                     f"checkpoint is for {key} {manifest.get(key)!r}, this run uses {ours!r}",
                     field=f"manifest.{key}",
                 )
+        saved_world, world = int(manifest.get("world_size", 1)), idist.get_world_size()
+        if saved_world != world:
+            raise DataError(
+                path,
+                f"checkpoint was written by {saved_world} process(es), this run has {world}: "
+                f"each rank's data shard and position depend on it; resume with "
+                f"--nproc-per-node {saved_world} (or load only the weights)",
+                field="manifest.world_size",
+            )
         try:
             self.core_model.load_state_dict(ckpt["model"])
         except RuntimeError as err:
@@ -429,9 +466,13 @@ class Trainer:
             ) from None
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scaler.load_state_dict(ckpt["scaler"])
+        mine = ckpt["ranks"][idist.get_rank()] if ckpt.get("ranks") else None
         for handler in self.handlers:
-            if hasattr(handler, "load_state_dict") and handler.name in ckpt["handlers"]:
-                handler.load_state_dict(ckpt["handlers"][handler.name])
+            states = ckpt["handlers"]
+            if mine is not None and getattr(handler, "rank_local", False):
+                states = mine["handlers"]
+            if hasattr(handler, "load_state_dict") and handler.name in states:
+                handler.load_state_dict(states[handler.name])
         if self.sampler is not None and ckpt.get("sampler") is not None:
             self.sampler.load_state_dict(ckpt["sampler"])
         engine_state = dict(ckpt["engine"])
@@ -439,12 +480,15 @@ class Trainer:
             engine_state.get("max_epochs") or 0, self.config.train.epochs
         )
         self.engine.load_state_dict(engine_state)
-        self._pending_rng = ckpt["rng"]
+        self._pending_rng = mine["rng"] if mine is not None else ckpt["rng"]
+        state = self.engine.state
+        length = state.epoch_length or 0
+        in_progress = 1 if length and state.iteration % length else 0  # mid-epoch: that epoch
         self.logger.info(
             "resumed from %s (epoch %d, iteration %d)",
             path,
-            self.engine.state.epoch,
-            self.engine.state.iteration,
+            state.epoch + in_progress,
+            state.iteration,
         )
         return path
 
@@ -461,6 +505,34 @@ class Trainer:
         if self.evaluator is not None:
             parts.append(self.evaluator.describe())
         return "\n\n".join(parts)
+
+
+class RankZeroPlaceholder(Handler):
+    """Stands on ranks > 0 for a handler that only rank 0 runs (console, progress bar, metrics
+    file, visdom): same name and priority, no events, no state, so the handler table is the
+    same on every rank and ``handlers.add(x, before="console")`` works everywhere."""
+
+    def __init__(self, kind: type[Handler]):
+        self.name = kind.name
+        self.priority = kind.priority
+        self.kind = kind.__name__
+
+    def events(self) -> list[Any]:
+        return []
+
+    def __call__(self, engine: Engine) -> None:
+        pass
+
+    def __repr__(self) -> str:
+        return f"RankZeroPlaceholder({self.kind}, name={self.name!r})"
+
+
+def rank_zero(kind: type[Handler], *args: Any, **kwargs: Any) -> Handler:
+    """``kind(*args, **kwargs)`` on rank 0; a :class:`RankZeroPlaceholder` on the other ranks
+    (the handler is not even built there)."""
+    if idist.get_rank() == 0:
+        return kind(*args, **kwargs)
+    return RankZeroPlaceholder(kind)
 
 
 def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
