@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["ConfigError", "DataError", "M3sggError", "UnsafePickleError"]
+__all__ = ["ConfigError", "DataError", "M3sggError", "UnsafePickleError", "WriteError"]
 
 
 class M3sggError(Exception):
@@ -41,3 +41,11 @@ class UnsafePickleError(DataError):
 
 class ConfigError(M3sggError, ValueError):
     """A configuration value or command-line argument is invalid."""
+
+
+class WriteError(M3sggError):
+    """A file of the run folder could not be written (disk full, permissions, read-only disk).
+
+    Raised after the failed write was undone: the file holds what it held before, so the run can
+    be resumed once the disk has room again.
+    """

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from m3sgg.errors import DataError, M3sggError
+from m3sgg.errors import DataError, WriteError
 
 __all__ = [
     "FORMAT",
@@ -42,7 +42,7 @@ FORMAT = "m3sgg-checkpoint/1"
 _TMP_PREFIX = ".tmp-"
 
 
-class CheckpointWriteError(M3sggError):
+class CheckpointWriteError(WriteError):
     """A checkpoint could not be written (disk full, permissions); the previous one is intact."""
 
 
@@ -58,7 +58,13 @@ def atomic_save(obj: dict[str, Any], path: str | os.PathLike[str]) -> Path:
     fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX + path.name + ".", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+            sink = _RecordingWriter(f)
+            try:
+                torch.save(obj, sink)
+            except RuntimeError:
+                if sink.error is not None:  # torch reports a failed write as "unexpected pos"
+                    raise sink.error from None
+                raise
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -75,6 +81,31 @@ def atomic_save(obj: dict[str, Any], path: str | os.PathLike[str]) -> Path:
             os.unlink(tmp)
         raise
     return path
+
+
+class _RecordingWriter:
+    """The file ``torch.save`` writes through, remembering the OSError of a failed write.
+
+    ``torch.save`` swallows an exception raised by ``write`` (a full disk) and fails later with an
+    unrelated ``RuntimeError`` ("unexpected pos ..."); this keeps the real cause.
+    """
+
+    def __init__(self, file: Any):
+        self._file = file
+        self.error: OSError | None = None
+
+    def write(self, data: Any) -> int:
+        try:
+            return self._file.write(data)
+        except OSError as err:
+            self.error = err
+            raise
+
+    def flush(self) -> None:
+        self._file.flush()
+
+    def fileno(self) -> int:
+        return self._file.fileno()
 
 
 def remove_stale_temps(folder: str | os.PathLike[str]) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import math
 import os
@@ -13,6 +15,7 @@ from ignite.engine import Engine
 
 from m3sgg.engine.events import M3sggEvents
 from m3sgg.engine.handlers.base import Handler
+from m3sgg.errors import WriteError
 
 __all__ = ["MetricsFile", "jsonable", "read_metrics_file"]
 
@@ -35,7 +38,9 @@ class MetricsFile(Handler):
 
     Each line is flushed and fsynced. State: the number of lines written; on resume the file is
     cut back to that many lines, so lines written after the checkpoint by a run that was then
-    killed are not duplicated: the file ends identical to an uninterrupted run's.
+    killed are not duplicated: the file ends identical to an uninterrupted run's. A write that
+    fails (disk full) is undone, so no partial line is left, and raises
+    :class:`~m3sgg.errors.WriteError`.
     """
 
     name = "metrics_file"
@@ -61,11 +66,26 @@ class MetricsFile(Handler):
         }
 
     def __call__(self, engine: Engine) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "a") as f:
-            f.write(json.dumps(self.record(engine), sort_keys=True) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        line = (json.dumps(self.record(engine), sort_keys=True) + "\n").encode()
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        except OSError as err:
+            raise _write_error(self.path, err) from None
+        try:
+            size = os.fstat(fd).st_size
+            try:
+                view = memoryview(line)
+                while view:
+                    view = view[os.write(fd, view) :]
+                os.fsync(fd)
+            except OSError as err:
+                with contextlib.suppress(OSError):  # no partial line: cut back to what was there
+                    os.ftruncate(fd, size)
+                    os.fsync(fd)
+                raise _write_error(self.path, err) from None
+        finally:
+            os.close(fd)
         self.lines += 1
 
     def state_dict(self) -> dict[str, Any]:
@@ -76,8 +96,24 @@ class MetricsFile(Handler):
         if self.path.exists():
             kept = self.path.read_text().splitlines(keepends=True)[: self.lines]
             tmp = self.path.with_suffix(".jsonl.tmp")
-            tmp.write_text("".join(kept))
-            os.replace(tmp, self.path)
+            try:
+                with open(tmp, "w") as f:
+                    f.write("".join(kept))
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.replace(tmp, self.path)
+            except OSError as err:
+                with contextlib.suppress(OSError):
+                    tmp.unlink()
+                raise _write_error(self.path, err) from None
+
+
+def _write_error(path: Path, err: OSError) -> WriteError:
+    reason = "disk full" if err.errno == errno.ENOSPC else (err.strerror or str(err))
+    return WriteError(
+        f"{path}: could not write the metrics file ({reason}); "
+        "it still holds every line written before"
+    )
 
 
 def read_metrics_file(path: str | Path) -> list[dict[str, Any]]:
