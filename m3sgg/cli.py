@@ -31,7 +31,8 @@ def _setup_logging(verbose: bool = False) -> None:
     root.handlers[:] = [handler]
     root.setLevel(logging.INFO)
     root.propagate = False
-    logging.getLogger("ignite").setLevel(logging.INFO if verbose else logging.WARNING)
+    # ignite logs an ERROR for every exception it re-raises; the CLI already prints one line
+    logging.getLogger("ignite").setLevel(logging.INFO if verbose else logging.CRITICAL)
 
 
 def _train_overrides(args: argparse.Namespace) -> list[str]:
@@ -78,6 +79,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if args.resume == "auto" and config.run.name is None:
         raise ConfigError("--resume auto needs --name (the run folder to continue)")
     run_dir = run_folder(config)
+    # the saved config names its own folder, so `--config <run>/config.yaml --resume auto` works
+    config.run.name, config.run.output = run_dir.name, str(run_dir.parent)
     last = run_dir / "checkpoints" / "last.pt"
     if args.resume is None and last.exists():
         raise ConfigError(
@@ -89,9 +92,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     resume = (
         args.resume if args.resume in (None, "auto") else str(_checkpoint_path(Path(args.resume)))
     )
-    hint = f"m3sgg train --name {run_dir.name} --output {run_dir.parent} --resume auto"
-    if args.config:
-        hint += f" --config {args.config}"
+    # the run's own resolved config carries every --set/--plugin/--epochs given at the start
+    hint = f"m3sgg train --config {run_dir / 'config.yaml'} --resume auto"
     if args.nproc_per_node:
         hint += f" --nproc-per-node {args.nproc_per_node}"
     if args.backend:
@@ -145,6 +147,13 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_config_reference(args: argparse.Namespace) -> int:
+    from m3sgg.config_reference import render_config_reference
+
+    print(render_config_reference(), end="")
+    return 0
+
+
 def _cmd_toy_data(args: argparse.Namespace) -> int:
     if args.dataset == "action_genome":
         from m3sgg.data.toy import make_toy_action_genome
@@ -166,7 +175,14 @@ def _cmd_inspect_data(args: argparse.Namespace) -> int:
         from m3sgg.data.action_genome import ActionGenome
 
         split = args.split or "train"
-        stats = ActionGenome(args.data_path, split).stats()
+        store = args.data_path / "features"
+        if store.is_dir():  # the store must match the annotations, checksums included
+            from m3sgg.data.features import FeatureStore
+
+            FeatureStore(store, verify=True)
+            stats = ActionGenome(args.data_path, split, features=store).stats()
+        else:
+            stats = ActionGenome(args.data_path, split).stats()
     else:
         from m3sgg.data.easg import EASG
 
@@ -279,6 +295,11 @@ def build_parser() -> argparse.ArgumentParser:
     register_dashboard_commands(commands)
     register_extraction_commands(commands)
 
+    reference = commands.add_parser(
+        "config-reference", help="print every config key with its type, default and meaning"
+    )
+    reference.set_defaults(func=_cmd_config_reference)
+
     toy = commands.add_parser(
         "toy-data", help="write the built-in toy dataset in the real on-disk format"
     )
@@ -313,3 +334,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"m3sgg {args.command}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # output piped into `head` and closed early: not an error
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0

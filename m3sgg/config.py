@@ -246,8 +246,17 @@ def config_to_dict(config: Config) -> dict[str, Any]:
 
 
 def config_from_dict(data: dict[str, Any], source: str = "config") -> Config:
-    """Build and validate a Config from a nested dict; missing keys keep their defaults."""
-    return _build(Config, data, source, prefix="").validate()
+    """Build and validate a Config from a nested dict; missing keys keep their defaults.
+
+    Errors name ``source`` (the config file) unless it is the generic ``"config"``.
+    """
+    config = _build(Config, data, source, prefix="")
+    try:
+        return config.validate()
+    except ConfigError as err:
+        if source in ("config", "") or str(err).startswith(source):
+            raise
+        raise ConfigError(f"{source}: {err}") from None
 
 
 def _build(cls: type, data: Any, source: str, prefix: str) -> Any:

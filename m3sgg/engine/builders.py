@@ -129,20 +129,37 @@ def build_training(config: Config, trainer_cls: Any, **overrides: Any) -> Any:
     arguments.update(overrides)
     trainer = trainer_cls(**arguments)
     apply_plugins(trainer, plugins)
-    if idist.get_rank() == 0 and trainer.run_dir is not None:
-        save_resolved_config(config, Path(trainer.run_dir))
     return trainer
 
 
 def save_resolved_config(config: Config, run_dir: Path) -> Path:
-    """Write ``<run>/config.yaml`` (what ``m3sgg train --config`` reads back)."""
+    """Write ``<run>/config.yaml`` (what ``m3sgg train --config`` reads back), atomically.
+
+    Raises:
+        WriteError: the disk is full or the folder is not writable; nothing is left behind.
+    """
+    import contextlib
+    import errno
+    import os
+
     import yaml
 
-    run_dir.mkdir(parents=True, exist_ok=True)
+    from m3sgg.errors import WriteError
+
     path = run_dir / "config.yaml"
     tmp = path.with_suffix(".yaml.tmp")
-    tmp.write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False))
-    tmp.replace(path)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "w") as f:
+            f.write(yaml.safe_dump(config_to_dict(config), sort_keys=False))
+            f.flush()
+            os.fsync(f.fileno())
+        tmp.replace(path)
+    except OSError as err:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        reason = "disk full" if err.errno == errno.ENOSPC else (err.strerror or str(err))
+        raise WriteError(f"{path}: could not write the run's config ({reason})") from None
     return path
 
 
@@ -152,7 +169,7 @@ def evaluate_checkpoint(
     """Evaluate a saved model: its own resolved config, then ``overrides`` (e.g. another
     ``data.path``), on ``split`` (default: the config's test split). Returns the flat metrics."""
     from m3sgg.config import config_from_dict, load_config
-    from m3sgg.engine.checkpoint import load_checkpoint
+    from m3sgg.engine.checkpoint import load_checkpoint, require_sections
     from m3sgg.engine.evaluator import Evaluator
     from m3sgg.engine.trainer import resolve_amp, resolve_device
     from m3sgg.errors import DataError
@@ -169,6 +186,7 @@ def evaluate_checkpoint(
     root = data_root(config)
     dataset = spec.open(config, root, split or config.test_split)
     model = _build_model(config, spec, dataset)
+    require_sections(ckpt, checkpoint, "model")
     try:
         model.load_state_dict(ckpt["model"])
     except RuntimeError as err:

@@ -34,6 +34,7 @@ __all__ = [
     "atomic_save",
     "capture_rng",
     "load_checkpoint",
+    "require_sections",
     "restore_rng",
     "versions",
 ]
@@ -156,6 +157,18 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
             path, f"not an m3sgg checkpoint (expected {FORMAT!r}, found {found!r})", field="format"
         )
     return data
+
+
+def require_sections(ckpt: dict[str, Any], path: str | os.PathLike[str], *names: str) -> None:
+    """Raise a :class:`DataError` naming the first of ``names`` missing or not a mapping
+    (``rng``, ``model``, ``optimizer``, ... are dicts in every m3sgg checkpoint)."""
+    for name in names:
+        if name not in ckpt:
+            raise DataError(path, "missing from the checkpoint", field=name)
+        if not isinstance(ckpt[name], dict):
+            raise DataError(
+                path, f"expected a mapping, found {type(ckpt[name]).__name__}", field=name
+            )
 
 
 def capture_rng() -> dict[str, Any]:

@@ -3,7 +3,8 @@
 :func:`launch` runs ``fn(local_rank, *args)`` in every process of a job, three ways:
 
 - ``nproc_per_node`` > 1: spawns that many local processes with ``idist.Parallel`` (gloo on
-  CPU, nccl on CUDA), on a free port of 127.0.0.1 unless ``master_port`` says otherwise;
+  CPU, nccl on CUDA), meeting through a file in a private temp folder (no TCP listener) unless
+  ``master_port`` asks for a TCP rendezvous on 127.0.0.1;
 - started by ``torchrun`` (``RANK`` and ``WORLD_SIZE`` in the environment): joins the process
   group torchrun describes, spawning nothing;
 - otherwise (``nproc_per_node`` None or 1): calls ``fn(0, *args)`` in this process, no group.
@@ -103,7 +104,7 @@ def launch(
         nproc_per_node: local processes to spawn; None or 1: none (this process, or torchrun's
             group when started by torchrun).
         backend: ``"gloo"`` or ``"nccl"``; None: :func:`default_backend`.
-        master_port: rendezvous port of spawned processes (default: a free port).
+        master_port: TCP rendezvous port of spawned processes (default: none, a file rendezvous).
 
     Returns:
         What ``fn`` returned on global rank 0 (spawned processes send it back pickled). Under
@@ -134,12 +135,18 @@ def launch(
     if nproc_per_node < 1:
         raise ConfigError(f"--nproc-per-node must be >= 1, got {nproc_per_node}")
     backend = _check_backend(backend, nproc_per_node)
-    port = master_port or free_port()
     _quiet_ignite("ignite.distributed.launcher.Parallel")
     with tempfile.TemporaryDirectory(prefix="m3sgg-launch-") as tmp, _forward_signals():
+        # one node: rendezvous through a file, so no TCP store listens on any interface;
+        # an explicit master_port asks for the classic env:// rendezvous on 127.0.0.1
+        where: dict[str, Any] = (
+            {"master_port": master_port}
+            if master_port is not None
+            else {"init_method": f"file://{tmp}/rendezvous"}
+        )
         try:
             with idist.Parallel(
-                backend=backend, nproc_per_node=nproc_per_node, master_port=port
+                backend=backend, nproc_per_node=nproc_per_node, **where
             ) as parallel:
                 parallel.run(_spawned, fn, tmp, args, kwargs)
         except ProcessException:

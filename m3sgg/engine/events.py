@@ -6,20 +6,22 @@ m3sgg fires :class:`M3sggEvents`. The loop, with the default handlers in the ord
 (``trainer.describe()`` prints the live table)::
 
     STARTED
-        resume_state            restore a checkpoint's states (when resuming)
+        save_config         <run>/config.yaml (after a resume was accepted)
     for each epoch:
         EPOCH_STARTED
             sampler_position    the sampler yields this epoch's shuffle from the right offset
         for each batch:
             ITERATION_STARTED
-                lr_warmup / lr_cosine  (when configured) per-iteration lr schedule
+                resume_rng      (first step after a resume) restore the RNG states, last
+                lr_schedule     (warmup or cosine, when configured) per-iteration lr
             train_step           forward, model.loss, weighted sum, backward, clip, step
             ITERATION_COMPLETED
                 nan_guard        non-finite loss: save, stop, name the iteration and loss term
                 loss_tracker     running means of every loss term since the last evaluation
-                console          every log.every_iters: one line of losses
                 evaluation       (every train.eval_every_iters) as below
+                console          every log.every_iters: one line of losses
                 last_checkpoint  (every checkpoint.every_iters) last.pt, resumable
+                graceful_stop    (CLI) SIGINT/SIGTERM: save last.pt and stop
         EPOCH_COMPLETED
             evaluation          run the evaluator engine, then fire EVALUATION_COMPLETED:
                 EVALUATION_COMPLETED
@@ -27,7 +29,8 @@ m3sgg fires :class:`M3sggEvents`. The loop, with the default handlers in the ord
                     best_checkpoint best-<metric> files, top checkpoint.keep per metric
                     early_stopping  stop after train.early_stop_patience bad evaluations
                     metrics_file    one JSON line in <run>/metrics.jsonl
-                    console_eval    the evaluation's headline numbers
+                    console         the evaluation's headline numbers
+                    visdom          (log.visdom) curves and the per-predicate bar chart
             last_checkpoint     last.pt (atomic, durable; what --resume auto reads)
     COMPLETED
 

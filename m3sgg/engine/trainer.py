@@ -35,6 +35,7 @@ from m3sgg.engine.checkpoint import (
     capture_rng,
     load_checkpoint,
     remove_stale_temps,
+    require_sections,
     restore_rng,
     versions,
 )
@@ -174,6 +175,8 @@ class Trainer:
         add = self.handlers.add
         if self.sampler is not None:
             add(SamplerPosition(self.sampler, _batch_size(self.dataloader_train)))
+        if self.run_dir is not None:  # on every rank, so the handler tables stay identical
+            add(FunctionHandler(self._save_config, [Events.STARTED], "save_config", priority=-20))
         add(
             FunctionHandler(
                 self._restore_pending_rng,
@@ -436,7 +439,10 @@ class Trainer:
                 raise DataError(path, "nothing to resume: no last.pt in this run folder")
         path = Path(path)
         ckpt = load_checkpoint(path)
-        manifest = ckpt.get("manifest", {})
+        require_sections(
+            ckpt, path, "manifest", "model", "optimizer", "scaler", "engine", "handlers", "rng"
+        )
+        manifest = ckpt["manifest"]
         for key, ours in (
             ("model", self.config.model_name),
             ("dataset", self.config.data.dataset),
@@ -464,8 +470,13 @@ class Trainer:
             raise DataError(
                 path, f"weights do not fit this model ({first})", field="model"
             ) from None
-        self.optimizer.load_state_dict(ckpt["optimizer"])
-        self.scaler.load_state_dict(ckpt["scaler"])
+        for name, target in (("optimizer", self.optimizer), ("scaler", self.scaler)):
+            try:
+                target.load_state_dict(ckpt[name])
+            except (ValueError, KeyError, RuntimeError) as err:
+                raise DataError(
+                    path, f"does not fit this run ({type(err).__name__}: {err})", field=name
+                ) from None
         mine = ckpt["ranks"][idist.get_rank()] if ckpt.get("ranks") else None
         for handler in self.handlers:
             states = ckpt["handlers"]
@@ -491,6 +502,13 @@ class Trainer:
             state.iteration,
         )
         return path
+
+    def _save_config(self, engine: Engine) -> None:
+        """At STARTED (after any resume succeeded): the resolved config in the run folder."""
+        from m3sgg.engine.builders import save_resolved_config
+
+        if idist.get_rank() == 0:
+            save_resolved_config(self.config, Path(self.run_dir))
 
     def _restore_pending_rng(self, engine: Engine) -> None:
         if self._pending_rng is not None:

@@ -492,8 +492,6 @@ FEATURE_CASES += [
         "store-checksum-mismatch",
         "features",
         _store_checksum_case,
-        xfail="no command verifies the store's sha256 sums: m3sgg/cli.py _cmd_inspect_data "
-        "should open <data-path>/features with FeatureStore(path, verify=True) when it exists",
     ),
 ]
 
@@ -619,8 +617,6 @@ CONFIG_CASES = [
         "config-batch-zero",
         "data:\n  videos_per_batch: 0\n",
         "data.videos_per_batch",
-        xfail="m3sgg/config.py config_from_dict: errors raised by Config.validate() (values out "
-        "of range or not among the choices) do not name the config file; prefix them with source",
     ),
 ]
 
@@ -735,17 +731,11 @@ CHECKPOINT_CASES = [
         _resave(lambda c, ckpt: ckpt.pop("optimizer")),
         "optimizer",
         evaluate=False,
-        xfail="m3sgg/engine/trainer.py Trainer.resume: a checkpoint lacking a key ('optimizer', "
-        "'scaler', 'engine', 'handlers', 'rng') raises KeyError (a traceback); it should raise "
-        "DataError(path, 'missing', field=<key>)",
     ),
     checkpoint_case(
         "checkpoint-weights-not-a-dict",
         _resave(lambda c, ckpt: ckpt.update(model=[1, 2, 3])),
         "model",
-        xfail="m3sgg/engine/trainer.py Trainer.resume and builders.evaluate_checkpoint: "
-        "load_state_dict of a non-mapping raises TypeError/AttributeError (a traceback); check "
-        "isinstance(ckpt['model'], Mapping) and raise DataError(path, ..., field='model')",
     ),
 ]
 

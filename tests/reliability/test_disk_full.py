@@ -154,12 +154,6 @@ def test_metrics_line_on_a_full_tmpfs_leaves_no_partial_line(
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="m3sgg/engine/builders.py save_resolved_config: an OSError writing config.yaml "
-    "(disk full) escapes as a traceback and leaves config.yaml.tmp behind; it should remove the "
-    "temp file and raise m3sgg.errors.WriteError",
-)
 def test_resuming_on_a_full_disk_fails_cleanly(reference_run: Reference, tmpfs) -> None:
     disk = tmpfs(32 << 20)
     shutil.copytree(reference_run.run, disk.path / "run")
@@ -203,13 +197,6 @@ def test_injected_enospc_keeps_the_previous_checkpoint(
         resume(reference_run, tmp_path, "run")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="m3sgg/cli.py _setup_logging: ignite's ERROR record 'Engine run is terminating due to "
-    "exception: ...' reaches stderr through logging's last-resort handler, doubling the error "
-    "line; without --verbose the 'ignite' logger should not print it (level CRITICAL, or a "
-    "handler of its own with propagate=False)",
-)
 def test_an_error_inside_the_engine_prints_one_line(
     reference_run: Reference, tmp_path: Path
 ) -> None:

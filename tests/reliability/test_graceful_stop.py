@@ -76,11 +76,6 @@ def test_signal_stops_after_the_iteration_and_the_printed_command_resumes_bitwis
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="m3sgg/cli.py _cmd_train: the resume hint drops --set/--plugin/--epochs and the other "
-    "flags; it should point at the run's own resolved config (--config <run>/config.yaml)",
-)
 def test_printed_command_resumes_a_run_started_with_set_overrides(
     reference_run: Reference, tmp_path: Path
 ) -> None:

@@ -139,13 +139,6 @@ def test_malformed_file_through_a_real_process(case: Case, corpus: Corpus, tmp_p
     check(case.make(corpus, tmp_path), run_subprocess)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="m3sgg/cli.py _cmd_train + engine/builders.py build_training: config.yaml of the run "
-    "folder is rewritten with the new command's config before the checkpoint is loaded and "
-    "checked; a refused resume must leave the folder as it was (write config.yaml only after "
-    "trainer.resume succeeded)",
-)
 def test_a_refused_resume_leaves_the_run_config_alone(corpus: Corpus, run_cli: Callable) -> None:
     """``--resume auto`` with options that do not fit the run: refused, nothing rewritten."""
     invocation = Invocation(

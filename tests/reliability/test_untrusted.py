@@ -241,12 +241,6 @@ def test_dashboard_listens_on_loopback_only(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 @needs_proc
-@pytest.mark.xfail(
-    strict=True,
-    reason="m3sgg/engine/distributed.py launch: the env:// rendezvous makes torch's TCPStore "
-    "listen on all interfaces ('::') whatever MASTER_ADDR is; for one node pass "
-    "idist.Parallel(..., init_method=f'file://{tmp}/store') (no TCP store) instead of a port",
-)
 def test_distributed_launch_listens_on_loopback_only() -> None:
     distributed = pytest.importorskip("m3sgg.engine.distributed")
     found = distributed.launch(spawned_group_sockets, nproc_per_node=2, backend="gloo")

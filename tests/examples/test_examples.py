@@ -1,0 +1,163 @@
+"""Every example runs, on the toy data with small settings, in its own process, and says what it
+promises (bitwise resume, identical distributed evaluation, a plugin found by its entry point).
+
+The examples take config overrides as extra arguments; ``SMALL`` keeps each run to seconds.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib.metadata
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+EXAMPLES = REPO / "examples"
+DOCS = REPO / "docs"
+
+#: small widths and a small toy dataset: one epoch takes a second or two
+SMALL = [
+    "data.toy_videos=16",
+    "train.epochs=1",
+    "log.every_iters=1000",
+    "model.options.d_model=32",
+    "model.options.heads=2",
+    "model.options.ff_dim=32",
+    "model.options.proj_dim=32",
+    "model.options.embed_dim=16",
+    "model.options.mask_channels=8",
+    "model.options.classifier_dim=32",
+]
+
+pytestmark = pytest.mark.slow
+
+
+def run(args: list[str], tmp_path: Path, **env: str) -> subprocess.CompletedProcess:
+    """``python args...`` with the toy cache of the session and temp files under ``tmp_path``."""
+    full_env = {**os.environ, "TMPDIR": str(tmp_path), "M3SGG_NO_ENTRY_POINTS": "1", **env}
+    done = subprocess.run(
+        [sys.executable, *args],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        cwd=tmp_path,
+        timeout=600,
+    )
+    assert done.returncode == 0, f"{args[0]} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    return done
+
+
+def test_01_train_toy(toy_cache: Path, tmp_path: Path):
+    done = run([str(EXAMPLES / "01_train_toy.py"), *SMALL, f"run.output={tmp_path}"], tmp_path)
+    out = done.stdout
+    assert "train engine" in out and "eval engine" in out  # describe()
+    for constraint in ("with", "semi", "no"):
+        assert re.search(rf"^{constraint} +R@20 +\d+\.\d\d +mR@20 +\d+\.\d\d$", out, re.M), out
+    best = Path(re.search(r"best with/mR@20 checkpoint: (.+)", out).group(1))
+    assert best.is_file()
+    metrics_file = Path(re.search(r"metrics of every evaluation: (.+)", out).group(1))
+    assert len(metrics_file.read_text().splitlines()) == 1  # one line per evaluation
+
+
+def test_02_compose_handlers(toy_cache: Path, tmp_path: Path):
+    done = run(
+        [str(EXAMPLES / "02_compose_handlers.py"), *SMALL, f"run.output={tmp_path}"], tmp_path
+    )
+    out = done.stdout
+    composed = out.split("composed order:")[1]
+    order = re.findall(
+        r"\d+\. (\w+)", composed.split("EVALUATION_COMPLETED")[1].split("\n  NEW")[0]
+    )
+    assert order == ["metrics_file", "lr_plateau", "best_watcher", "best_checkpoint", "console"]
+    assert re.search(r"NEW_BEST +1\. announce_best", composed)
+    assert re.search(r"loss_tracker .*\n +\d+\. loss_history", composed)
+    assert "EvaluationLine" in composed and "ConsoleLogger" not in composed
+    assert "NEW_BEST with/mR@20 = " in out  # fired at least at the first evaluation
+    assert len(re.findall(r"^epoch \d: with R@20", out, re.M)) == 1  # the replacement console
+    assert int(re.search(r"(\d+) losses recorded", out).group(1)) > 0
+
+
+def test_03_custom_plugin_is_found_through_its_entry_point(toy_cache: Path, tmp_path: Path):
+    source = shutil.copytree(EXAMPLES / "03_custom_plugin", tmp_path / "src")  # build outside
+    site = tmp_path / "site"
+    install = [
+        "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation", "--no-index",
+        "--target", str(site), str(source),
+    ]  # fmt: skip
+    run(install, tmp_path)
+    (dist,) = importlib.metadata.distributions(path=[str(site)])
+    (entry,) = dist.entry_points.select(group="m3sgg.plugins")
+    assert entry.value == "m3sgg_example_plugin:setup"
+
+    sets = [arg for item in SMALL for arg in ("--set", item)]
+    train = ["-m", "m3sgg", "train", "--output", str(tmp_path / "runs"), *sets]
+    done = run(train, tmp_path, PYTHONPATH=str(site), M3SGG_NO_ENTRY_POINTS="")
+    assert "m3sgg-example-plugin: attached weakest_predicates" in done.stdout
+    lines = re.findall(r"^weakest predicates \(with R@20\): (.+)$", done.stdout, re.M)
+    assert len(lines) == 1  # one per evaluation
+    assert len(lines[0].split(", ")) == 3
+
+
+def test_04_resume_is_bitwise_identical(toy_cache: Path, tmp_path: Path):
+    done = run([str(EXAMPLES / "04_resume.py"), *SMALL, "train.epochs=2"], tmp_path)
+    out = done.stdout
+    crash, total, kept = map(
+        int,
+        re.search(
+            r"interrupted at iteration (\d+) of (\d+); last.pt holds iteration (\d+)", out
+        ).groups(),
+    )
+    assert kept < crash < total
+    assert f"resumed from iteration {kept}" in out
+    assert "weights bitwise identical: True" in out
+    assert "metrics.jsonl identical: True" in out
+
+
+def test_05_distributed_two_gloo_processes(toy_cache: Path, tmp_path: Path):
+    done = run([str(EXAMPLES / "05_distributed.py"), *SMALL], tmp_path)
+    out = done.stdout
+    assert "rank 0/2: DistributedDataParallel" in out and "rank 1/2: DistributedDataParallel" in out
+    assert "distributed evaluation identical to single-process: True" in out
+
+
+def test_06_evaluate_checkpoint(toy_cache: Path, tmp_path: Path):
+    done = run([str(EXAMPLES / "06_evaluate_checkpoint.py"), *SMALL], tmp_path)
+    out = done.stdout
+    assert re.search(r"^with +(\d+\.\d\d +){4}\|( +\d+\.\d\d){4}$", out, re.M), out
+    assert re.search(r"semi R@20 at threshold 0\.5: \d+\.\d\d", out)
+    assert "Evaluator by hand identical to evaluate_checkpoint: True" in out
+
+
+# ------------------------------------------------------------------------------ documentation
+
+
+def _markdown_files() -> list[Path]:
+    return sorted(DOCS.glob("*.md")) + sorted(EXAMPLES.rglob("*.md"))
+
+
+@pytest.mark.parametrize("page", _markdown_files(), ids=lambda p: str(p.relative_to(REPO)))
+def test_markdown_links_resolve_and_python_blocks_parse(page: Path):
+    text = page.read_text(encoding="utf-8")
+    for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", text):
+        if "://" in target or target.startswith("mailto:"):
+            continue
+        assert (page.parent / target).exists(), f"{page.name}: broken link {target}"
+    for block in re.findall(r"```python\n(.*?)```", text, re.S):
+        ast.parse(block)  # a snippet that does not parse is a broken snippet
+
+
+def test_engine_md_shows_the_live_default_order(toy_cache: Path, tmp_path: Path):
+    """docs/engine.md pastes `m3sgg train --describe`; it must match what the code prints."""
+    from m3sgg import Trainer, load_config
+
+    text = (DOCS / "engine.md").read_text(encoding="utf-8")
+    pasted = re.search(r"\$ m3sgg train --describe\n(.*?)```", text, re.S).group(1)
+    config = load_config(None, ["data.toy_videos=16"])  # the default handlers
+    trainer = Trainer.from_config(config, run_dir=tmp_path / "run")
+    assert pasted.rstrip("\n") == trainer.describe(), "update the table in docs/engine.md"
