@@ -53,7 +53,6 @@ equal scores re-sorted stably) and a relation is recalled at K iff its best key 
 from __future__ import annotations
 
 import itertools
-import json
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -67,7 +66,7 @@ from ignite.exceptions import NotComputableError
 
 from m3sgg.data.structures import VideoGT
 from m3sgg.errors import ConfigError
-from m3sgg.metrics.base import SampleStatsMetric, sample_hash
+from m3sgg.metrics.base import SampleStatsMetric
 from m3sgg.vocab import GROUP_SIZES, NUM_AG_PREDICATES, PREDICATE_GROUPS, PREDICATE_OFFSETS
 
 __all__ = [
@@ -898,7 +897,7 @@ class _ActionGenomeRecallBase(SampleStatsMetric):
                 f"{type(self).__name__} needs at least one frame with a GT relation, got "
                 f"{rows_np.shape[0]} videos without one"
             )
-        names = self._all_names() if self.per_video else {}
+        names = self.all_names() if self.per_video else {}
         out: dict[str, dict[str, Any]] = {}
         for c, constraint in enumerate(self.constraints):
             block = rows_np[:, c * width : (c + 1) * width]
@@ -925,14 +924,6 @@ class _ActionGenomeRecallBase(SampleStatsMetric):
             entry["frames_without_gt"] = int(row[layout.frames_without_gt])
             videos[names[sample]] = entry
         return videos
-
-    def _all_names(self) -> dict[int, str]:
-        """Sample-id hash → sample id, over all ranks."""
-        names = list(self._names)
-        if idist.get_world_size() > 1:
-            gathered = idist.all_gather(json.dumps(names))
-            names = [name for part in gathered for name in json.loads(part)]
-        return {sample_hash(name): name for name in names}
 
 
 class ActionGenomeRecall(_ActionGenomeRecallBase):

@@ -11,6 +11,7 @@ rows give the per-sample results users ask for.
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Sequence
 
 import ignite.distributed as idist
@@ -66,6 +67,14 @@ class SampleStatsMetric(Metric):
         if idist.get_world_size() > 1:
             ids, rows = _all_gather_rows(ids, rows)
         return _first_occurrence(ids, rows)
+
+    def all_names(self) -> dict[int, str]:
+        """Sample-id hash → sample id, over all ranks (for per-sample results)."""
+        names = list(self._names)
+        if idist.get_world_size() > 1:
+            gathered = idist.all_gather(json.dumps(names))
+            names = [name for part in gathered for name in json.loads(part)]
+        return {sample_hash(name): name for name in names}
 
     def local_samples(self) -> list[tuple[str, torch.Tensor]]:
         """``(sample_id, row)`` for the samples this process saw, in update order."""

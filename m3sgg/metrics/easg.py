@@ -43,7 +43,6 @@ its result depends on the CPU's sort kernel; this module breaks such ties determ
 from __future__ import annotations
 
 import itertools
-import json
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -57,7 +56,7 @@ from ignite.exceptions import NotComputableError
 
 from m3sgg.data.structures import GraphGT
 from m3sgg.errors import ConfigError
-from m3sgg.metrics.base import SampleStatsMetric, sample_hash
+from m3sgg.metrics.base import SampleStatsMetric
 
 __all__ = [
     "EASG_CONSTRAINTS",
@@ -473,7 +472,7 @@ class EASGRecall(SampleStatsMetric):
         result["graphs"] = evaluated
         result["graphs_without_gt"] = rows.shape[0] - evaluated
         if self.per_graph:
-            names = self._all_names()
+            names = self.all_names()
             result["per_graph"] = {
                 names[int(h)]: {
                     **{f"R@{k}": float(r[1 + j] / r[0]) for j, k in enumerate(self.ks)},
@@ -483,14 +482,6 @@ class EASGRecall(SampleStatsMetric):
                 if r[0] > 0
             }
         return result
-
-    def _all_names(self) -> dict[int, str]:
-        """Sample-id hash → sample id, over all ranks."""
-        names = list(self._names)
-        if idist.get_world_size() > 1:
-            gathered = idist.all_gather(json.dumps(names))
-            names = [name for part in gathered for name in json.loads(part)]
-        return {sample_hash(name): name for name in names}
 
 
 def _to_numpy(value: Any) -> Any:
