@@ -17,12 +17,11 @@ else
   echo "no apt-get: chromium not installed, the browser test will skip"
 fi
 
-# `python -m m3sgg.dashboard dashboard ...` is `m3sgg dashboard ...`
 if ! command -v npm >/dev/null 2>&1; then
   echo "npm not found: visdom's web assets not installed, the browser test will skip"
 elif .venv/bin/python -c 'from m3sgg.dashboard import missing_assets; raise SystemExit(bool(missing_assets()))'; then
   echo "visdom's web assets are already installed"
-elif ! .venv/bin/python -m m3sgg.dashboard dashboard --install-assets; then
+elif ! .venv/bin/m3sgg dashboard --install-assets; then
   echo "visdom's web assets could not be installed: the browser test will skip"
 fi
 exit 0
