@@ -294,13 +294,14 @@ class Trainer:
             predictions = self.model(batch)
             losses = self.core_model.loss(predictions, batch)
         total = torch.stack([v.float() for v in losses.values()]).sum()
-        finite = torch.isfinite(total).to(torch.int32)
         if idist.get_world_size() > 1:  # every rank skips the step together
-            finite = idist.all_reduce(finite, op="MIN")
-        finite = bool(finite)
+            finite = bool(idist.all_reduce(torch.isfinite(total).to(torch.int32), op="MIN"))
+        else:
+            finite = bool(torch.isfinite(total))
         accumulate = self.config.optim.accumulate_steps
         if finite:
-            self.scaler.scale(total / accumulate if accumulate > 1 else total).backward()
+            scaled = total / accumulate if accumulate > 1 else total
+            (self.scaler.scale(scaled) if self.scaler.is_enabled() else scaled).backward()
             epoch_length = engine.state.epoch_length or 0
             in_epoch = engine.state.iteration - (engine.state.epoch - 1) * epoch_length
             if in_epoch % accumulate == 0 or in_epoch == epoch_length:
@@ -314,11 +315,16 @@ class Trainer:
 
     def _optimizer_step(self) -> None:
         clip = self.config.optim.grad_clip
+        scaling = self.scaler.is_enabled()  # fp16 only
         if clip is not None:
-            self.scaler.unscale_(self.optimizer)
+            if scaling:
+                self.scaler.unscale_(self.optimizer)
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
+        if scaling:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
 
     # ------------------------------------------------------------------ loops

@@ -9,11 +9,14 @@ its replacement is on disk.
 from __future__ import annotations
 
 import contextlib
+import os
 import re
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import ignite.distributed as idist
 from ignite.engine import Engine, Events
 
 from m3sgg.engine.events import M3sggEvents
@@ -58,8 +61,10 @@ def metric_slug(metric: str) -> str:
 class BestCheckpoint(Handler):
     """At EVALUATION_COMPLETED, keep the ``keep`` best checkpoints of each metric (mode max).
 
-    Files: ``best_<metric>_e<epoch>_i<iteration>_<score>.pt``. State: the kept (score, file)
-    lists, so a resumed run continues the same ranking. Ties keep the earlier file.
+    Files: ``best_<metric>_e<epoch>_i<iteration>_<score>.pt``. When one evaluation improves
+    several metrics, the state is written once and hard-linked under the other names. State: the
+    kept (score, file) lists, so a resumed run continues the same ranking. Ties keep the earlier
+    file. A displaced file is deleted only after its replacement is on disk.
     """
 
     name = "best_checkpoint"
@@ -79,6 +84,7 @@ class BestCheckpoint(Handler):
 
     def __call__(self, engine: Engine) -> None:
         results = engine.state.eval_metrics
+        improved: list[str] = []
         for metric in self.metrics:
             if metric not in results:
                 raise ConfigError(
@@ -93,13 +99,35 @@ class BestCheckpoint(Handler):
                 f"best_{metric_slug(metric)}_e{engine.state.epoch}_i{engine.state.iteration}"
                 f"_{score:.4f}.pt"
             )
-            self.save(name)
             kept.append((score, name))
             kept.sort(key=lambda item: -item[0])  # stable: earlier files win ties
-            for _, old in kept[self.keep :]:
-                with contextlib.suppress(FileNotFoundError):
-                    (self.folder / old).unlink()
-            del kept[self.keep :]
+            improved.append(name)
+        if not improved:
+            return
+        # the rankings are final before the save, so the file holds this handler's new state
+        displaced = {m: self.kept[m][self.keep :] for m in self.metrics}
+        for metric in self.metrics:
+            del self.kept[metric][self.keep :]
+        first = self.save(improved[0])
+        for name in improved[1:]:  # the same state under another metric's name: a hard link
+            self._link_or_save(first, name)
+        for old in (name for items in displaced.values() for _, name in items):
+            with contextlib.suppress(FileNotFoundError):
+                (self.folder / old).unlink()
+
+    def _link_or_save(self, source: Path, name: str) -> None:
+        """Rank 0 only (no collective here): a hard link, else a durable copy of ``source``."""
+        if idist.get_rank() != 0:
+            return
+        target = self.folder / name
+        try:
+            os.link(source, target)
+        except OSError:  # a filesystem without hard links: copy, then rename into place
+            tmp = target.with_name(f".tmp-{name}")
+            shutil.copyfile(source, tmp)
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp, target)
 
     def best(self, metric: str) -> Path | None:
         """Path of the best checkpoint for ``metric`` so far (None before the first evaluation)."""

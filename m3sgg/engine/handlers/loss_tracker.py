@@ -39,7 +39,7 @@ class LossTracker(Handler):
         if not isinstance(output, dict) or not output.get("finite", True):
             return
         keys = tuple(k for k in output if k != "finite")
-        values = torch.stack([torch.as_tensor(output[k]).detach().double() for k in keys])
+        values = torch.stack([torch.as_tensor(output[k]).double() for k in keys])  # mixed dtypes
         if self._sums is None or keys != self._keys:
             if self._sums is not None:  # a term appeared or vanished: start a new window
                 self._count = 0
