@@ -63,7 +63,7 @@ class DataConfig:
     num_workers: int = 0  # DataLoader worker processes
     filter_small_boxes: bool = False  # AG: drop objects whose box side is below min_box_size
     min_box_size: float = 16.0  # AG: pixels, used by filter_small_boxes
-    toy_videos: int = 32  # size of the toy dataset made when path is None
+    toy_videos: int = 96  # size of the toy dataset made when path is None
     toy_seed: int = 0  # seed of the toy dataset made when path is None
 
 
@@ -96,7 +96,7 @@ class ScheduleConfig:
 
 @dataclass
 class TrainConfig:
-    epochs: int = 4  # epochs to train
+    epochs: int = 8  # epochs to train
     eval_every_epochs: int = 1  # evaluate every N epochs (0: never at epoch ends)
     eval_every_iters: int = 0  # also evaluate every N iterations (0: never)
     early_stop_patience: int = 0  # stop after N evaluations without improvement (0: off)

@@ -116,7 +116,8 @@ class Evaluator:
     def eval_step(self, engine: Engine, batch: Any) -> list[tuple[Any, dict[str, torch.Tensor]]]:
         """Predictions for one batch, split per sample (video or graph) for the metrics."""
         self.model.eval()
-        batch = batch.to(self.device, non_blocking=True)
+        if getattr(batch, "device", None) != self.device:
+            batch = batch.to(self.device, non_blocking=True)
         autocast = (
             torch.autocast(self.device.type, dtype=self.amp_dtype)
             if self.amp_dtype is not None

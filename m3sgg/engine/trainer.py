@@ -285,7 +285,7 @@ class Trainer:
             ``{"loss": total, <term>: value, ..., "finite": bool}`` (detached tensors).
         """
         self.model.train()
-        if batch.device != self.device:
+        if getattr(batch, "device", None) != self.device:
             batch = batch.to(self.device, non_blocking=True)
         if self.object_detector is not None:
             with torch.no_grad():
