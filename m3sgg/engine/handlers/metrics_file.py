@@ -17,7 +17,7 @@ from m3sgg.engine.events import M3sggEvents
 from m3sgg.engine.handlers.base import Handler
 from m3sgg.errors import WriteError
 
-__all__ = ["MetricsFile", "jsonable", "read_metrics_file"]
+__all__ = ["MetricsFile", "evaluation_record", "jsonable", "read_metrics_file"]
 
 
 def jsonable(value: Any) -> Any:
@@ -31,6 +31,20 @@ def jsonable(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
+
+
+def evaluation_record(engine: Engine, optimizer: Any = None) -> dict[str, Any]:
+    """One evaluation as JSON values: ``{"epoch", "iteration", "lr", "losses", "metrics"}``
+    (a line of ``metrics.jsonl``, and what the visdom plotter sends)."""
+    state = engine.state
+    lr = optimizer.param_groups[0]["lr"] if optimizer is not None else None
+    return {
+        "epoch": state.epoch,
+        "iteration": state.iteration,
+        "lr": lr,
+        "losses": jsonable(getattr(state, "train_losses", {}) or {}),
+        "metrics": jsonable(getattr(state, "eval_metrics", {}) or {}),
+    }
 
 
 class MetricsFile(Handler):
@@ -55,15 +69,7 @@ class MetricsFile(Handler):
         return [M3sggEvents.EVALUATION_COMPLETED]
 
     def record(self, engine: Engine) -> dict[str, Any]:
-        state = engine.state
-        lr = self.optimizer.param_groups[0]["lr"] if self.optimizer is not None else None
-        return {
-            "epoch": state.epoch,
-            "iteration": state.iteration,
-            "lr": lr,
-            "losses": getattr(state, "train_losses", {}),
-            "metrics": jsonable(state.eval_metrics),
-        }
+        return evaluation_record(engine, self.optimizer)
 
     def __call__(self, engine: Engine) -> None:
         line = (json.dumps(self.record(engine), sort_keys=True) + "\n").encode()

@@ -53,7 +53,7 @@ from ignite.handlers.visdom_logger import VisdomLogger
 
 from m3sgg.engine.events import M3sggEvents
 from m3sgg.engine.handlers.base import Handler
-from m3sgg.engine.handlers.metrics_file import jsonable
+from m3sgg.engine.handlers.metrics_file import evaluation_record
 from m3sgg.errors import ConfigError, M3sggError
 from m3sgg.vocab import AG_PREDICATES
 
@@ -508,15 +508,7 @@ class VisdomPlotter(Handler):
     # ------------------------------------------------------------------ what each event sends
 
     def _record(self, engine: Engine) -> dict[str, Any]:
-        state = engine.state
-        lr = self.optimizer.param_groups[0]["lr"] if self.optimizer is not None else None
-        return {
-            "epoch": state.epoch,
-            "iteration": state.iteration,
-            "lr": lr,
-            "losses": jsonable(getattr(state, "train_losses", {}) or {}),
-            "metrics": jsonable(getattr(state, "eval_metrics", {}) or {}),
-        }
+        return evaluation_record(engine, self.optimizer)
 
     def _training_job(self, engine: Engine) -> Callable[[Any, _Windows], None]:
         x = engine.state.iteration
