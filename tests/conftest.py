@@ -29,18 +29,11 @@ def vectors_dir() -> Path:
     return path
 
 
-#: settings that keep a toy training run to a few seconds on 2 CPU cores
+#: a toy training run of a few seconds on 2 CPU cores (the toy preset sets the model widths)
 SMALL_RUN = [
     "data.toy_videos=16",
     "train.epochs=2",
     "log.every_iters=1000",
-    "model.options.d_model=32",
-    "model.options.heads=2",
-    "model.options.ff_dim=32",
-    "model.options.proj_dim=32",
-    "model.options.embed_dim=16",
-    "model.options.mask_channels=8",
-    "model.options.classifier_dim=32",
 ]
 
 

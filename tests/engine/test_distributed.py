@@ -38,13 +38,6 @@ SMALL = [
     "train.epochs=2",
     "train.early_stop_patience=3",  # attached, so its counter must agree across ranks
     "log.every_iters=1000",
-    "model.options.d_model=32",
-    "model.options.heads=2",
-    "model.options.ff_dim=32",
-    "model.options.proj_dim=32",
-    "model.options.embed_dim=16",
-    "model.options.mask_channels=8",
-    "model.options.classifier_dim=32",
     "plugins=[tests.engine.distributed_probe:record]",
 ]
 STOP_AT = 7  # iteration 2 of epoch 2 (5 iterations per epoch on each rank)

@@ -21,18 +21,11 @@ REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "examples"
 DOCS = REPO / "docs"
 
-#: small widths and a small toy dataset: one epoch takes a second or two
+#: a small toy dataset (the toy preset sets the widths): one epoch takes a second or two
 SMALL = [
     "data.toy_videos=16",
     "train.epochs=1",
     "log.every_iters=1000",
-    "model.options.d_model=32",
-    "model.options.heads=2",
-    "model.options.ff_dim=32",
-    "model.options.proj_dim=32",
-    "model.options.embed_dim=16",
-    "model.options.mask_channels=8",
-    "model.options.classifier_dim=32",
 ]
 
 pytestmark = pytest.mark.slow
