@@ -52,6 +52,7 @@ equal scores re-sorted stably) and a relation is recalled at K iff its best key 
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 from collections.abc import Callable, Mapping, Sequence
@@ -254,6 +255,13 @@ class _Batch:
     match_rel: np.ndarray  # (J,) GT relation ...
     match_key: np.ndarray  # (J,) ... and the key of candidates that would recall it
     _argmax: list[tuple[np.ndarray, np.ndarray] | None]
+    _pair_slots: tuple[np.ndarray, np.ndarray] | None = None
+
+    def pair_slots(self) -> tuple[np.ndarray, np.ndarray]:
+        """Each pair's position among its frame's pairs, and pairs per frame, cached."""
+        if self._pair_slots is None:
+            self._pair_slots = _group_slots(self.pair_frame, self.num_frames)
+        return self._pair_slots
 
     def row_argmax(self, block: int) -> tuple[np.ndarray, np.ndarray]:
         """Argmax column (lowest on ties) and max of the 26-column rows of ``block``, cached."""
@@ -351,13 +359,53 @@ def _iou(gt: np.ndarray, pred: np.ndarray) -> np.ndarray:
     arithmetic: ``inter / ((gt_area + pred_area) - inter)``, 0 unless both overlaps are > 0."""
     gx1, gy1, gx2, gy2 = gt
     px1, py1, px2, py2 = pred
-    iw = np.minimum(gx2, px2) - np.maximum(gx1, px1) + 1
-    ih = np.minimum(gy2, py2) - np.maximum(gy1, py1) + 1
+    # in place, in the reference's order of operations (so every rounding is the same)
+    iw = np.minimum(gx2, px2)
+    iw -= np.maximum(gx1, px1)
+    iw += 1
+    ih = np.minimum(gy2, py2)
+    ih -= np.maximum(gy1, py1)
+    ih += 1
     inter = iw * ih
-    union = (gx2 - gx1 + 1) * (gy2 - gy1 + 1) + (px2 - px1 + 1) * (py2 - py1 + 1) - inter
+    union = gx2 - gx1
+    union += 1
+    height = gy2 - gy1
+    height += 1
+    union *= height
+    area = px2 - px1
+    area += 1
+    height = py2 - py1
+    height += 1
+    area *= height
+    union += area
+    union -= inter
+    overlap = iw > 0
+    overlap &= ih > 0
     out = np.zeros(inter.shape[0], np.float64)
-    np.divide(inter, union, out=out, where=(iw > 0) & (ih > 0))
+    np.divide(inter, union, out=out, where=overlap)
     return out
+
+
+def _person_matches(
+    person_t: np.ndarray,
+    boxes_t: np.ndarray,
+    frame: np.ndarray,
+    box: np.ndarray,
+    iou_threshold: float,
+) -> np.ndarray:
+    """``IoU(GT person box of frame, box) >= iou_threshold`` for each (frame, box).
+
+    A frame's pairs usually share their person box, so the IoU is computed once per run of
+    equal (frame, box) entries and repeated.
+    """
+    n = frame.shape[0]
+    start = np.ones(n, bool)
+    if n > 1:
+        start[1:] = frame[1:] != frame[:-1]
+        start[1:] |= box[1:] != box[:-1]
+    first = np.flatnonzero(start)
+    ok = _iou(person_t[:, frame[first]], boxes_t[:, box[first]]) >= iou_threshold
+    return np.repeat(ok, np.diff(first, append=n))
 
 
 def _join(left: np.ndarray, right: np.ndarray, key_range: int) -> tuple[np.ndarray, np.ndarray]:
@@ -374,7 +422,8 @@ def _join(left: np.ndarray, right: np.ndarray, key_range: int) -> tuple[np.ndarr
         found = where[left]
         li = np.flatnonzero(found >= 0)
         return li, found[li]
-    order = np.argsort(right, kind="stable")
+    in_order = right.shape[0] < 2 or bool((right[1:] >= right[:-1]).all())
+    order = np.arange(right.shape[0]) if in_order else np.argsort(right, kind="stable")
     per_left = counts[left]
     li = np.repeat(np.arange(left.shape[0]), per_left)
     first = np.repeat(np.cumsum(counts)[left] - per_left - np.cumsum(per_left) + per_left, per_left)
@@ -412,7 +461,6 @@ def _match_keys(
         return empty, empty
     # (4, n) layouts: each coordinate contiguous
     person_t, obj_boxes_t, boxes_t = person.T.copy(), obj_boxes.T.copy(), boxes.T.copy()
-    pair_person = np.take(person_t, pair_frame, axis=1)
     lo = min(int(labels.min()), int(obj_class.min()))
     span = max(int(labels.max()), int(obj_class.max())) - lo + 1
     obj_key = obj_frame * span + (obj_class - lo)
@@ -421,9 +469,10 @@ def _match_keys(
     found_pair, found_obj, found_backward = [], [], []
     for backward, (head, tail) in enumerate(((sub, obj), (obj, sub))):
         # ``head`` stands for the person and ``tail`` for object m
-        ok = labels[head] == _PERSON
-        ok &= _iou(pair_person, np.take(boxes_t, head, axis=1)) >= iou_threshold
-        pairs = np.flatnonzero(ok)
+        pairs = np.flatnonzero(labels[head] == _PERSON)  # labels first: IoUs cost more
+        pairs = pairs[
+            _person_matches(person_t, boxes_t, pair_frame[pairs], head[pairs], iou_threshold)
+        ]
         if pairs.shape[0] == 0:
             continue
         pair_key = pair_frame[pairs] * span + (labels[tail[pairs]] - lo)
@@ -453,10 +502,13 @@ def _match_keys(
 def _group_slots(group: np.ndarray, num_groups: int) -> tuple[np.ndarray, np.ndarray]:
     """Position of each element among its group's elements (in element order), group sizes."""
     counts = np.bincount(group, minlength=num_groups)
+    starts = np.cumsum(counts) - counts
+    if group.shape[0] < 2 or (group[1:] >= group[:-1]).all():  # the usual frame-ordered pairs
+        return np.arange(group.shape[0]) - starts[group], counts
     narrow = group.astype(np.uint16) if num_groups <= 1 << 16 else group
     order = np.argsort(narrow, kind="stable")  # a radix sort for 16-bit keys
     slot = np.empty(group.shape[0], np.int64)
-    slot[order] = np.arange(group.shape[0]) - (np.cumsum(counts) - counts)[group[order]]
+    slot[order] = np.arange(group.shape[0]) - starts[group[order]]
     return slot, counts
 
 
@@ -483,16 +535,22 @@ def _argsort_rows(table: np.ndarray, counts: np.ndarray, *tiebreaks: np.ndarray)
     return order
 
 
-def _segment_ranks(group: np.ndarray, key: np.ndarray, num_groups: int) -> np.ndarray:
+def _segment_ranks(
+    group: np.ndarray,
+    key: np.ndarray,
+    num_groups: int,
+    slots: tuple[np.ndarray, np.ndarray] | None = None,
+) -> np.ndarray:
     """Rank of each element within its group by ``key`` ascending, ties in element order.
 
     Groups are the rows of a padded table, sorted row-wise. When group sizes vary a lot, groups
     of each size class (a power of two) get their own table, so padding at most doubles it.
+    ``slots`` is :func:`_group_slots` of ``group`` (or slots in another tie order), if known.
     """
     n = group.shape[0]
     if n == 0:
         return np.zeros(0, np.int64)
-    slot, counts = _group_slots(group, num_groups)
+    slot, counts = _group_slots(group, num_groups) if slots is None else slots
     if num_groups * int(counts.max()) <= 4 * n + 4096:
         return _ranks_in_table(group, slot, counts, key)
     size_class = np.ceil(np.log2(np.maximum(counts, 1))).astype(np.int64)
@@ -524,19 +582,36 @@ def _ranks_in_table(
 # --------------------------------------------------------------------------------------------
 
 
-def _candidates(
-    batch: _Batch, constraint: str, semi_threshold: float
-) -> tuple[np.ndarray, np.ndarray]:
-    """``with``/``semi`` candidates: cell ids (ascending) and predicate scores."""
+def _with_ranks(batch: _Batch) -> tuple[np.ndarray, np.ndarray]:
+    """``with``: one candidate per row (block, pair); cell ids and ranks within their frames.
+
+    A frame with ``n`` pairs has ``3n`` candidates; candidate ``(block, pair)`` takes slot
+    ``block * n + (pair's slot)``, which is the reference's row order.
+    """
     num_pairs = batch.num_pairs
-    rows = np.arange(num_pairs)
+    pairs = np.arange(num_pairs)
+    pair_slot, counts = batch.pair_slots()
+    frame_pairs = counts[batch.pair_frame]
+    cells, keys, slots = [], [], []
+    for block in range(3):
+        column, best = batch.row_argmax(block)
+        cells.append((block * num_pairs + pairs) * _NP + column)
+        keys.append(-(batch.pair_score * best))  # minus the triplet score
+        slots.append(pair_slot + block * frame_pairs)
+    rank = _segment_ranks(
+        np.tile(batch.pair_frame, 3),
+        np.concatenate(keys),
+        batch.num_frames,
+        (np.concatenate(slots), 3 * counts),
+    )
+    return np.concatenate(cells), rank
+
+
+def _semi_candidates(batch: _Batch, semi_threshold: float) -> tuple[np.ndarray, np.ndarray]:
+    """``semi`` candidates: cell ids (ascending) and predicate scores."""
+    num_pairs = batch.num_pairs
     ids, scores = [], []
     for block in range(3):
-        if constraint == "with":
-            column, best = batch.row_argmax(block)
-            ids.append((block * num_pairs + rows) * _NP + column)
-            scores.append(best)
-            continue
         values = batch.blocks[block]
         routed = values[:, 0] + values[:, 1] > 0  # the reference's routing of a row
         if block == 0:
@@ -552,42 +627,80 @@ def _candidates(
 
 
 def _top_group_cells(
-    batch: _Batch, cut: np.ndarray, frames: np.ndarray, slot: np.ndarray, most: int
+    batch: _Batch, frames: np.ndarray, slot: np.ndarray, most: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The ``no`` cut of ``frames`` (with at most ``most`` pairs each) among group cells.
 
     Returns the frames with at least 100 positive group cells (only those can ignore the zero
     cells outside the groups), and for them ``(pair, column)`` of their 100 kept cells, shaped
-    ``(len(full), 100)``: the 100 largest cut scores, cells equal to the 100th in cell order.
+    ``(len(full), 100)`` and in cell order: the cells above the 100th largest cut score, then
+    the cells equal to it in cell order until there are 100.
     """
     row_of = np.full(batch.num_frames, -1, np.int64)
     row_of[frames] = np.arange(frames.shape[0])
     row = row_of[batch.pair_frame]
-    if frames.shape[0] == batch.num_frames:  # one size class: every pair
-        pairs, pair_slot, pair_cut = np.arange(batch.num_pairs), slot, cut
-    else:
-        pairs = np.flatnonzero(row >= 0)
-        row, pair_slot, pair_cut = row[pairs], slot[pairs], cut[pairs]
-    pair_at = np.zeros((frames.shape[0], most), np.int64)
-    pair_at[row, pair_slot] = pairs
+    every = frames.shape[0] == batch.num_frames  # one size class: every pair
+    pairs = np.arange(batch.num_pairs) if every else np.flatnonzero(row >= 0)
+    if not every:
+        row, slot = row[pairs], slot[pairs]
+    num_rows = frames.shape[0]
+    pair_at = np.zeros((num_rows, most), np.int64)
+    pair_at[row, slot] = pairs
+    # a frame's group cells (cut scores), padded, in cell order: block, then pair, then column
     width = most * _NP
-    table = np.full((frames.shape[0], width), -np.inf)  # a frame's group cells, padded
-    table.reshape(-1, most, _NP)[row, pair_slot] = pair_cut
+    # usually the pairs fill the table row by row: then the cut scores are written in place
+    dense = num_rows * most == pairs.shape[0] and bool((pair_at.ravel() == pairs).all())
+    table = np.empty((num_rows, width)) if dense else np.full((num_rows, width), -np.inf)
+    pair_cut = batch.pair_score32 if every else batch.pair_score32[pairs]
+    for values, offset, size in zip(batch.blocks, _OFFSETS, _WIDTHS, strict=True):
+        region = table[:, offset * most : (offset + size) * most].reshape(num_rows, most, size)
+        values = values if every else values[pairs]
+        if dense:
+            np.multiply(
+                pair_cut.reshape(num_rows, most, 1), values.reshape(region.shape), out=region
+            )
+        else:
+            region[row, slot] = pair_cut[:, None] * values
     kth = width - NO_CONSTRAINT_TOP
-    part = np.argpartition(table, kth, axis=1)
-    threshold = np.take_along_axis(table, part[:, kth : kth + 1], axis=1)[:, 0]
-    # where cells equal to the 100th straddle the cut, they enter in cell order
-    at_least = np.count_nonzero(table >= threshold[:, None], axis=1)
+    threshold = np.partition(table, kth, axis=1)[:, kth]  # each frame's 100th largest cut
     full = np.flatnonzero(threshold > 0)  # at least 100 positive cells
-    top = part[full, kth:]
-    straddle = np.flatnonzero(at_least[full] > NO_CONSTRAINT_TOP)
-    if straddle.shape[0]:
-        column = np.arange(width) % _NP
-        pair = np.repeat(pair_at[full[straddle]], _NP, axis=1)
-        cell = (_PREDICATE_GROUP[column] * batch.num_pairs + pair) * _NP + column
-        order = np.lexsort((cell, -table[full[straddle]]), axis=1)
-        top[straddle] = order[:, :NO_CONSTRAINT_TOP]
-    return frames[full], np.take_along_axis(pair_at[full], top // _NP, axis=1), top % _NP
+    if full.shape[0] < num_rows:
+        table, threshold = table[full], threshold[full]
+    above = table >= threshold[:, None]
+    index = np.flatnonzero(above)  # row by row, each in cell order
+    if index.shape[0] > NO_CONSTRAINT_TOP * full.shape[0]:  # cells equal to the 100th straddle
+        count = np.count_nonzero(above, axis=1)
+        row = index // width
+        equal = table.ravel()[index] == threshold[row]
+        before = np.cumsum(equal) - equal  # equal cells before each one, over all rows
+        row_start = np.cumsum(count) - count
+        room = NO_CONSTRAINT_TOP - (count - np.add.reduceat(equal, row_start))
+        index = index[~equal | (before - before[row_start][row] < room[row])]
+    index = index.reshape(-1, NO_CONSTRAINT_TOP)
+    position = index - (np.arange(index.shape[0]) * width)[:, None]  # position in the row
+    slot_of, column_of = _table_layout(most)
+    pair = pair_at.ravel()[slot_of[position] + (full * most)[:, None]]
+    return frames[full], pair, column_of[position]
+
+
+@functools.cache
+def _table_layout(most: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pair slot and column of each position of a ``no`` cut table row with ``most`` pairs."""
+    slot, column = [], []
+    for offset, size in zip(_OFFSETS, _WIDTHS, strict=True):
+        slot.append(np.repeat(np.arange(most), size))
+        column.append(np.tile(np.arange(offset, offset + size), most))
+    return np.concatenate(slot), np.concatenate(column)
+
+
+def _group_values(batch: _Batch, pair: np.ndarray, column: np.ndarray) -> np.ndarray:
+    """Predicate scores of cells inside their block's group."""
+    value = np.empty(pair.shape[0])
+    block = _PREDICATE_GROUP[column]
+    for b, (values, offset) in enumerate(zip(batch.blocks, _OFFSETS, strict=True)):
+        mine = np.flatnonzero(block == b)
+        value[mine] = values[pair[mine], column[mine] - offset]
+    return value
 
 
 def _no_constraint_ranks(batch: _Batch) -> tuple[np.ndarray, np.ndarray]:
@@ -595,20 +708,19 @@ def _no_constraint_ranks(batch: _Batch) -> tuple[np.ndarray, np.ndarray]:
 
     The reference keeps each frame's first 100 cells by (cut score desc, cell order), then ranks
     them by triplet score with a sort that keeps the cut's order among equal scores; together:
-    by (triplet desc, cut desc, cell id).
+    by (triplet desc, cut desc, cell order).
     """
     num_pairs, num_frames = batch.num_pairs, batch.num_frames
-    values = np.concatenate(batch.blocks, axis=1)  # (P, 26): each block's group columns
-    cut = batch.pair_score32[:, None] * values
-    slot, counts = _group_slots(batch.pair_frame, num_frames)
+    slot, counts = batch.pair_slots()
     chosen: list[tuple[np.ndarray, ...]] = []  # (frame, slot, pair, block, column, value)
     full_frame = np.zeros(num_frames, bool)
     # Frames with enough group cells, by size class (padding at most doubles a class's table).
+    # Their kept cells come in cell order, so their slots (0..99) are in cell order.
     size_class = np.ceil(np.log2(np.maximum(counts, 1))).astype(np.int64)
     size_class[counts * _NP < NO_CONSTRAINT_TOP] = -1
-    for size in np.unique(size_class[size_class >= 0]):
+    for size in np.flatnonzero(np.bincount(size_class[size_class >= 0])):
         frames = np.flatnonzero(size_class == size)
-        full, pair, column = _top_group_cells(batch, cut, frames, slot, int(counts[frames].max()))
+        full, pair, column = _top_group_cells(batch, frames, slot, int(counts[frames].max()))
         full_frame[full] = True
         chosen.append(
             (
@@ -617,7 +729,7 @@ def _no_constraint_ranks(batch: _Batch) -> tuple[np.ndarray, np.ndarray]:
                 pair.ravel(),
                 _PREDICATE_GROUP[column.ravel()],
                 column.ravel(),
-                values[pair.ravel(), column.ravel()],
+                _group_values(batch, pair.ravel(), column.ravel()),
             )
         )
     # Other frames: every cell of their rows, zeros outside the row's group included, in cell
@@ -629,29 +741,31 @@ def _no_constraint_ranks(batch: _Batch) -> tuple[np.ndarray, np.ndarray]:
         pair = np.broadcast_to(rows[None, :, None], shape).ravel()
         column = np.broadcast_to(np.arange(_NP)[None, None, :], shape).ravel()
         inside = _PREDICATE_GROUP[None, None, :] == np.arange(3)[:, None, None]
-        value = np.where(inside, values[rows][None, :, :], 0.0).ravel()
+        values = np.concatenate([b[rows] for b in batch.blocks], axis=1)  # (rows, 26)
+        value = np.where(inside, values[None, :, :], 0.0).ravel()
         frame = batch.pair_frame[pair]
         rank = _segment_ranks(frame, -(batch.pair_score32[pair] * value), num_frames)
-        kept = rank < NO_CONSTRAINT_TOP
-        chosen.append((frame[kept], rank[kept], pair[kept], block[kept], column[kept], value[kept]))
+        kept = np.flatnonzero(rank < NO_CONSTRAINT_TOP)
+        if not (frame[1:] >= frame[:-1]).all():  # cell order within each frame
+            kept = kept[np.argsort(frame[kept], kind="stable")]
+        frame, pair, block, column, value = (a[kept] for a in (frame, pair, block, column, value))
+        chosen.append((frame, _group_slots(frame, num_frames)[0], pair, block, column, value))
     if len(chosen) == 1:
         frame, slot, pair, block, column, value = chosen[0]
     else:
         frame, slot, pair, block, column, value = (
             np.concatenate(c) for c in zip(*chosen, strict=True)
         )
-    cell = (block * num_pairs + pair) * _NP + column
-    # final ranking: by triplet score desc, then cut score desc, then cell order
+    # final ranking: by triplet score desc, then cut score desc, then slot (= cell order)
     counts = np.bincount(frame, minlength=num_frames)
     shape = (num_frames, min(int(counts.max()), NO_CONSTRAINT_TOP))
-    keys = [np.full(shape, np.inf), np.full(shape, np.inf), np.full(shape, np.iinfo(np.int64).max)]
-    keys[0][frame, slot] = -(batch.pair_score[pair] * value)
-    keys[1][frame, slot] = -(batch.pair_score32[pair] * value)
-    keys[2][frame, slot] = cell
-    order = _argsort_rows(keys[0], counts, keys[1], keys[2])
+    triplet, cut_key = np.full(shape, np.inf), np.full(shape, np.inf)
+    triplet[frame, slot] = -(batch.pair_score[pair] * value)
+    cut_key[frame, slot] = -(batch.pair_score32[pair] * value)
+    order = _argsort_rows(triplet, counts, cut_key)
     rank = np.empty_like(order)
     np.put_along_axis(rank, order, np.arange(shape[1])[None, :], axis=1)
-    return cell, rank[frame, slot]
+    return (block * num_pairs + pair) * _NP + column, rank[frame, slot]
 
 
 def _first_ranks(batch: _Batch, constraint: str, semi_threshold: float) -> np.ndarray:
@@ -661,8 +775,10 @@ def _first_ranks(batch: _Batch, constraint: str, semi_threshold: float) -> np.nd
         return best
     if constraint == "no":
         cell, rank = _no_constraint_ranks(batch)
+    elif constraint == "with":
+        cell, rank = _with_ranks(batch)
     else:
-        cell, predicate_score = _candidates(batch, constraint, semi_threshold)
+        cell, predicate_score = _semi_candidates(batch, semi_threshold)
         pair = (cell // _NP) % batch.num_pairs
         triplet = batch.pair_score[pair] * predicate_score
         rank = _segment_ranks(batch.pair_frame[pair], -triplet, batch.num_frames)
@@ -691,6 +807,21 @@ class _Layout:
         self.counts = slice(2 + n, 2 + n + _NP)  # GT relations per predicate
         self.hits = slice(2 + n + _NP, 2 + n + _NP + n * _NP)  # (K, 26) recalled per predicate
         self.width = 2 + n + _NP + n * _NP
+        self._ks = np.asarray(ks)
+        # ranks 0..ks[-1] -> index of the first K above the rank (ks[-1] and beyond: len(ks))
+        self._first_k = (
+            np.searchsorted(self._ks, np.arange(ks[-1] + 1), side="right")
+            if ks[-1] <= 1 << 16
+            else None
+        )
+
+    def first_k_index(self, best_rank: np.ndarray) -> np.ndarray:
+        """Index of the first K that recalls each best rank; ``len(ks)`` if none does."""
+        if self._first_k is not None:  # a table lookup instead of a binary search
+            return self._first_k[np.minimum(best_rank, self._first_k.shape[0] - 1)]
+        first = np.searchsorted(self._ks, best_rank, side="right")
+        first[best_rank == _NO_RANK] = len(self._ks)  # never recalled, however large K
+        return first
 
 
 def _rows(batch: _Batch, best_rank: np.ndarray, ks: tuple[int, ...], layout: _Layout) -> np.ndarray:
@@ -705,8 +836,7 @@ def _rows(batch: _Batch, best_rank: np.ndarray, ks: tuple[int, ...], layout: _La
     video_pred = batch.frame_video[batch.rel_frame] * _NP + batch.rel_pred
     out[:, layout.counts] = np.bincount(video_pred, minlength=num_videos * _NP).reshape(-1, _NP)
     # first K index recalling each relation (len(ks): none); counted once, then cumulated over K
-    first = np.searchsorted(np.asarray(ks), best_rank, side="right")
-    first[best_rank == _NO_RANK] = num_ks  # never recalled, however large K
+    first = layout.first_k_index(best_rank)
     width = num_ks + 1
     frame_hits = np.cumsum(
         np.bincount(batch.rel_frame * width + first, minlength=num_frames * width).reshape(
