@@ -119,8 +119,8 @@ class _VideoInput:
     sub: np.ndarray  # (P,) int64 box index of the subject (the person)
     obj: np.ndarray  # (P,) int64 box index of the object
     attention_logits: np.ndarray  # (P, 3) float32
-    spatial: np.ndarray  # (P, 6) float64
-    contacting: np.ndarray  # (P, 17) float64
+    spatial: np.ndarray  # (P, 6) float64 or float32
+    contacting: np.ndarray  # (P, 17) float64 or float32
 
     @property
     def size(self) -> int:
@@ -128,11 +128,18 @@ class _VideoInput:
         return int(self.sub.shape[0]) + self.num_frames
 
 
-def _owned(pred: Mapping[str, Any], name: str, dtype: Any, width: int | None) -> np.ndarray:
-    """``pred[name]`` as a new numpy array of ``dtype``: 1-D, or ``(N, width)``."""
+def _owned(
+    pred: Mapping[str, Any], name: str, dtype: Any, width: int | None, keep_float32: bool = False
+) -> np.ndarray:
+    """``pred[name]`` as a new numpy array of ``dtype``: 1-D, or ``(N, width)``.
+
+    With ``keep_float32``, float32 data stays float32 (to be widened, exactly, later).
+    """
     value = pred[name]
     if isinstance(value, torch.Tensor):
         value = value.detach().cpu().numpy()
+    if keep_float32 and getattr(value, "dtype", None) == np.float32:
+        dtype = np.float32
     try:
         array = np.array(value, dtype=dtype)  # always a copy: the caller's data is never aliased
     except (TypeError, ValueError) as err:
@@ -172,8 +179,8 @@ def _read_video(sample_id: str, gt: VideoGT, pred: Mapping[str, Any], mode: str)
     im_idx = _owned(pred, "im_idx", np.float64, None)
     pair_idx = _owned(pred, "pair_idx", np.int64, 2)
     attention = _owned(pred, "attention_distribution", np.float32, _WIDTHS[0])
-    spatial = _owned(pred, "spatial_distribution", np.float64, _WIDTHS[1])
-    contacting = _owned(pred, "contacting_distribution", np.float64, _WIDTHS[2])
+    spatial = _owned(pred, "spatial_distribution", np.float64, _WIDTHS[1], keep_float32=True)
+    contacting = _owned(pred, "contacting_distribution", np.float64, _WIDTHS[2], keep_float32=True)
 
     num_boxes = boxes.shape[0]
     if labels.shape[0] != num_boxes or scores.shape[0] != num_boxes:
@@ -234,6 +241,33 @@ def _read_video(sample_id: str, gt: VideoGT, pred: Mapping[str, Any], mode: str)
 # --------------------------------------------------------------------------------------------
 
 
+class _Workspace:
+    """Scratch buffers reused from batch to batch.
+
+    A large temporary array gets fresh pages from the OS each time it is allocated (the
+    allocator returns big blocks on free), and the page faults cost more than the arithmetic on
+    it. The few big per-batch temporaries therefore live here; a metric drops them at reset.
+    """
+
+    def __init__(self) -> None:
+        self._buffers: dict[str, np.ndarray] = {}
+
+    def empty(self, name: str, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+        """An uninitialised array viewing buffer ``name`` (valid until ``name`` is asked again)."""
+        dtype = np.dtype(dtype)
+        size = math.prod(shape) * dtype.itemsize
+        buffer = self._buffers.get(name)
+        if buffer is None or buffer.shape[0] < size:
+            buffer = np.empty(size, np.uint8)
+            self._buffers[name] = buffer
+        return buffer[:size].view(dtype).reshape(shape)
+
+    def full(self, name: str, shape: tuple[int, ...], value: Any, dtype: Any) -> np.ndarray:
+        out = self.empty(name, shape, dtype)
+        out.fill(value)
+        return out
+
+
 @dataclass
 class _Batch:
     """Several videos evaluated together; frames, boxes and objects are renumbered batch-wide.
@@ -252,8 +286,11 @@ class _Batch:
     pair_score32: np.ndarray  # (P,) the same product rounded to float32, widened
     rel_frame: np.ndarray  # (R,) frame of each GT relation
     rel_pred: np.ndarray  # (R,) predicate id of each GT relation
-    match_rel: np.ndarray  # (J,) GT relation ...
-    match_key: np.ndarray  # (J,) ... and the key of candidates that would recall it
+    rel_key: np.ndarray  # (R,) key of the candidates that would recall each GT relation, -1 if
+    # none or several would (its object matches several pairs): then these rows hold them
+    match_rel: np.ndarray  # (J,) GT relation whose object matches several (pair, direction) ...
+    match_key: np.ndarray  # (J,) ... and the key of each
+    workspace: _Workspace
     _argmax: list[tuple[np.ndarray, np.ndarray] | None]
     _pair_slots: tuple[np.ndarray, np.ndarray] | None = None
 
@@ -278,7 +315,9 @@ def _exclusive_cumsum(counts: Sequence[int]) -> np.ndarray:
     return out
 
 
-def _make_batch(items: Sequence[_VideoInput], iou_threshold: float) -> _Batch:
+def _make_batch(
+    items: Sequence[_VideoInput], iou_threshold: float, workspace: _Workspace | None = None
+) -> _Batch:
     """Concatenate videos (frames, boxes, objects renumbered) and do the shared work."""
     frame_off = _exclusive_cumsum([it.num_frames for it in items])
     box_off = _exclusive_cumsum([it.boxes.shape[0] for it in items])
@@ -300,14 +339,24 @@ def _make_batch(items: Sequence[_VideoInput], iou_threshold: float) -> _Batch:
     pair_frame = cat([it.pair_frame + frame_off[v] for v, it in enumerate(items)])
     sub = cat([it.sub + box_off[v] for v, it in enumerate(items)])
     obj = cat([it.obj + box_off[v] for v, it in enumerate(items)])
+    workspace = _Workspace() if workspace is None else workspace
     logits = torch.from_numpy(cat([it.attention_logits for it in items]))
     # softmax is row-wise: one call over the batch equals one call per video
-    attention = torch.softmax(logits, dim=1).numpy().astype(np.float64)
-    spatial = cat([it.spatial for it in items])
-    contacting = cat([it.contacting for it in items])
+    softmax = torch.softmax(logits, dim=1).numpy()
+    attention = workspace.empty("attention", softmax.shape, np.float64)
+    np.copyto(attention, softmax)
+    num_pairs = softmax.shape[0]
+    # float32 or float64 videos, widened (exactly) to float64 while concatenated
+    spatial, contacting = (
+        np.concatenate(
+            [getattr(it, name) for it in items],
+            out=workspace.empty(name, (num_pairs, width), np.float64),
+        )
+        for name, width in (("spatial", _WIDTHS[1]), ("contacting", _WIDTHS[2]))
+    )
 
     score64 = scores.astype(np.float64)
-    match_rel, match_key = _match_keys(
+    rel_key, match_rel, match_key = _match_keys(
         person,
         obj_frame,
         obj_class,
@@ -332,8 +381,10 @@ def _make_batch(items: Sequence[_VideoInput], iou_threshold: float) -> _Batch:
         pair_score32=(scores[sub] * scores[obj]).astype(np.float64),
         rel_frame=obj_frame[rel_obj],
         rel_pred=rel_pred,
+        rel_key=rel_key,
         match_rel=match_rel,
         match_key=match_key,
+        workspace=workspace,
         _argmax=[None, None, None],
     )
 
@@ -423,7 +474,12 @@ def _join(left: np.ndarray, right: np.ndarray, key_range: int) -> tuple[np.ndarr
         li = np.flatnonzero(found >= 0)
         return li, found[li]
     in_order = right.shape[0] < 2 or bool((right[1:] >= right[:-1]).all())
-    order = np.arange(right.shape[0]) if in_order else np.argsort(right, kind="stable")
+    if in_order:
+        order = np.arange(right.shape[0])
+    else:  # a stable argsort of 16-bit keys is a radix sort
+        order = np.argsort(
+            right.astype(np.uint16) if key_range <= 1 << 16 else right, kind="stable"
+        )
     per_left = counts[left]
     li = np.repeat(np.arange(left.shape[0]), per_left)
     first = np.repeat(np.cumsum(counts)[left] - per_left - np.cumsum(per_left) + per_left, per_left)
@@ -443,8 +499,8 @@ def _match_keys(
     sub: np.ndarray,
     obj: np.ndarray,
     iou_threshold: float,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Every (GT relation, candidate key) such that a candidate with that key recalls it.
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For each GT relation, the keys of the candidates that would recall it.
 
     A candidate of pair ``(i, j)`` is the triplet ``(i, column, j)``, or ``(j, column, i)`` in the
     (reversed) spatial block. Against a GT relation ``(person, p, m)`` or, for spatial ``p``,
@@ -454,11 +510,16 @@ def _match_keys(
     and ``j`` swapped. So matching depends on the direction, not on the block: the key is
     ``(direction * P + pair) * 26 + column`` (direction 1 = reversed). Cells outside their
     block's group (zero scores, which ``with`` and ``no`` can still rank) are candidates too.
+
+    Usually a GT object matches one (pair, direction) or none: its relations get one key each,
+    ``rel_key`` (-1: none). Relations of objects matching several get ``-1`` there and a row
+    ``(match_rel, match_key)`` per match.
     """
     empty = np.zeros(0, np.int64)
     num_pairs = sub.shape[0]
+    rel_key = np.full(rel_obj.shape[0], -1, np.int64)
     if num_pairs == 0 or rel_obj.shape[0] == 0:
-        return empty, empty
+        return rel_key, empty, empty
     # (4, n) layouts: each coordinate contiguous
     person_t, obj_boxes_t, boxes_t = person.T.copy(), obj_boxes.T.copy(), boxes.T.copy()
     lo = min(int(labels.min()), int(obj_class.min()))
@@ -484,14 +545,28 @@ def _match_keys(
         found_obj.append(objects[hit])
         found_backward.append(np.full(int(hit.sum()), bool(backward)))
     if not found_pair:
-        return empty, empty
+        return rel_key, empty, empty
     pairs = np.concatenate(found_pair)
     backward = np.concatenate(found_backward)
-    mi, ri = _join(np.concatenate(found_obj), rel_obj, obj_class.shape[0])
-    pred = rel_pred[ri]
+    objects = np.concatenate(found_obj)
+    num_objects = obj_class.shape[0]
+    single = np.bincount(objects, minlength=num_objects)[objects] == 1
+    # objects matched once: their (pair, backward), read by each of their relations
+    match_of_object = np.full(num_objects, -1, np.int64)
+    match_of_object[objects[single]] = np.flatnonzero(single)
+    match = match_of_object[rel_obj]
+    found = np.flatnonzero(match >= 0)
+    match, pred = match[found], rel_pred[found]
     # the direction a candidate needs: the relation's (forward) or the other one (backward)
+    direction = backward[match] != (_PREDICATE_GROUP[pred] == _REVERSED_BLOCK)
+    rel_key[found] = (direction * num_pairs + pairs[match]) * _NP + pred
+    several = np.flatnonzero(~single)
+    if several.shape[0] == 0:
+        return rel_key, empty, empty
+    mi, ri = _join(objects[several], rel_obj, num_objects)
+    mi, pred = several[mi], rel_pred[ri]
     direction = backward[mi] != (_PREDICATE_GROUP[pred] == _REVERSED_BLOCK)
-    return ri, (direction * num_pairs + pairs[mi]) * _NP + pred
+    return rel_key, ri, (direction * num_pairs + pairs[mi]) * _NP + pred
 
 
 # --------------------------------------------------------------------------------------------
@@ -650,7 +725,13 @@ def _top_group_cells(
     width = most * _NP
     # usually the pairs fill the table row by row: then the cut scores are written in place
     dense = num_rows * most == pairs.shape[0] and bool((pair_at.ravel() == pairs).all())
-    table = np.empty((num_rows, width)) if dense else np.full((num_rows, width), -np.inf)
+    shape = (num_rows, width)
+    workspace = batch.workspace
+    table = (
+        workspace.empty("cut", shape, np.float64)
+        if dense
+        else workspace.full("cut", shape, -np.inf, np.float64)
+    )
     pair_cut = batch.pair_score32 if every else batch.pair_score32[pairs]
     for values, offset, size in zip(batch.blocks, _OFFSETS, _WIDTHS, strict=True):
         region = table[:, offset * most : (offset + size) * most].reshape(num_rows, most, size)
@@ -662,11 +743,16 @@ def _top_group_cells(
         else:
             region[row, slot] = pair_cut[:, None] * values
     kth = width - NO_CONSTRAINT_TOP
-    threshold = np.partition(table, kth, axis=1)[:, kth]  # each frame's 100th largest cut
+    partitioned = workspace.empty("partitioned", shape, np.float64)
+    np.copyto(partitioned, table)
+    partitioned.partition(kth, axis=1)
+    threshold = partitioned[:, kth].copy()  # each frame's 100th largest cut
     full = np.flatnonzero(threshold > 0)  # at least 100 positive cells
     if full.shape[0] < num_rows:
         table, threshold = table[full], threshold[full]
-    above = table >= threshold[:, None]
+    above = np.greater_equal(
+        table, threshold[:, None], out=workspace.empty("above", table.shape, np.bool_)
+    )
     index = np.flatnonzero(above)  # row by row, each in cell order
     if index.shape[0] > NO_CONSTRAINT_TOP * full.shape[0]:  # cells equal to the 100th straddle
         count = np.count_nonzero(above, axis=1)
@@ -770,9 +856,8 @@ def _no_constraint_ranks(batch: _Batch) -> tuple[np.ndarray, np.ndarray]:
 
 def _first_ranks(batch: _Batch, constraint: str, semi_threshold: float) -> np.ndarray:
     """Best (lowest) rank, within its frame, of a prediction recalling each GT relation."""
-    best = np.full(batch.rel_pred.shape[0], _NO_RANK, np.int32)
-    if batch.num_pairs == 0 or batch.match_key.shape[0] == 0:
-        return best
+    if batch.num_pairs == 0:
+        return np.full(batch.rel_pred.shape[0], _NO_RANK, np.int32)
     if constraint == "no":
         cell, rank = _no_constraint_ranks(batch)
     elif constraint == "with":
@@ -785,9 +870,14 @@ def _first_ranks(batch: _Batch, constraint: str, semi_threshold: float) -> np.nd
     # a candidate's key: its direction (the spatial block is reversed), pair and column
     block, rest = np.divmod(cell, batch.num_pairs * _NP)
     key = (block == _REVERSED_BLOCK) * (batch.num_pairs * _NP) + rest
-    rank_of_key = np.full(2 * batch.num_pairs * _NP, _NO_RANK, np.int32)
+    # last entry: "no key"
+    rank_of_key = batch.workspace.full(
+        "rank_of_key", (2 * batch.num_pairs * _NP + 1,), _NO_RANK, np.int32
+    )
     np.minimum.at(rank_of_key, key, rank.astype(np.int32))
-    np.minimum.at(best, batch.match_rel, rank_of_key[batch.match_key])
+    best = rank_of_key[batch.rel_key]  # key -1 reads the last entry
+    if batch.match_rel.shape[0]:
+        np.minimum.at(best, batch.match_rel, rank_of_key[batch.match_key])
     return best
 
 
@@ -948,6 +1038,7 @@ class _ActionGenomeRecallBase(SampleStatsMetric):
         self._updates = 0
         self._pending: list[_VideoInput] = []
         self._pending_size = 0
+        self._workspace = _Workspace()
 
     def update(self, output: Sequence[Any]) -> None:
         """Take one video ``(gt, pred)``.
@@ -986,7 +1077,7 @@ class _ActionGenomeRecallBase(SampleStatsMetric):
         if not self._pending:
             return
         videos, self._pending, self._pending_size = self._pending, [], 0
-        batch = _make_batch(videos, self.iou_threshold)
+        batch = _make_batch(videos, self.iou_threshold, self._workspace)
         rows = np.concatenate(
             [
                 _rows(batch, _first_ranks(batch, c, self.semi_threshold), self.ks, self._layout)
