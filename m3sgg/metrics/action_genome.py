@@ -211,8 +211,8 @@ def _read_video(sample_id: str, gt: VideoGT, pred: Mapping[str, Any], mode: str)
         raise ValueError(f"gt of video {sample_id!r}: rel_obj must index its objects")
     if gt.rel_pred.shape[0] and (gt.rel_pred.min() < 0 or gt.rel_pred.max() >= _NP):
         raise ValueError(f"gt of video {sample_id!r}: rel_pred must be predicate ids 0..25")
-    keep = (pair_frame >= 0) & (pair_frame < gt.num_frames)  # the reference ignores the others
-    if not keep.all():
+    if num_pairs and (pair_frame.min() < 0 or pair_frame.max() >= gt.num_frames):
+        keep = (pair_frame >= 0) & (pair_frame < gt.num_frames)  # the reference ignores others
         pair_frame, pair_idx = pair_frame[keep], pair_idx[keep]
         attention, spatial, contacting = attention[keep], spatial[keep], contacting[keep]
     return _VideoInput(
@@ -531,6 +531,8 @@ def _match_keys(
     for backward, (head, tail) in enumerate(((sub, obj), (obj, sub))):
         # ``head`` stands for the person and ``tail`` for object m
         pairs = np.flatnonzero(labels[head] == _PERSON)  # labels first: IoUs cost more
+        if pairs.shape[0] == 0:
+            continue
         pairs = pairs[
             _person_matches(person_t, boxes_t, pair_frame[pairs], head[pairs], iou_threshold)
         ]
@@ -663,22 +665,32 @@ def _with_ranks(batch: _Batch) -> tuple[np.ndarray, np.ndarray]:
     A frame with ``n`` pairs has ``3n`` candidates; candidate ``(block, pair)`` takes slot
     ``block * n + (pair's slot)``, which is the reference's row order.
     """
-    num_pairs = batch.num_pairs
+    num_pairs, num_frames = batch.num_pairs, batch.num_frames
     pairs = np.arange(num_pairs)
     pair_slot, counts = batch.pair_slots()
-    frame_pairs = counts[batch.pair_frame]
-    cells, keys, slots = [], [], []
+    cells, keys = [], []
     for block in range(3):
         column, best = batch.row_argmax(block)
         cells.append((block * num_pairs + pairs) * _NP + column)
         keys.append(-(batch.pair_score * best))  # minus the triplet score
-        slots.append(pair_slot + block * frame_pairs)
-    rank = _segment_ranks(
-        np.tile(batch.pair_frame, 3),
-        np.concatenate(keys),
-        batch.num_frames,
-        (np.concatenate(slots), 3 * counts),
-    )
+    most = num_pairs // num_frames
+    if most and num_pairs == num_frames * most and np.array_equal(pair_slot, pairs % most):
+        # every frame has ``most`` pairs, in frame order: the table is a reshape
+        width = 3 * most
+        table = np.stack(keys).reshape(3, num_frames, most).transpose(1, 0, 2)
+        order = _argsort_rows(table.reshape(num_frames, width), np.full(num_frames, width))
+        rank = np.empty_like(order)
+        np.put_along_axis(rank, order, np.arange(width)[None, :], axis=1)
+        rank = rank.reshape(num_frames, 3, most).transpose(1, 0, 2).ravel()
+    else:
+        frame_pairs = counts[batch.pair_frame]
+        slots = [pair_slot + block * frame_pairs for block in range(3)]
+        rank = _segment_ranks(
+            np.tile(batch.pair_frame, 3),
+            np.concatenate(keys),
+            num_frames,
+            (np.concatenate(slots), 3 * counts),
+        )
     return np.concatenate(cells), rank
 
 
