@@ -96,54 +96,59 @@ _REVERSED_BLOCK = 1  # the spatial block holds the pairs reversed (object -> per
 
 
 # --------------------------------------------------------------------------------------------
-# One video, checked and copied by update()
+# Videos taken by update(), stored batch-wide until evaluated
 # --------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class _VideoInput:
-    """One video's ground truth and predictions as owned arrays (pairs of GT frames only)."""
+class _Table:
+    """Columns sharing a row count, grown by doubling and reused from batch to batch.
 
-    sample_id: str
-    num_frames: int
-    person_boxes: np.ndarray  # (F, 4) float32 xyxy
-    obj_frame: np.ndarray  # (O,) int64
-    obj_class: np.ndarray  # (O,) int64
-    obj_boxes: np.ndarray  # (O, 4) float64 xyxy
-    rel_obj: np.ndarray  # (R,) int64
-    rel_pred: np.ndarray  # (R,) int64 predicate id
-    boxes: np.ndarray  # (B, 4) float64 xyxy
-    labels: np.ndarray  # (B,) int64
-    scores: np.ndarray  # (B,) float32
-    pair_frame: np.ndarray  # (P,) int64
-    sub: np.ndarray  # (P,) int64 box index of the subject (the person)
-    obj: np.ndarray  # (P,) int64 box index of the object
-    attention_logits: np.ndarray  # (P, 3) float32
-    spatial: np.ndarray  # (P, 6) float64 or float32
-    contacting: np.ndarray  # (P, 17) float64 or float32
-
-    @property
-    def size(self) -> int:
-        """What the video adds to a batch (pairs and frames)."""
-        return int(self.sub.shape[0]) + self.num_frames
-
-
-def _owned(
-    pred: Mapping[str, Any], name: str, dtype: Any, width: int | None, keep_float32: bool = False
-) -> np.ndarray:
-    """``pred[name]`` as a new numpy array of ``dtype``: 1-D, or ``(N, width)``.
-
-    With ``keep_float32``, float32 data stays float32 (to be widened, exactly, later).
+    A video is written in two steps: :meth:`reserve` gives the slice of its rows (writes there
+    are invisible until :meth:`commit`), so a video that fails halfway leaves nothing behind.
     """
+
+    def __init__(self, **columns: tuple[Any, int | None]) -> None:
+        self.size = 0
+        self._columns = {name: (np.dtype(dtype), width) for name, (dtype, width) in columns.items()}
+        self._data = {name: self._empty(name, 64) for name in self._columns}
+
+    def _empty(self, name: str, rows: int) -> np.ndarray:
+        dtype, width = self._columns[name]
+        return np.empty((rows,) if width is None else (rows, width), dtype)
+
+    def reserve(self, rows: int) -> slice:
+        end = self.size + rows
+        capacity = next(iter(self._data.values())).shape[0]
+        if end > capacity:
+            capacity = max(end, 2 * capacity)
+            for name, old in self._data.items():
+                self._data[name] = new = self._empty(name, capacity)
+                new[: self.size] = old[: self.size]
+        return slice(self.size, end)
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        """Column ``name``: the committed rows followed by the reserved ones (write target)."""
+        return self._data[name]
+
+    def commit(self, rows: int) -> None:
+        self.size += rows
+
+    def rows(self, name: str) -> np.ndarray:
+        """The committed rows of column ``name`` (a view, valid until the next write)."""
+        return self._data[name][: self.size]
+
+
+def _view(pred: Mapping[str, Any], name: str, width: int | None) -> np.ndarray:
+    """``pred[name]`` as a numpy array (no copy where possible): 1-D, or ``(N, width)``."""
     value = pred[name]
     if isinstance(value, torch.Tensor):
-        value = value.detach().cpu().numpy()
-    if keep_float32 and getattr(value, "dtype", None) == np.float32:
-        dtype = np.float32
-    try:
-        array = np.array(value, dtype=dtype)  # always a copy: the caller's data is never aliased
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"pred[{name!r}] cannot be read as {np.dtype(dtype).name}: {err}") from err
+        value = value.detach()
+        if value.dtype == torch.bfloat16:  # numpy has no bfloat16; float32 holds it exactly
+            value = value.float()
+        value = value.cpu().numpy()
+    array = np.asarray(value)
+    if array.dtype.kind not in "biuf":
+        raise ValueError(f"pred[{name!r}] must hold numbers, got dtype {array.dtype}")
     if width is None:
         if array.ndim != 1 and array.size != 0:
             raise ValueError(f"pred[{name!r}] must be 1-D, got shape {array.shape}")
@@ -155,85 +160,142 @@ def _owned(
     return array
 
 
-def _read_video(sample_id: str, gt: VideoGT, pred: Mapping[str, Any], mode: str) -> _VideoInput:
-    """Check one video's ``pred`` against the mode and copy what the metric needs."""
-    label_key, score_key = (
-        ("labels", "scores") if mode == "predcls" else ("pred_labels", "pred_scores")
-    )
-    needed = (
-        "boxes",
-        label_key,
-        score_key,
-        "im_idx",
-        "pair_idx",
-        "attention_distribution",
-        "spatial_distribution",
-        "contacting_distribution",
-    )
-    missing = [key for key in needed if key not in pred]
-    if missing:
-        raise ValueError(f"pred for mode {mode!r} lacks the keys {missing}")
-    boxes = _owned(pred, "boxes", np.float64, 5)[:, 1:]  # float32 values are exact in float64
-    labels = _owned(pred, label_key, np.int64, None)
-    scores = _owned(pred, score_key, np.float32, None)
-    im_idx = _owned(pred, "im_idx", np.float64, None)
-    pair_idx = _owned(pred, "pair_idx", np.int64, 2)
-    attention = _owned(pred, "attention_distribution", np.float32, _WIDTHS[0])
-    spatial = _owned(pred, "spatial_distribution", np.float64, _WIDTHS[1], keep_float32=True)
-    contacting = _owned(pred, "contacting_distribution", np.float64, _WIDTHS[2], keep_float32=True)
+class _Pending:
+    """Videos taken by ``update()`` and not evaluated yet, stored batch-wide.
 
-    num_boxes = boxes.shape[0]
-    if labels.shape[0] != num_boxes or scores.shape[0] != num_boxes:
-        raise ValueError(
-            f"pred[{label_key!r}] and pred[{score_key!r}] need one entry per box ({num_boxes}), "
-            f"got {labels.shape[0]} and {scores.shape[0]}"
+    Each video is checked, then copied once, straight into these tables with its frames,
+    objects and boxes renumbered batch-wide (``_make_batch`` reads views of them). The caller's
+    arrays are never kept nor modified. Dtypes follow the reference: boxes float64 (float32
+    values widen exactly), object scores and attention logits float32, spatial and contacting
+    probabilities float64.
+    """
+
+    def __init__(self) -> None:
+        self.sample_ids: list[str] = []
+        self.frames = _Table(person=(np.float64, 4), video=(np.int64, None))
+        self.objects = _Table(frame=(np.int64, None), cls=(np.int64, None), box=(np.float64, 4))
+        self.relations = _Table(obj=(np.int64, None), pred=(np.int64, None))
+        self.boxes = _Table(box=(np.float64, 4), label=(np.int64, None), score=(np.float32, None))
+        self.pairs = _Table(
+            frame=(np.int64, None),
+            sub=(np.int64, None),
+            obj=(np.int64, None),
+            attention=(np.float32, _WIDTHS[0]),
+            spatial=(np.float64, _WIDTHS[1]),
+            contacting=(np.float64, _WIDTHS[2]),
         )
-    num_pairs = pair_idx.shape[0]
-    for name, array in (
-        ("im_idx", im_idx),
-        ("attention_distribution", attention),
-        ("spatial_distribution", spatial),
-        ("contacting_distribution", contacting),
-    ):
-        if array.shape[0] != num_pairs:
-            raise ValueError(f"pred[{name!r}] has {array.shape[0]} rows for {num_pairs} pairs")
-    if num_pairs and (pair_idx.min() < 0 or pair_idx.max() >= num_boxes):
-        raise ValueError(f"pred['pair_idx'] must index the {num_boxes} boxes")
-    pair_frame = im_idx.astype(np.int64)
-    if (pair_frame != im_idx).any():
-        raise ValueError("pred['im_idx'] must hold integer frame indices")
-    num_objects = gt.obj_class.shape[0]
-    if gt.person_boxes.shape != (gt.num_frames, 4) or gt.obj_boxes.shape != (num_objects, 4):
-        raise ValueError(f"gt of video {sample_id!r}: person_boxes or obj_boxes are mis-shaped")
-    if num_objects and (gt.obj_frame.min() < 0 or gt.obj_frame.max() >= gt.num_frames):
-        raise ValueError(f"gt of video {sample_id!r}: obj_frame must index its frames")
-    if gt.rel_obj.shape[0] and (gt.rel_obj.min() < 0 or gt.rel_obj.max() >= num_objects):
-        raise ValueError(f"gt of video {sample_id!r}: rel_obj must index its objects")
-    if gt.rel_pred.shape[0] and (gt.rel_pred.min() < 0 or gt.rel_pred.max() >= _NP):
-        raise ValueError(f"gt of video {sample_id!r}: rel_pred must be predicate ids 0..25")
-    if num_pairs and (pair_frame.min() < 0 or pair_frame.max() >= gt.num_frames):
-        keep = (pair_frame >= 0) & (pair_frame < gt.num_frames)  # the reference ignores others
-        pair_frame, pair_idx = pair_frame[keep], pair_idx[keep]
-        attention, spatial, contacting = attention[keep], spatial[keep], contacting[keep]
-    return _VideoInput(
-        sample_id=sample_id,
-        num_frames=gt.num_frames,
-        person_boxes=np.array(gt.person_boxes, np.float32),  # copies: evaluated later
-        obj_frame=np.array(gt.obj_frame, np.int64),
-        obj_class=np.array(gt.obj_class, np.int64),
-        obj_boxes=np.array(gt.obj_boxes, np.float64),
-        rel_obj=np.array(gt.rel_obj, np.int64),
-        rel_pred=np.array(gt.rel_pred, np.int64),
-        boxes=boxes,
-        labels=labels,
-        scores=scores,
-        pair_frame=pair_frame,
-        sub=pair_idx[:, 0].copy(),
-        obj=pair_idx[:, 1].copy(),
-        attention_logits=attention,
-        spatial=spatial,
-        contacting=contacting,
-    )
+
+    @property
+    def size(self) -> int:
+        """Pairs + frames: what the batch costs to evaluate."""
+        return self.pairs.size + self.frames.size
+
+    def clear(self) -> None:
+        """Forget the videos (the memory stays, for the next batch)."""
+        self.sample_ids.clear()
+        for table in (self.frames, self.objects, self.relations, self.boxes, self.pairs):
+            table.size = 0
+
+    def add(self, sample_id: str, gt: VideoGT, pred: Mapping[str, Any], mode: str) -> None:
+        """Check one video's ``gt`` and ``pred`` (for ``mode``) and copy them in."""
+        label_key, score_key = (
+            ("labels", "scores") if mode == "predcls" else ("pred_labels", "pred_scores")
+        )
+        needed = (
+            "boxes",
+            label_key,
+            score_key,
+            "im_idx",
+            "pair_idx",
+            "attention_distribution",
+            "spatial_distribution",
+            "contacting_distribution",
+        )
+        missing = [key for key in needed if key not in pred]
+        if missing:
+            raise ValueError(f"pred for mode {mode!r} lacks the keys {missing}")
+        boxes = _view(pred, "boxes", 5)
+        labels = _view(pred, label_key, None)
+        scores = _view(pred, score_key, None)
+        im_idx = _view(pred, "im_idx", None)
+        pair_idx = _view(pred, "pair_idx", 2)
+        attention = _view(pred, "attention_distribution", _WIDTHS[0])
+        spatial = _view(pred, "spatial_distribution", _WIDTHS[1])
+        contacting = _view(pred, "contacting_distribution", _WIDTHS[2])
+
+        num_boxes = boxes.shape[0]
+        if labels.shape[0] != num_boxes or scores.shape[0] != num_boxes:
+            raise ValueError(
+                f"pred[{label_key!r}] and pred[{score_key!r}] need one entry per box "
+                f"({num_boxes}), got {labels.shape[0]} and {scores.shape[0]}"
+            )
+        num_pairs = pair_idx.shape[0]
+        for name, array in (
+            ("im_idx", im_idx),
+            ("attention_distribution", attention),
+            ("spatial_distribution", spatial),
+            ("contacting_distribution", contacting),
+        ):
+            if array.shape[0] != num_pairs:
+                raise ValueError(f"pred[{name!r}] has {array.shape[0]} rows for {num_pairs} pairs")
+        if num_pairs and (pair_idx.min() < 0 or pair_idx.max() >= num_boxes):
+            raise ValueError(f"pred['pair_idx'] must index the {num_boxes} boxes")
+        pair_frame = im_idx.astype(np.int64)
+        if (pair_frame != im_idx).any():
+            raise ValueError("pred['im_idx'] must hold integer frame indices")
+
+        num_frames = gt.num_frames
+        person = np.asarray(gt.person_boxes, np.float32)  # VideoGT's dtype (float32)
+        obj_frame, obj_class = np.asarray(gt.obj_frame), np.asarray(gt.obj_class)
+        obj_boxes = np.asarray(gt.obj_boxes)
+        rel_obj, rel_pred = np.asarray(gt.rel_obj), np.asarray(gt.rel_pred)
+        num_objects, num_relations = obj_class.shape[0], rel_obj.shape[0]
+        if person.shape != (num_frames, 4) or obj_boxes.shape != (num_objects, 4):
+            raise ValueError(f"gt of video {sample_id!r}: person_boxes or obj_boxes are mis-shaped")
+        if obj_frame.shape != (num_objects,) or rel_pred.shape != (num_relations,):
+            raise ValueError(f"gt of video {sample_id!r}: obj_frame or rel_pred are mis-shaped")
+        if num_objects and (obj_frame.min() < 0 or obj_frame.max() >= num_frames):
+            raise ValueError(f"gt of video {sample_id!r}: obj_frame must index its frames")
+        if num_relations and (rel_obj.min() < 0 or rel_obj.max() >= num_objects):
+            raise ValueError(f"gt of video {sample_id!r}: rel_obj must index its objects")
+        if num_relations and (rel_pred.min() < 0 or rel_pred.max() >= _NP):
+            raise ValueError(f"gt of video {sample_id!r}: rel_pred must be predicate ids 0..25")
+        if num_pairs and (pair_frame.min() < 0 or pair_frame.max() >= num_frames):
+            keep = (pair_frame >= 0) & (pair_frame < num_frames)  # the reference ignores others
+            pair_frame, pair_idx = pair_frame[keep], pair_idx[keep]
+            attention, spatial, contacting = attention[keep], spatial[keep], contacting[keep]
+            num_pairs = pair_frame.shape[0]
+
+        # copy in, renumbered: frames, objects and boxes follow those already pending
+        frames, objects, relations = self.frames, self.objects, self.relations
+        box_table, pairs = self.boxes, self.pairs
+        rows = frames.reserve(num_frames)
+        frames["person"][rows] = person
+        frames["video"][rows] = len(self.sample_ids)
+        rows = objects.reserve(num_objects)
+        np.add(obj_frame, frames.size, out=objects["frame"][rows], casting="unsafe")
+        objects["cls"][rows] = obj_class
+        objects["box"][rows] = obj_boxes
+        rows = relations.reserve(num_relations)
+        np.add(rel_obj, objects.size, out=relations["obj"][rows], casting="unsafe")
+        relations["pred"][rows] = rel_pred
+        rows = box_table.reserve(num_boxes)
+        box_table["box"][rows] = boxes[:, 1:]
+        box_table["label"][rows] = labels
+        box_table["score"][rows] = scores
+        rows = pairs.reserve(num_pairs)
+        np.add(pair_frame, frames.size, out=pairs["frame"][rows])
+        np.add(pair_idx[:, 0], box_table.size, out=pairs["sub"][rows], casting="unsafe")
+        np.add(pair_idx[:, 1], box_table.size, out=pairs["obj"][rows], casting="unsafe")
+        pairs["attention"][rows] = attention
+        pairs["spatial"][rows] = spatial
+        pairs["contacting"][rows] = contacting
+        frames.commit(num_frames)
+        objects.commit(num_objects)
+        relations.commit(num_relations)
+        box_table.commit(num_boxes)
+        pairs.commit(num_pairs)
+        self.sample_ids.append(sample_id)
 
 
 # --------------------------------------------------------------------------------------------
@@ -317,52 +379,24 @@ class _Batch:
         return cached
 
 
-def _exclusive_cumsum(counts: Sequence[int]) -> np.ndarray:
-    out = np.zeros(len(counts), np.int64)
-    np.cumsum(counts[:-1], out=out[1:])
-    return out
-
-
-def _make_batch(
-    items: Sequence[_VideoInput], iou_threshold: float, workspace: _Workspace | None = None
-) -> _Batch:
-    """Concatenate videos (frames, boxes, objects renumbered) and do the shared work."""
-    frame_off = _exclusive_cumsum([it.num_frames for it in items])
-    box_off = _exclusive_cumsum([it.boxes.shape[0] for it in items])
-    obj_off = _exclusive_cumsum([it.obj_class.shape[0] for it in items])
-    num_frames = int(frame_off[-1]) + items[-1].num_frames
-
-    def cat(parts: list[np.ndarray]) -> np.ndarray:
-        return np.concatenate(parts) if len(parts) > 1 else parts[0]
-
-    person = cat([it.person_boxes for it in items]).astype(np.float64)
-    obj_frame = cat([it.obj_frame + frame_off[v] for v, it in enumerate(items)])
-    obj_class = cat([it.obj_class for it in items])
-    obj_boxes = cat([it.obj_boxes for it in items])
-    rel_obj = cat([it.rel_obj + obj_off[v] for v, it in enumerate(items)])
-    rel_pred = cat([it.rel_pred for it in items])
-    boxes = cat([it.boxes for it in items])
-    labels = cat([it.labels for it in items])
-    scores = cat([it.scores for it in items])
-    pair_frame = cat([it.pair_frame + frame_off[v] for v, it in enumerate(items)])
-    sub = cat([it.sub + box_off[v] for v, it in enumerate(items)])
-    obj = cat([it.obj + box_off[v] for v, it in enumerate(items)])
-    workspace = _Workspace() if workspace is None else workspace
-    logits = torch.from_numpy(cat([it.attention_logits for it in items]))
+def _make_batch(pending: _Pending, iou_threshold: float, workspace: _Workspace) -> _Batch:
+    """The pending videos as a batch (views of their tables), with the shared work done."""
+    frames, objects, relations = pending.frames, pending.objects, pending.relations
+    person, frame_video = frames.rows("person"), frames.rows("video")
+    obj_frame, obj_class, obj_boxes = (
+        objects.rows("frame"),
+        objects.rows("cls"),
+        objects.rows("box"),
+    )
+    rel_obj, rel_pred = relations.rows("obj"), relations.rows("pred")
+    boxes, labels, scores = (pending.boxes.rows(name) for name in ("box", "label", "score"))
+    pair_frame, sub, obj = (pending.pairs.rows(name) for name in ("frame", "sub", "obj"))
+    logits = torch.from_numpy(pending.pairs.rows("attention"))
     # softmax is row-wise: one call over the batch equals one call per video
     softmax = torch.softmax(logits, dim=1).numpy()
     attention = workspace.empty("attention", softmax.shape, np.float64)
     np.copyto(attention, softmax)
-    num_pairs = softmax.shape[0]
-    # float32 or float64 videos, widened (exactly) to float64 while concatenated
-    spatial, contacting = (
-        np.concatenate(
-            [getattr(it, name) for it in items],
-            out=workspace.empty(name, (num_pairs, width), np.float64),
-        )
-        for name, width in (("spatial", _WIDTHS[1]), ("contacting", _WIDTHS[2]))
-    )
-
+    spatial, contacting = pending.pairs.rows("spatial"), pending.pairs.rows("contacting")
     score64 = scores.astype(np.float64)
     rel_key, match_rel, match_key = _match_keys(
         person,
@@ -379,9 +413,9 @@ def _make_batch(
         iou_threshold,
     )
     return _Batch(
-        num_videos=len(items),
-        num_frames=num_frames,
-        frame_video=np.repeat(np.arange(len(items)), [it.num_frames for it in items]),
+        num_videos=len(pending.sample_ids),
+        num_frames=frames.size,
+        frame_video=frame_video,
         num_pairs=int(sub.shape[0]),
         pair_frame=pair_frame,
         blocks=(attention, spatial, contacting),
@@ -1061,9 +1095,10 @@ class _ActionGenomeRecallBase(SampleStatsMetric):
     def reset(self) -> None:
         super().reset()
         self._updates = 0
-        self._pending: list[_VideoInput] = []
-        self._pending_size = 0
-        self._workspace = _Workspace()
+        # scratch memory is kept from one evaluation to the next (only the videos are dropped)
+        if "_pending" not in self.__dict__:  # (ignite's Metric answers any getattr)
+            self._pending, self._workspace = _Pending(), _Workspace()
+        self._pending.clear()
 
     def update(self, output: Sequence[Any]) -> None:
         """Take one video ``(gt, pred)``.
@@ -1090,28 +1125,29 @@ class _ActionGenomeRecallBase(SampleStatsMetric):
         if not isinstance(pred, Mapping):
             raise TypeError(f"pred must be a mapping of tensors, got {type(pred).__name__}")
         video_gt, sample_id = self._video_gt(gt)
-        video = _read_video(sample_id, video_gt, pred, self.mode)
-        self._pending.append(video)
-        self._pending_size += video.size
+        self._pending.add(sample_id, video_gt, pred, self.mode)
         self._updates += 1
-        if self._pending_size >= _BATCH_SIZE:
+        if self._pending.size >= _BATCH_SIZE:
             self._flush()
 
     def _flush(self) -> None:
         """Evaluate the pending videos together and record one row per video."""
-        if not self._pending:
+        if not self._pending.sample_ids:
             return
-        videos, self._pending, self._pending_size = self._pending, [], 0
-        batch = _make_batch(videos, self.iou_threshold, self._workspace)
-        rows = np.concatenate(
-            [
-                _rows(batch, _first_ranks(batch, c, self.semi_threshold), self.ks, self._layout)
-                for c in self.constraints
-            ],
-            axis=1,
-        )
-        for video, row in zip(videos, torch.from_numpy(rows), strict=True):
-            self._record(video.sample_id, row)
+        try:
+            batch = _make_batch(self._pending, self.iou_threshold, self._workspace)
+            rows = np.concatenate(
+                [
+                    _rows(batch, _first_ranks(batch, c, self.semi_threshold), self.ks, self._layout)
+                    for c in self.constraints
+                ],
+                axis=1,
+            )
+            sample_ids = list(self._pending.sample_ids)
+        finally:
+            self._pending.clear()
+        for sample_id, row in zip(sample_ids, torch.from_numpy(rows), strict=True):
+            self._record(sample_id, row)
 
     def gathered(self) -> tuple[torch.Tensor, torch.Tensor]:
         self._flush()
