@@ -180,9 +180,10 @@ class _Pending:
             frame=(np.int64, None),
             sub=(np.int64, None),
             obj=(np.int64, None),
-            attention=(np.float32, _WIDTHS[0]),
-            spatial=(np.float64, _WIDTHS[1]),
-            contacting=(np.float64, _WIDTHS[2]),
+            attention=(np.float32, _WIDTHS[0]),  # logits
+            # predicate scores, float64: spatial and contacting here, softmaxed attention at
+            # evaluation (one array, so a cell's score is one lookup)
+            values=(np.float64, _NP),
         )
 
     @property
@@ -288,8 +289,8 @@ class _Pending:
         np.add(pair_idx[:, 0], box_table.size, out=pairs["sub"][rows], casting="unsafe")
         np.add(pair_idx[:, 1], box_table.size, out=pairs["obj"][rows], casting="unsafe")
         pairs["attention"][rows] = attention
-        pairs["spatial"][rows] = spatial
-        pairs["contacting"][rows] = contacting
+        pairs["values"][rows, _OFFSETS[1] : _OFFSETS[2]] = spatial
+        pairs["values"][rows, _OFFSETS[2] :] = contacting
         frames.commit(num_frames)
         objects.commit(num_objects)
         relations.commit(num_relations)
@@ -351,7 +352,8 @@ class _Batch:
     frame_video: np.ndarray  # (F,) video of each frame
     num_pairs: int
     pair_frame: np.ndarray  # (P,)
-    blocks: tuple[np.ndarray, np.ndarray, np.ndarray]  # float64 (P,3) softmaxed, (P,6), (P,17)
+    values: np.ndarray  # (P, 26) float64 predicate scores: softmaxed attention, spatial, contacting
+    blocks: tuple[np.ndarray, ...]  # its column blocks: views (P, 3), (P, 6), (P, 17)
     pair_score: np.ndarray  # (P,) float64 subject_score * object_score (exact in float64)
     pair_score32: np.ndarray  # (P,) the same product rounded to float32, widened
     rel_frame: np.ndarray  # (R,) frame of each GT relation
@@ -392,11 +394,9 @@ def _make_batch(pending: _Pending, iou_threshold: float, workspace: _Workspace) 
     boxes, labels, scores = (pending.boxes.rows(name) for name in ("box", "label", "score"))
     pair_frame, sub, obj = (pending.pairs.rows(name) for name in ("frame", "sub", "obj"))
     logits = torch.from_numpy(pending.pairs.rows("attention"))
+    values = pending.pairs.rows("values")
     # softmax is row-wise: one call over the batch equals one call per video
-    softmax = torch.softmax(logits, dim=1).numpy()
-    attention = workspace.empty("attention", softmax.shape, np.float64)
-    np.copyto(attention, softmax)
-    spatial, contacting = pending.pairs.rows("spatial"), pending.pairs.rows("contacting")
+    values[:, : _OFFSETS[1]] = torch.softmax(logits, dim=1).numpy()
     score64 = scores.astype(np.float64)
     rel_key, match_rel, match_key = _match_keys(
         person,
@@ -418,7 +418,8 @@ def _make_batch(pending: _Pending, iou_threshold: float, workspace: _Workspace) 
         frame_video=frame_video,
         num_pairs=int(sub.shape[0]),
         pair_frame=pair_frame,
-        blocks=(attention, spatial, contacting),
+        values=values,
+        blocks=tuple(values[:, o : o + w] for o, w in zip(_OFFSETS, _WIDTHS, strict=True)),
         pair_score=score64[sub] * score64[obj],
         pair_score32=(scores[sub] * scores[obj]).astype(np.float64),
         rel_frame=obj_frame[rel_obj],
@@ -706,7 +707,7 @@ def _ranks_in_table(
 
 
 def _with_ranks(batch: _Batch) -> tuple[np.ndarray, np.ndarray]:
-    """``with``: one candidate per row (block, pair); cell ids and ranks within their frames.
+    """``with``: one candidate per row (block, pair); match keys and ranks within their frames.
 
     A frame with ``n`` pairs has ``3n`` candidates; candidate ``(block, pair)`` takes slot
     ``block * n + (pair's slot)``, which is the reference's row order.
@@ -714,16 +715,16 @@ def _with_ranks(batch: _Batch) -> tuple[np.ndarray, np.ndarray]:
     num_pairs, num_frames = batch.num_pairs, batch.num_frames
     pairs = np.arange(num_pairs)
     pair_slot, counts = batch.pair_slots()
-    cells, keys = [], []
+    keys, scores = [], []
     for block in range(3):
         column, best = batch.row_argmax(block)
-        cells.append((block * num_pairs + pairs) * _NP + column)
-        keys.append(-(batch.pair_score * best))  # minus the triplet score
+        keys.append(_key(np.int64(block), pairs, column, num_pairs))
+        scores.append(-(batch.pair_score * best))  # minus the triplet score
     most = num_pairs // num_frames
     if most and num_pairs == num_frames * most and np.array_equal(pair_slot, pairs % most):
         # every frame has ``most`` pairs, in frame order: the table is a reshape
         width = 3 * most
-        table = np.stack(keys).reshape(3, num_frames, most).transpose(1, 0, 2)
+        table = np.stack(scores).reshape(3, num_frames, most).transpose(1, 0, 2)
         order = _argsort_rows(table.reshape(num_frames, width), np.full(num_frames, width))
         rank = np.empty_like(order)
         np.put_along_axis(rank, order, np.arange(width)[None, :], axis=1)
@@ -733,11 +734,11 @@ def _with_ranks(batch: _Batch) -> tuple[np.ndarray, np.ndarray]:
         slots = [pair_slot + block * frame_pairs for block in range(3)]
         rank = _segment_ranks(
             np.tile(batch.pair_frame, 3),
-            np.concatenate(keys),
+            np.concatenate(scores),
             num_frames,
             (np.concatenate(slots), 3 * counts),
         )
-    return np.concatenate(cells), rank
+    return np.concatenate(keys), rank
 
 
 def _semi_candidates(batch: _Batch, semi_threshold: float) -> tuple[np.ndarray, np.ndarray]:
@@ -837,18 +838,13 @@ def _table_layout(most: int) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate(slot), np.concatenate(column)
 
 
-def _group_values(batch: _Batch, pair: np.ndarray, column: np.ndarray) -> np.ndarray:
-    """Predicate scores of cells inside their block's group."""
-    value = np.empty(pair.shape[0])
-    block = _PREDICATE_GROUP[column]
-    for b, (values, offset) in enumerate(zip(batch.blocks, _OFFSETS, strict=True)):
-        mine = np.flatnonzero(block == b)
-        value[mine] = values[pair[mine], column[mine] - offset]
-    return value
+def _key(block: np.ndarray, pair: np.ndarray, column: np.ndarray, num_pairs: int) -> np.ndarray:
+    """Match keys of candidates: direction (the spatial block is reversed), pair and column."""
+    return ((block == _REVERSED_BLOCK) * num_pairs + pair) * _NP + column
 
 
 def _no_constraint_ranks(batch: _Batch) -> tuple[np.ndarray, np.ndarray]:
-    """``no``: the kept cells (ids) and their final ranks within their frames.
+    """``no``: the kept cells (keys) and their final ranks within their frames.
 
     The reference keeps each frame's first 100 cells by (cut score desc, cell order), then ranks
     them by triplet score with a sort that keeps the cut's order among equal scores; together:
@@ -856,26 +852,18 @@ def _no_constraint_ranks(batch: _Batch) -> tuple[np.ndarray, np.ndarray]:
     """
     num_pairs, num_frames = batch.num_pairs, batch.num_frames
     slot, counts = batch.pair_slots()
-    chosen: list[tuple[np.ndarray, ...]] = []  # (frame, slot, pair, block, column, value)
+    top = NO_CONSTRAINT_TOP
+    chosen: list[tuple[np.ndarray, ...]] = []  # (frame, slot, pair, column, value)
     full_frame = np.zeros(num_frames, bool)
     # Frames with enough group cells, by size class (padding at most doubles a class's table).
     # Their kept cells come in cell order, so their slots (0..99) are in cell order.
     size_class = np.ceil(np.log2(np.maximum(counts, 1))).astype(np.int64)
-    size_class[counts * _NP < NO_CONSTRAINT_TOP] = -1
+    size_class[counts * _NP < top] = -1
     for size in np.flatnonzero(np.bincount(size_class[size_class >= 0])):
         frames = np.flatnonzero(size_class == size)
         full, pair, column = _top_group_cells(batch, frames, slot, int(counts[frames].max()))
         full_frame[full] = True
-        chosen.append(
-            (
-                np.repeat(full, NO_CONSTRAINT_TOP),
-                np.tile(np.arange(NO_CONSTRAINT_TOP), full.shape[0]),
-                pair.ravel(),
-                _PREDICATE_GROUP[column.ravel()],
-                column.ravel(),
-                _group_values(batch, pair.ravel(), column.ravel()),
-            )
-        )
+        chosen.append((full, None, pair.ravel(), column.ravel()))
     # Other frames: every cell of their rows, zeros outside the row's group included, in cell
     # order (block, pair, column), cut to the first 100 by (cut score desc, cell order).
     rows = np.flatnonzero(~full_frame[batch.pair_frame])
@@ -885,50 +873,63 @@ def _no_constraint_ranks(batch: _Batch) -> tuple[np.ndarray, np.ndarray]:
         pair = np.broadcast_to(rows[None, :, None], shape).ravel()
         column = np.broadcast_to(np.arange(_NP)[None, None, :], shape).ravel()
         inside = _PREDICATE_GROUP[None, None, :] == np.arange(3)[:, None, None]
-        values = np.concatenate([b[rows] for b in batch.blocks], axis=1)  # (rows, 26)
-        value = np.where(inside, values[None, :, :], 0.0).ravel()
+        value = np.where(inside, batch.values[rows][None, :, :], 0.0).ravel()
         frame = batch.pair_frame[pair]
         rank = _segment_ranks(frame, -(batch.pair_score32[pair] * value), num_frames)
-        kept = np.flatnonzero(rank < NO_CONSTRAINT_TOP)
+        kept = np.flatnonzero(rank < top)
         if not (frame[1:] >= frame[:-1]).all():  # cell order within each frame
             kept = kept[np.argsort(frame[kept], kind="stable")]
-        frame, pair, block, column, value = (a[kept] for a in (frame, pair, block, column, value))
-        chosen.append((frame, _group_slots(frame, num_frames)[0], pair, block, column, value))
-    if len(chosen) == 1:
-        frame, slot, pair, block, column, value = chosen[0]
-    else:
-        frame, slot, pair, block, column, value = (
-            np.concatenate(c) for c in zip(*chosen, strict=True)
-        )
+        frame, pair, block, column = (a[kept] for a in (frame, pair, block, column))
+        chosen.append((frame, _group_slots(frame, num_frames)[0], pair, column, block, value[kept]))
+    if len(chosen) == 1 and chosen[0][1] is None and chosen[0][0].shape[0] == num_frames:
+        # the usual case: every frame keeps 100 group cells, rows of (frames, 100) tables
+        _, _, pair, column = chosen[0]
+        block, value = _PREDICATE_GROUP[column], batch.values[pair, column]
+        triplet = -(batch.pair_score[pair] * value).reshape(num_frames, top)
+        cut_key = -(batch.pair_score32[pair] * value).reshape(num_frames, top)
+        order = _argsort_rows(triplet, np.full(num_frames, top), cut_key)
+        rank = np.empty_like(order)
+        np.put_along_axis(rank, order, np.arange(top)[None, :], axis=1)
+        return _key(block, pair, column, num_pairs), rank.ravel()
+    parts = []
+    for part in chosen:
+        if part[1] is None:  # full frames: (frame, slot) of their (frames, 100) table
+            full, _, pair, column = part
+            part = (np.repeat(full, top), np.tile(np.arange(top), full.shape[0]), pair, column)
+            part += (_PREDICATE_GROUP[column], batch.values[pair, column])
+        parts.append(part)
+    frame, slot, pair, column, block, value = (
+        np.concatenate(c) if len(parts) > 1 else c[0] for c in zip(*parts, strict=True)
+    )
     # final ranking: by triplet score desc, then cut score desc, then slot (= cell order)
     counts = np.bincount(frame, minlength=num_frames)
-    shape = (num_frames, min(int(counts.max()), NO_CONSTRAINT_TOP))
+    shape = (num_frames, min(int(counts.max()), top))
     triplet, cut_key = np.full(shape, np.inf), np.full(shape, np.inf)
     triplet[frame, slot] = -(batch.pair_score[pair] * value)
     cut_key[frame, slot] = -(batch.pair_score32[pair] * value)
     order = _argsort_rows(triplet, counts, cut_key)
     rank = np.empty_like(order)
     np.put_along_axis(rank, order, np.arange(shape[1])[None, :], axis=1)
-    return (block * num_pairs + pair) * _NP + column, rank[frame, slot]
+    return _key(block, pair, column, num_pairs), rank[frame, slot]
 
 
 def _first_ranks(batch: _Batch, constraint: str, semi_threshold: float) -> np.ndarray:
     """Best (lowest) rank, within its frame, of a prediction recalling each GT relation."""
-    if batch.num_pairs == 0:
+    num_pairs = batch.num_pairs
+    if num_pairs == 0:
         return np.full(batch.rel_pred.shape[0], _NO_RANK, np.int32)
     if constraint == "no":
-        cell, rank = _no_constraint_ranks(batch)
+        key, rank = _no_constraint_ranks(batch)
     elif constraint == "with":
-        cell, rank = _with_ranks(batch)
+        key, rank = _with_ranks(batch)
     else:
         cell, predicate_score = _semi_candidates(batch, semi_threshold)
-        pair = (cell // _NP) % batch.num_pairs
+        block, rest = np.divmod(cell, num_pairs * _NP)
+        pair, column = np.divmod(rest, _NP)
         triplet = batch.pair_score[pair] * predicate_score
         rank = _segment_ranks(batch.pair_frame[pair], -triplet, batch.num_frames)
-    # a candidate's key: its direction (the spatial block is reversed), pair and column
-    block, rest = np.divmod(cell, batch.num_pairs * _NP)
-    key = (block == _REVERSED_BLOCK) * (batch.num_pairs * _NP) + rest
-    size = 2 * batch.num_pairs * _NP + 1  # the last entry stands for "no key"
+        key = _key(block, pair, column, num_pairs)
+    size = 2 * num_pairs * _NP + 1  # the last entry stands for "no key"
     rank_of_key = batch.workspace.table("rank_of_key", size, _NO_RANK, np.int32)
     try:
         np.minimum.at(rank_of_key, key, rank.astype(np.int32))
