@@ -479,9 +479,10 @@ def _iou(gt: np.ndarray, pred: np.ndarray) -> np.ndarray:
     union -= inter
     overlap = iw > 0
     overlap &= ih > 0
-    out = np.zeros(inter.shape[0], np.float64)
-    np.divide(inter, union, out=out, where=overlap)
-    return out
+    with np.errstate(divide="ignore", invalid="ignore"):  # degenerate boxes; zeroed below
+        inter /= union  # a masked divide is slower than dividing everything
+    inter[~overlap] = 0.0
+    return inter
 
 
 def _person_matches(
@@ -612,8 +613,12 @@ def _match_keys(
     several = np.flatnonzero(~single)
     if several.shape[0] == 0:
         return rel_key, empty, empty
-    mi, ri = _join(objects[several], rel_obj, num_objects)
-    mi, pred = several[mi], rel_pred[ri]
+    multi = np.zeros(num_objects, bool)
+    multi[objects[several]] = True
+    rels = np.flatnonzero(multi[rel_obj])  # the relations of those objects only
+    mi, ri = _join(objects[several], rel_obj[rels], num_objects)
+    mi, ri = several[mi], rels[ri]
+    pred = rel_pred[ri]
     direction = backward[mi] != (_PREDICATE_GROUP[pred] == _REVERSED_BLOCK)
     return rel_key, ri, (direction * num_pairs + pairs[mi]) * _NP + pred
 
@@ -1147,8 +1152,7 @@ class _ActionGenomeRecallBase(SampleStatsMetric):
             sample_ids = list(self._pending.sample_ids)
         finally:
             self._pending.clear()
-        for sample_id, row in zip(sample_ids, torch.from_numpy(rows), strict=True):
-            self._record(sample_id, row)
+        self._record_many(sample_ids, torch.from_numpy(rows))
 
     def gathered(self) -> tuple[torch.Tensor, torch.Tensor]:
         self._flush()

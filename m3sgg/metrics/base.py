@@ -28,7 +28,8 @@ def sample_hash(sample_id: str) -> int:
 
 
 class SampleStatsMetric(Metric):
-    """Base class: subclasses call :meth:`_record` once per sample and reduce :meth:`gathered`.
+    """Base class: subclasses call :meth:`_record` once per sample (or :meth:`_record_many`)
+    and reduce :meth:`gathered`.
 
     State: a list of sample-id hashes and a list of float64 rows of equal width (declared by
     the subclass as ``row_width``); distributed reduction is *gather, deduplicate by id, then
@@ -40,19 +41,28 @@ class SampleStatsMetric(Metric):
     def reset(self) -> None:
         self._ids: list[int] = []
         self._names: list[str] = []
-        self._rows: list[torch.Tensor] = []
+        self._rows: list[torch.Tensor] = []  # blocks of rows, (n, row_width) each
 
     def _record(self, sample_id: str, row: torch.Tensor) -> None:
         if row.shape != (self.row_width,):
             raise ValueError(f"row must have shape ({self.row_width},), got {tuple(row.shape)}")
-        self._ids.append(sample_hash(sample_id))
-        self._names.append(sample_id)
-        self._rows.append(row.to(dtype=torch.float64, device="cpu"))
+        self._record_many([sample_id], row[None])
+
+    def _record_many(self, sample_ids: Sequence[str], rows: torch.Tensor) -> None:
+        """Record ``rows[i]`` for ``sample_ids[i]``."""
+        if rows.shape != (len(sample_ids), self.row_width):
+            raise ValueError(
+                f"rows must have shape ({len(sample_ids)}, {self.row_width}), got "
+                f"{tuple(rows.shape)}"
+            )
+        self._ids.extend(sample_hash(sample_id) for sample_id in sample_ids)
+        self._names.extend(sample_ids)
+        self._rows.append(rows.to(dtype=torch.float64, device="cpu"))
 
     def _local(self) -> tuple[torch.Tensor, torch.Tensor]:
         ids = torch.tensor(self._ids, dtype=torch.int64)
         if self._rows:
-            rows = torch.stack(self._rows)
+            rows = torch.cat(self._rows)
         else:
             rows = torch.zeros((0, self.row_width), dtype=torch.float64)
         return ids, rows
@@ -78,7 +88,7 @@ class SampleStatsMetric(Metric):
 
     def local_samples(self) -> list[tuple[str, torch.Tensor]]:
         """``(sample_id, row)`` for the samples this process saw, in update order."""
-        return list(zip(self._names, self._rows, strict=True))
+        return list(zip(self._names, self._local()[1], strict=True))
 
 
 def _first_occurrence(ids: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
