@@ -589,6 +589,39 @@ def test_tensors_with_grad_and_float64_are_accepted() -> None:
     assert logits.grad is None
 
 
+def test_bfloat16_predictions_equal_their_float32_values() -> None:
+    """Autocast outputs: bfloat16 values are read exactly (float32 holds every one of them)."""
+    gt, pred = _one_object_video()
+    low = {
+        key: value.bfloat16() if value.is_floating_point() else value for key, value in pred.items()
+    }
+    same = {
+        key: value.float() if value.is_floating_point() else value for key, value in low.items()
+    }
+    for constraint in CONSTRAINTS:
+        expected = _run(ActionGenomeRecall("predcls", constraint), [(gt, same)])
+        assert _run(ActionGenomeRecall("predcls", constraint), [(gt, low)]) == expected
+
+
+def test_a_rejected_video_leaves_nothing_behind(vectors: dict[str, Any]) -> None:
+    """A video refused by update() (here: its pair_idx points past its boxes) adds nothing,
+    neither to the pending batch nor to later videos' numbers."""
+    videos = _case_videos(vectors, "case_004", "sgdet")
+    expected = _run(ActionGenomeRecallSuite("sgdet"), videos)
+    bad_gt, bad_pred = videos[0]
+    bad_pred = dict(bad_pred)
+    pair_idx = torch.as_tensor(bad_pred["pair_idx"]).clone()
+    pair_idx[-1, 1] = len(bad_pred["boxes"])
+    bad_pred["pair_idx"] = pair_idx
+    suite = ActionGenomeRecallSuite("sgdet")
+    for i, video in enumerate(videos):
+        if i == 1:
+            with pytest.raises(ValueError, match="must index the"):
+                suite.update((bad_gt, bad_pred))
+        suite.update(video)
+    assert suite.compute() == expected
+
+
 def test_pair_order_is_irrelevant_without_ties(vectors: dict[str, Any]) -> None:
     """Permuting the pairs (and the boxes) of a video changes nothing when no scores tie."""
     rng = np.random.default_rng(5)
