@@ -40,12 +40,15 @@ Behaviours the reference leaves open:
   ranking keeps the cut's order, i.e. it sorts by (triplet score desc, cut score desc, order).
 * Pairs whose ``im_idx`` is not a frame of the ground truth are ignored, as in the reference.
 
-Implementation: no Python loop per frame or per relation. ``update`` checks and copies a video;
-pending videos are evaluated together (frames renumbered batch-wide) when they reach about
-``_BATCH_SIZE`` pairs + frames, and at ``compute()``. Matching is done once per batch, whatever
-the constraints: a candidate recalls a GT relation iff its predicate is the relation's and its
-(pair, direction) matches the relation's object (classes and IoUs), so every GT relation gets the
-keys ``(direction, pair, predicate)`` that would recall it. Each constraint then ranks its
+Implementation: no Python loop per frame or per relation. ``update`` checks a video and copies
+it once, straight into batch-wide tables (frames, boxes and objects renumbered); the pending
+videos are evaluated together when they reach about ``_BATCH_SIZE`` pairs + frames, and at
+``compute()``. The tables and the few large temporaries are reused from batch to batch (fresh
+memory costs a page fault per 4 KiB, more than the arithmetic on it). Matching is done once per
+batch, whatever the constraints: a candidate recalls a GT relation iff its predicate is the
+relation's and its (pair, direction) matches the relation's object (classes and IoUs), so every
+GT relation gets the keys ``(direction, pair, predicate)`` that would recall it (usually one).
+Each constraint then ranks its
 candidates within their frames (a padded frame × candidate table sorted row-wise; rows with
 equal scores re-sorted stably) and a relation is recalled at K iff its best key ranks below K.
 """
