@@ -284,7 +284,8 @@ class Trainer:
         Returns:
             ``{"loss": total, <term>: value, ..., "finite": bool}`` (detached tensors).
         """
-        self.model.train()
+        if not self.model.training:  # train() walks every submodule: only when needed
+            self.model.train()
         if getattr(batch, "device", None) != self.device:
             batch = batch.to(self.device, non_blocking=True)
         if self.object_detector is not None:

@@ -164,6 +164,25 @@ def test_gradient_accumulation_steps_every_n(small_config):
     assert steps == expected
 
 
+def test_every_step_trains_in_training_mode(small_config):
+    """A handler that leaves the model in eval mode does not leak into the next step; the
+    evaluation restores training mode too."""
+    trainer = Trainer.from_config(small_config("train.epochs=2"))
+    modes = []
+    forward = trainer.model.forward
+
+    def recording(*args, **kwargs):
+        if torch.is_grad_enabled():  # training steps, not the evaluation's no-grad forwards
+            modes.append(all(m.training for m in trainer.model.modules()))
+        return forward(*args, **kwargs)
+
+    trainer.model.forward = recording
+    trainer.engine.add_event_handler(Events.ITERATION_COMPLETED(every=3), trainer.model.eval)
+    trainer.train_loop()
+    assert len(modes) == trainer.engine.state.iteration
+    assert all(modes)
+
+
 def test_thin_views_train_epoch_and_evaluate(small_config):
     trainer = Trainer.from_config(small_config())
     trainer.train_epoch(1)
