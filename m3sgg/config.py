@@ -52,11 +52,11 @@ class RunConfig:
 
 @dataclass
 class DataConfig:
-    dataset: str = "action_genome"  # "action_genome" or "easg"
+    dataset: str = "action_genome"  # "action_genome", "easg", or one a plugin registers
     path: str | None = None  # dataset root; None: the built-in toy dataset (made on first use)
     mode: str = "predcls"  # AG: predcls | sgcls | sgdet; EASG: edgecls | sgcls | easgcls
     train_split: str = "train"  # split trained on
-    test_split: str | None = None  # split evaluated; None: "test" (AG) or "val" (EASG)
+    test_split: str | None = None  # split evaluated; None: the dataset's ("test" AG, "val" EASG)
     features: str | None = None  # AG feature store; None: <path>/features
     videos_per_batch: int = 1  # videos (AG) or graphs (EASG) per training step
     eval_videos_per_batch: int = 4  # videos or graphs per evaluation step
@@ -143,16 +143,17 @@ class Config:
     def validate(self) -> Config:
         """Check values that types alone cannot (ConfigError naming the key) and fill the
         dataset-dependent defaults (watched metrics), so the saved config is fully resolved."""
-        _choice("data.dataset", self.data.dataset, ("action_genome", "easg"))
-        watched = _WATCHED[self.data.dataset]
+        spec = self.dataset_spec
+        watched = spec.watched
         if self.checkpoint.best_metrics is None:
             self.checkpoint.best_metrics = list(watched["best"])
         if self.schedule.metric is None:
             self.schedule.metric = watched["schedule"]
         if self.train.early_stop_metric is None:
             self.train.early_stop_metric = watched["early_stop"]
-        modes = _MODES[self.data.dataset]
-        _choice("data.mode", self.data.mode, modes)
+        _choice("data.mode", self.data.mode, tuple(spec.modes))
+        if self.model.name is None and spec.default_model is None:
+            raise ConfigError(f"model.name: dataset {spec.name!r} has no default model; set one")
         _choice("optim.optimizer", self.optim.optimizer, ("adamw", "adam", "sgd"))
         _choice("optim.amp", self.optim.amp, ("auto", "none", "bf16", "fp16"))
         _choice("schedule.name", self.schedule.name, ("plateau", "cosine", "none"))
@@ -188,11 +189,33 @@ class Config:
         return self
 
     @property
+    def dataset_spec(self) -> Any:
+        """The :class:`~m3sgg.data.registry.DatasetSpec` of ``data.dataset``.
+
+        A dataset that is not registered yet may come from a plugin, which registers it when
+        imported: the plugins (entry points and ``plugins``) are imported, then it is looked up
+        again.
+        """
+        from m3sgg.data.registry import find_dataset_spec, registered_datasets
+
+        spec = find_dataset_spec(self.data.dataset)
+        if spec is None:
+            from m3sgg.plugins import load_plugins
+
+            load_plugins(self.plugins)
+            spec = find_dataset_spec(self.data.dataset)
+        if spec is None:
+            options = ", ".join(repr(name) for name in registered_datasets())
+            raise ConfigError(
+                f"data.dataset: must be one of {options} or a dataset a plugin registers, "
+                f"got {self.data.dataset!r}"
+            )
+        return spec
+
+    @property
     def model_name(self) -> str:
         """``model.name``, or the dataset's default model."""
-        from m3sgg.models.presets import DEFAULT_MODELS
-
-        return self.model.name or DEFAULT_MODELS[self.data.dataset]
+        return self.model.name or self.dataset_spec.default_model
 
     def model_options(self) -> dict[str, Any]:
         """The model's constructor arguments: ``model.options`` over the toy preset on the toy
@@ -205,25 +228,7 @@ class Config:
     @property
     def test_split(self) -> str:
         """The evaluation split, defaulting by dataset."""
-        if self.data.test_split:
-            return self.data.test_split
-        return "test" if self.data.dataset == "action_genome" else "val"
-
-
-#: metrics watched by default: EASG reports no mean recall
-_WATCHED: dict[str, dict[str, Any]] = {
-    "action_genome": {
-        "best": ("with/mR@20", "with/R@20"),
-        "schedule": "with/R@20",
-        "early_stop": "with/mR@20",
-    },
-    "easg": {"best": ("with/R@20",), "schedule": "with/R@20", "early_stop": "with/R@20"},
-}
-
-_MODES = {
-    "action_genome": ("predcls", "sgcls", "sgdet"),
-    "easg": ("edgecls", "sgcls", "easgcls"),
-}
+        return self.data.test_split or self.dataset_spec.test_split
 
 
 def _choice(key: str, value: str, allowed: tuple[str, ...]) -> None:

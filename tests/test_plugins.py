@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -111,3 +112,78 @@ def test_plugin_errors_name_the_plugin(tmp_path: Path, monkeypatch: pytest.Monke
     plugins = load_plugins(["raising_plugin:setup"])
     with pytest.raises(ConfigError, match=r"plugin 'raising_plugin:setup' .* RuntimeError: boom"):
         apply_plugins(object(), plugins)
+
+
+DATASET_PLUGIN = '''
+"""A dataset plugin: Action Genome's reader under another name, with its own model and metrics."""
+import dataclasses
+
+from m3sgg.data.registry import get_dataset_spec, register_dataset
+from m3sgg.metrics import build_metrics, register_metrics
+from m3sgg.models.presets import toy_preset
+from m3sgg.models.registry import register_model
+from m3sgg.models.sttran import STTran
+
+register_dataset(
+    dataclasses.replace(
+        get_dataset_spec("action_genome"),
+        name="ag_copy",
+        modes=("predcls",),
+        default_model="sttran_copy",
+        watched={"best": ("with/R@20",), "schedule": "with/R@20", "early_stop": "with/R@20"},
+        test_split="test",
+    )
+)
+register_metrics("ag_copy", lambda mode, cfg: build_metrics("action_genome", mode, cfg))
+
+
+@register_model("sttran_copy", datasets={"ag_copy"}, modes={"predcls"})
+def sttran_copy(*, dataset, mode, **options):
+    return STTran(dataset="action_genome", mode=mode, **{**toy_preset("sttran"), **options})
+
+
+def setup(trainer):
+    print(f"DATASET PLUGIN: {trainer.config.data.dataset} / {trainer.config.model_name}")
+'''
+
+
+def test_a_plugin_dataset_is_selected_from_the_config(toy_cache: Path, tmp_path: Path):
+    """``data.dataset`` names a dataset a ``--plugin`` registers: the plugin is imported before
+    the config is validated, its modes, default model and watched metrics apply, and the run
+    trains and evaluates through its spec."""
+    (tmp_path / "ag_copy_plugin.py").write_text(DATASET_PLUGIN)
+    env = {**os.environ, "PYTHONPATH": str(tmp_path), "M3SGG_NO_ENTRY_POINTS": "1"}
+    base = [sys.executable, "-m", "m3sgg", "train", "--output", str(tmp_path / "r")]
+    options = ["--set", "data.toy_videos=16", "--set", "data.dataset=ag_copy"]
+    run = subprocess.run(
+        [*base, "--name", "copy", "--epochs", "1", "--plugin", "ag_copy_plugin:setup", *options],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stderr
+    assert "DATASET PLUGIN: ag_copy / sttran_copy" in run.stdout
+    records = [json.loads(line) for line in (tmp_path / "r" / "copy" / "metrics.jsonl").open()]
+    assert any("with/R@20" in record.get("metrics", record) for record in records)
+    saved = (tmp_path / "r" / "copy" / "config.yaml").read_text()
+    assert "ag_copy" in saved and "ag_copy_plugin:setup" in saved
+    # without the plugin the name is unknown: one line, exit 2, listing the registered ones
+    refused = subprocess.run(
+        [*base, "--name", "refused", *options], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert refused.returncode == 2
+    assert refused.stderr.strip().splitlines() == [
+        "m3sgg train: error: data.dataset: must be one of 'action_genome', 'easg' or a dataset "
+        "a plugin registers, got 'ag_copy'"
+    ]
+    # a mode the plugin dataset does not list is refused by name
+    bad_mode = subprocess.run(
+        [*base, "--plugin", "ag_copy_plugin:setup", *options, "--set", "data.mode=sgdet"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert bad_mode.returncode == 2
+    assert "data.mode: must be one of 'predcls', got 'sgdet'" in bad_mode.stderr

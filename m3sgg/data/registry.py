@@ -12,14 +12,23 @@ import contextlib
 import functools
 import os
 import shutil
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from m3sgg.config import Config
+from m3sgg.models.presets import DEFAULT_MODELS
 
-__all__ = ["DatasetSpec", "cache_dir", "get_dataset_spec", "register_dataset", "toy_dataset_path"]
+__all__ = [
+    "DatasetSpec",
+    "cache_dir",
+    "find_dataset_spec",
+    "get_dataset_spec",
+    "register_dataset",
+    "registered_datasets",
+    "toy_dataset_path",
+]
 
 #: bump when the toy generators change what they write, so stale caches are not reused
 TOY_VERSION = 1
@@ -36,6 +45,11 @@ class DatasetSpec:
         split: ``(batch, predictions) -> [(gt, pred), ...]`` for the metrics.
         model_inputs: ``(dataset) -> dict`` of model constructor arguments the data fixes.
         make_toy: ``(folder, config) -> folder``: write the toy dataset.
+        modes: the ``data.mode`` values it supports.
+        default_model: the model ``model.name: null`` picks (None: ``model.name`` is required).
+        watched: metric keys the default handlers watch: ``{"best": (keys of the best
+            checkpoints), "schedule": key of the plateau scheduler, "early_stop": key}``.
+        test_split: the split evaluated when ``data.test_split`` is unset.
     """
 
     name: str
@@ -44,14 +58,37 @@ class DatasetSpec:
     split: Callable[[Any, Any], list[tuple[Any, Any]]]
     model_inputs: Callable[[Any], dict[str, Any]]
     make_toy: Callable[[Path, Config], Path]
+    modes: tuple[str, ...] = field(kw_only=True)
+    default_model: str | None = field(kw_only=True)
+    watched: Mapping[str, Any] = field(kw_only=True)
+    test_split: str = field(default="test", kw_only=True)
+
+    def __post_init__(self) -> None:
+        if not self.modes or not all(isinstance(m, str) for m in self.modes):
+            raise ValueError(f"dataset {self.name!r}: modes must be a non-empty tuple of names")
+        missing = {"best", "schedule", "early_stop"} - set(self.watched)
+        if missing:
+            raise ValueError(f"dataset {self.name!r}: watched lacks {sorted(missing)}")
 
 
 _SPECS: dict[str, DatasetSpec] = {}
 
 
-def register_dataset(spec: DatasetSpec) -> DatasetSpec:
+def register_dataset(spec: DatasetSpec, *, override: bool = False) -> DatasetSpec:
+    """Make ``data.dataset: <spec.name>`` usable; a taken name raises unless ``override``."""
+    if spec.name in _SPECS and not override:
+        raise ValueError(f"dataset {spec.name!r} is already registered (override=True replaces it)")
     _SPECS[spec.name] = spec
     return spec
+
+
+def find_dataset_spec(name: str) -> DatasetSpec | None:
+    """The spec registered as ``name``, or None."""
+    return _SPECS.get(name)
+
+
+def registered_datasets() -> list[str]:
+    return sorted(_SPECS)
 
 
 def get_dataset_spec(name: str) -> DatasetSpec:
@@ -128,7 +165,22 @@ def _ag_toy(folder: Path, config: Config) -> Path:
 
 
 register_dataset(
-    DatasetSpec("action_genome", _ag_open, _ag_collate, _ag_split, _ag_model_inputs, _ag_toy)
+    DatasetSpec(
+        "action_genome",
+        _ag_open,
+        _ag_collate,
+        _ag_split,
+        _ag_model_inputs,
+        _ag_toy,
+        modes=("predcls", "sgcls", "sgdet"),
+        default_model=DEFAULT_MODELS["action_genome"],
+        watched={
+            "best": ("with/mR@20", "with/R@20"),
+            "schedule": "with/R@20",
+            "early_stop": "with/mR@20",
+        },
+        test_split="test",
+    )
 )
 
 
@@ -166,5 +218,17 @@ def _easg_toy(folder: Path, config: Config) -> Path:
 
 
 register_dataset(
-    DatasetSpec("easg", _easg_open, _easg_collate, _easg_split, _easg_model_inputs, _easg_toy)
+    DatasetSpec(
+        "easg",
+        _easg_open,
+        _easg_collate,
+        _easg_split,
+        _easg_model_inputs,
+        _easg_toy,
+        modes=("edgecls", "sgcls", "easgcls"),
+        default_model=DEFAULT_MODELS["easg"],
+        # EASG reports no mean recall
+        watched={"best": ("with/R@20",), "schedule": "with/R@20", "early_stop": "with/R@20"},
+        test_split="val",
+    )
 )
