@@ -80,8 +80,8 @@ class _Graph:
 
     graph_id: str
     verb: int
-    objects: torch.Tensor
-    edges: torch.Tensor
+    objects: np.ndarray
+    edges: np.ndarray
 
 
 def _stable_topk(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -358,8 +358,7 @@ class EASGRecall(SampleStatsMetric):
         if self.mode == "easgcls":
             verbs = _per_graph(pred, "verb_logits", count, single, item_dims=1)
         rows = self._batch_rows(graphs, rels, objs, verbs)
-        for graph, row in zip(graphs, rows, strict=True):
-            self._record(graph.graph_id, row)
+        self._record_many([graph.graph_id for graph in graphs], rows)
         self._updates += 1
 
     def _graph(self, item: Any, index: int) -> _Graph:
@@ -379,7 +378,7 @@ class EASGRecall(SampleStatsMetric):
         verb = int(_to_numpy(verb))
         objects = np.asarray(_to_numpy(objects)).reshape(-1)
         edges = np.asarray(_to_numpy(edges))
-        if objects.size and not np.issubdtype(objects.dtype, np.integer):
+        if objects.size and objects.dtype.kind not in "iu":
             raise ValueError(f"{where}: object classes must be integers, got {objects.dtype}")
         n = objects.shape[0]
         if n == 0 and edges.size == 0 and edges.ndim < 2:
@@ -399,8 +398,8 @@ class EASGRecall(SampleStatsMetric):
         return _Graph(
             graph_id=str(graph_id),
             verb=verb,
-            objects=torch.as_tensor(objects.astype(np.int64)),
-            edges=torch.as_tensor(edges.astype(bool)),
+            objects=objects.astype(np.int64, copy=False),
+            edges=edges.astype(bool, copy=False),
         )
 
     def _batch_rows(
@@ -417,8 +416,9 @@ class EASGRecall(SampleStatsMetric):
         if not present:
             return rows
         counts = torch.tensor([graphs[i].objects.shape[0] for i in present], dtype=torch.int64)
-        objects = torch.cat([graphs[i].objects for i in present])
-        edges = torch.cat([graphs[i].edges for i in present])
+        # copies: the caller's arrays are never aliased
+        objects = torch.from_numpy(np.concatenate([graphs[i].objects for i in present]))
+        edges = torch.from_numpy(np.concatenate([graphs[i].edges for i in present]))
         gt_verbs = torch.tensor([graphs[i].verb for i in present], dtype=torch.int64)
         # sigmoid per graph: torch's elementwise kernels round the tail of a tensor differently
         # from its body, so a graph's probabilities depend on the shape they are computed in,
