@@ -61,7 +61,7 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from numbers import Integral, Real
-from typing import Any
+from typing import Any, NamedTuple
 
 import ignite.distributed as idist
 import numpy as np
@@ -163,6 +163,103 @@ def _view(pred: Mapping[str, Any], name: str, width: int | None) -> np.ndarray:
     return array
 
 
+class _PredArrays(NamedTuple):
+    """One video's predictions as checked numpy arrays (views of the caller's data)."""
+
+    boxes: np.ndarray  # (B, 5)
+    labels: np.ndarray  # (B,)
+    scores: np.ndarray  # (B,)
+    pair_frame: np.ndarray  # (P,) int64
+    pair_idx: np.ndarray  # (P, 2)
+    attention: np.ndarray  # (P, 3) logits
+    spatial: np.ndarray  # (P, 6)
+    contacting: np.ndarray  # (P, 17)
+
+    PER_PAIR = ("pair_frame", "pair_idx", "attention", "spatial", "contacting")
+
+
+def _pred_arrays(pred: Mapping[str, Any], mode: str) -> _PredArrays:
+    """The keys ``mode`` reads from ``pred``, checked against each other."""
+    label_key, score_key = (
+        ("labels", "scores") if mode == "predcls" else ("pred_labels", "pred_scores")
+    )
+    needed = (
+        "boxes",
+        label_key,
+        score_key,
+        "im_idx",
+        "pair_idx",
+        "attention_distribution",
+        "spatial_distribution",
+        "contacting_distribution",
+    )
+    missing = [key for key in needed if key not in pred]
+    if missing:
+        raise ValueError(f"pred for mode {mode!r} lacks the keys {missing}")
+    boxes = _view(pred, "boxes", 5)
+    labels = _view(pred, label_key, None)
+    scores = _view(pred, score_key, None)
+    im_idx = _view(pred, "im_idx", None)
+    pair_idx = _view(pred, "pair_idx", 2)
+    attention = _view(pred, "attention_distribution", _WIDTHS[0])
+    spatial = _view(pred, "spatial_distribution", _WIDTHS[1])
+    contacting = _view(pred, "contacting_distribution", _WIDTHS[2])
+    num_boxes = boxes.shape[0]
+    if labels.shape[0] != num_boxes or scores.shape[0] != num_boxes:
+        raise ValueError(
+            f"pred[{label_key!r}] and pred[{score_key!r}] need one entry per box "
+            f"({num_boxes}), got {labels.shape[0]} and {scores.shape[0]}"
+        )
+    num_pairs = pair_idx.shape[0]
+    for name, array in (
+        ("im_idx", im_idx),
+        ("attention_distribution", attention),
+        ("spatial_distribution", spatial),
+        ("contacting_distribution", contacting),
+    ):
+        if array.shape[0] != num_pairs:
+            raise ValueError(f"pred[{name!r}] has {array.shape[0]} rows for {num_pairs} pairs")
+    if num_pairs and (pair_idx.min() < 0 or pair_idx.max() >= num_boxes):
+        raise ValueError(f"pred['pair_idx'] must index the {num_boxes} boxes")
+    pair_frame = im_idx.astype(np.int64)
+    if (pair_frame != im_idx).any():
+        raise ValueError("pred['im_idx'] must hold integer frame indices")
+    return _PredArrays(boxes, labels, scores, pair_frame, pair_idx, attention, spatial, contacting)
+
+
+class _GTArrays(NamedTuple):
+    """One video's ground truth as checked numpy arrays (see :class:`VideoGT`)."""
+
+    person: np.ndarray  # (F, 4) float32
+    obj_frame: np.ndarray
+    obj_class: np.ndarray
+    obj_boxes: np.ndarray
+    rel_obj: np.ndarray
+    rel_pred: np.ndarray
+
+
+def _gt_arrays(sample_id: str, gt: VideoGT) -> _GTArrays:
+    """``gt``'s arrays, checked: shapes agree and every index is in range."""
+    num_frames = gt.num_frames
+    person = np.asarray(gt.person_boxes, np.float32)  # VideoGT's dtype (float32)
+    obj_frame, obj_class = np.asarray(gt.obj_frame), np.asarray(gt.obj_class)
+    obj_boxes = np.asarray(gt.obj_boxes)
+    rel_obj, rel_pred = np.asarray(gt.rel_obj), np.asarray(gt.rel_pred)
+    num_objects, num_relations = obj_class.shape[0], rel_obj.shape[0]
+    where = f"gt of video {sample_id!r}"
+    if person.shape != (num_frames, 4) or obj_boxes.shape != (num_objects, 4):
+        raise ValueError(f"{where}: person_boxes or obj_boxes are mis-shaped")
+    if obj_frame.shape != (num_objects,) or rel_pred.shape != (num_relations,):
+        raise ValueError(f"{where}: obj_frame or rel_pred are mis-shaped")
+    if num_objects and (obj_frame.min() < 0 or obj_frame.max() >= num_frames):
+        raise ValueError(f"{where}: obj_frame must index its frames")
+    if num_relations and (rel_obj.min() < 0 or rel_obj.max() >= num_objects):
+        raise ValueError(f"{where}: rel_obj must index its objects")
+    if num_relations and (rel_pred.min() < 0 or rel_pred.max() >= _NP):
+        raise ValueError(f"{where}: rel_pred must be predicate ids 0..25")
+    return _GTArrays(person, obj_frame, obj_class, obj_boxes, rel_obj, rel_pred)
+
+
 class _Pending:
     """Videos taken by ``update()`` and not evaluated yet, stored batch-wide.
 
@@ -202,98 +299,40 @@ class _Pending:
 
     def add(self, sample_id: str, gt: VideoGT, pred: Mapping[str, Any], mode: str) -> None:
         """Check one video's ``gt`` and ``pred`` (for ``mode``) and copy them in."""
-        label_key, score_key = (
-            ("labels", "scores") if mode == "predcls" else ("pred_labels", "pred_scores")
-        )
-        needed = (
-            "boxes",
-            label_key,
-            score_key,
-            "im_idx",
-            "pair_idx",
-            "attention_distribution",
-            "spatial_distribution",
-            "contacting_distribution",
-        )
-        missing = [key for key in needed if key not in pred]
-        if missing:
-            raise ValueError(f"pred for mode {mode!r} lacks the keys {missing}")
-        boxes = _view(pred, "boxes", 5)
-        labels = _view(pred, label_key, None)
-        scores = _view(pred, score_key, None)
-        im_idx = _view(pred, "im_idx", None)
-        pair_idx = _view(pred, "pair_idx", 2)
-        attention = _view(pred, "attention_distribution", _WIDTHS[0])
-        spatial = _view(pred, "spatial_distribution", _WIDTHS[1])
-        contacting = _view(pred, "contacting_distribution", _WIDTHS[2])
-
-        num_boxes = boxes.shape[0]
-        if labels.shape[0] != num_boxes or scores.shape[0] != num_boxes:
-            raise ValueError(
-                f"pred[{label_key!r}] and pred[{score_key!r}] need one entry per box "
-                f"({num_boxes}), got {labels.shape[0]} and {scores.shape[0]}"
-            )
-        num_pairs = pair_idx.shape[0]
-        for name, array in (
-            ("im_idx", im_idx),
-            ("attention_distribution", attention),
-            ("spatial_distribution", spatial),
-            ("contacting_distribution", contacting),
-        ):
-            if array.shape[0] != num_pairs:
-                raise ValueError(f"pred[{name!r}] has {array.shape[0]} rows for {num_pairs} pairs")
-        if num_pairs and (pair_idx.min() < 0 or pair_idx.max() >= num_boxes):
-            raise ValueError(f"pred['pair_idx'] must index the {num_boxes} boxes")
-        pair_frame = im_idx.astype(np.int64)
-        if (pair_frame != im_idx).any():
-            raise ValueError("pred['im_idx'] must hold integer frame indices")
-
-        num_frames = gt.num_frames
-        person = np.asarray(gt.person_boxes, np.float32)  # VideoGT's dtype (float32)
-        obj_frame, obj_class = np.asarray(gt.obj_frame), np.asarray(gt.obj_class)
-        obj_boxes = np.asarray(gt.obj_boxes)
-        rel_obj, rel_pred = np.asarray(gt.rel_obj), np.asarray(gt.rel_pred)
-        num_objects, num_relations = obj_class.shape[0], rel_obj.shape[0]
-        if person.shape != (num_frames, 4) or obj_boxes.shape != (num_objects, 4):
-            raise ValueError(f"gt of video {sample_id!r}: person_boxes or obj_boxes are mis-shaped")
-        if obj_frame.shape != (num_objects,) or rel_pred.shape != (num_relations,):
-            raise ValueError(f"gt of video {sample_id!r}: obj_frame or rel_pred are mis-shaped")
-        if num_objects and (obj_frame.min() < 0 or obj_frame.max() >= num_frames):
-            raise ValueError(f"gt of video {sample_id!r}: obj_frame must index its frames")
-        if num_relations and (rel_obj.min() < 0 or rel_obj.max() >= num_objects):
-            raise ValueError(f"gt of video {sample_id!r}: rel_obj must index its objects")
-        if num_relations and (rel_pred.min() < 0 or rel_pred.max() >= _NP):
-            raise ValueError(f"gt of video {sample_id!r}: rel_pred must be predicate ids 0..25")
-        if num_pairs and (pair_frame.min() < 0 or pair_frame.max() >= num_frames):
-            keep = (pair_frame >= 0) & (pair_frame < num_frames)  # the reference ignores others
-            pair_frame, pair_idx = pair_frame[keep], pair_idx[keep]
-            attention, spatial, contacting = attention[keep], spatial[keep], contacting[keep]
-            num_pairs = pair_frame.shape[0]
+        p = _pred_arrays(pred, mode)
+        g = _gt_arrays(sample_id, gt)
+        num_frames, num_pairs = g.person.shape[0], p.pair_frame.shape[0]
+        if num_pairs and (p.pair_frame.min() < 0 or p.pair_frame.max() >= num_frames):
+            keep = (p.pair_frame >= 0) & (p.pair_frame < num_frames)  # the reference ignores them
+            p = p._replace(**{name: getattr(p, name)[keep] for name in _PredArrays.PER_PAIR})
+            num_pairs = p.pair_frame.shape[0]
+        num_objects, num_relations = g.obj_class.shape[0], g.rel_obj.shape[0]
+        num_boxes = p.boxes.shape[0]
 
         # copy in, renumbered: frames, objects and boxes follow those already pending
         frames, objects, relations = self.frames, self.objects, self.relations
         box_table, pairs = self.boxes, self.pairs
         rows = frames.reserve(num_frames)
-        frames["person"][rows] = person
+        frames["person"][rows] = g.person
         frames["video"][rows] = len(self.sample_ids)
         rows = objects.reserve(num_objects)
-        np.add(obj_frame, frames.size, out=objects["frame"][rows], casting="unsafe")
-        objects["cls"][rows] = obj_class
-        objects["box"][rows] = obj_boxes
+        np.add(g.obj_frame, frames.size, out=objects["frame"][rows], casting="unsafe")
+        objects["cls"][rows] = g.obj_class
+        objects["box"][rows] = g.obj_boxes
         rows = relations.reserve(num_relations)
-        np.add(rel_obj, objects.size, out=relations["obj"][rows], casting="unsafe")
-        relations["pred"][rows] = rel_pred
+        np.add(g.rel_obj, objects.size, out=relations["obj"][rows], casting="unsafe")
+        relations["pred"][rows] = g.rel_pred
         rows = box_table.reserve(num_boxes)
-        box_table["box"][rows] = boxes[:, 1:]
-        box_table["label"][rows] = labels
-        box_table["score"][rows] = scores
+        box_table["box"][rows] = p.boxes[:, 1:]
+        box_table["label"][rows] = p.labels
+        box_table["score"][rows] = p.scores
         rows = pairs.reserve(num_pairs)
-        np.add(pair_frame, frames.size, out=pairs["frame"][rows])
-        np.add(pair_idx[:, 0], box_table.size, out=pairs["sub"][rows], casting="unsafe")
-        np.add(pair_idx[:, 1], box_table.size, out=pairs["obj"][rows], casting="unsafe")
-        pairs["attention"][rows] = attention
-        pairs["values"][rows, _OFFSETS[1] : _OFFSETS[2]] = spatial
-        pairs["values"][rows, _OFFSETS[2] :] = contacting
+        np.add(p.pair_frame, frames.size, out=pairs["frame"][rows])
+        np.add(p.pair_idx[:, 0], box_table.size, out=pairs["sub"][rows], casting="unsafe")
+        np.add(p.pair_idx[:, 1], box_table.size, out=pairs["obj"][rows], casting="unsafe")
+        pairs["attention"][rows] = p.attention
+        pairs["values"][rows, _OFFSETS[1] : _OFFSETS[2]] = p.spatial
+        pairs["values"][rows, _OFFSETS[2] :] = p.contacting
         frames.commit(num_frames)
         objects.commit(num_objects)
         relations.commit(num_relations)
