@@ -262,10 +262,11 @@ def render_config_reference(*, models: bool = True) -> str:
         title = f"`{section}`" if section else "Top level"
         out += [f"### {title}", "", *_table(rows), ""]
     if models:
+        from m3sgg.data.registry import get_dataset_spec
         from m3sgg.models import get_model_spec
-        from m3sgg.models.presets import DEFAULT_MODELS
 
-        defaults = {model: dataset for dataset, model in DEFAULT_MODELS.items()}
+        builtin = ("action_genome", "easg")
+        defaults = {get_dataset_spec(name).default_model: name for name in builtin}
         out += [
             "### `model.options` of the built-in models",
             "",

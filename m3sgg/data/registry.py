@@ -15,10 +15,10 @@ import shutil
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from m3sgg.config import Config
-from m3sgg.models.presets import DEFAULT_MODELS
+if TYPE_CHECKING:  # the config looks datasets up here, so this module must not import it
+    from m3sgg.config import Config
 
 __all__ = [
     "DatasetSpec",
@@ -173,7 +173,7 @@ register_dataset(
         _ag_model_inputs,
         _ag_toy,
         modes=("predcls", "sgcls", "sgdet"),
-        default_model=DEFAULT_MODELS["action_genome"],
+        default_model="sttran",
         watched={
             "best": ("with/mR@20", "with/R@20"),
             "schedule": "with/R@20",
@@ -226,7 +226,7 @@ register_dataset(
         _easg_model_inputs,
         _easg_toy,
         modes=("edgecls", "sgcls", "easgcls"),
-        default_model=DEFAULT_MODELS["easg"],
+        default_model="easg_fc",
         # EASG reports no mean recall
         watched={"best": ("with/R@20",), "schedule": "with/R@20", "early_stop": "with/R@20"},
         test_split="val",

@@ -10,10 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["DEFAULT_MODELS", "TOY_PRESETS", "toy_preset"]
-
-#: the model ``model.name: null`` picks for each dataset
-DEFAULT_MODELS: dict[str, str] = {"action_genome": "sttran", "easg": "easg_fc"}
+__all__ = ["TOY_PRESETS", "toy_preset"]
 
 TOY_PRESETS: dict[str, dict[str, Any]] = {
     "sttran": {
