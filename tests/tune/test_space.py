@@ -44,7 +44,7 @@ def test_each_kind_is_parsed_in_file_order(tmp_path: Path, base) -> None:
         [1, 2, 3],
         ["adamw", "sgd"],
     ]
-    with pytest.raises(ConfigError, match="optim.lr: the grid sampler needs finite values"):
+    with pytest.raises(ConfigError, match=r"optim\.lr: the grid sampler needs finite values"):
         parsed.grid()
 
 

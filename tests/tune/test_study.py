@@ -86,7 +86,7 @@ def test_a_dead_owners_trial_is_marked_killed_and_retried_with_its_params(tmp_pa
 
 def test_a_running_trial_of_a_live_process_or_another_host_is_left_alone(tmp_path: Path) -> None:
     study = new_study(tmp_path)
-    mine, _ = claim_trial(study, tmp_path, n_trials=5)
+    claim_trial(study, tmp_path, n_trials=5)
     other = study.ask()
     study._storage.set_trial_system_attr(
         other._trial_id, OWNER, {"host": "elsewhere", "pid": dead_pid(), "start": None}
