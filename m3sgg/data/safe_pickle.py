@@ -31,9 +31,9 @@ TORCH_REBUILDERS: frozenset[str] = frozenset(
 )
 
 #: (module, name) pairs a dataset pickle may reference (plus :data:`TORCH_REBUILDERS` in
-#: ``torch._utils`` and ``torch.storage._load_from_bytes``, read safely). numpy moved its core to ``numpy._core`` in
-#: 2.0; pickles written by either spelling load. ``_codecs.encode`` appears in protocol-2 pickles
-#: of bytes (it only encodes a string).
+#: ``torch._utils`` and ``torch.storage._load_from_bytes``, read safely). numpy moved its core
+#: to ``numpy._core`` in 2.0; pickles written by either spelling load. ``_codecs.encode``
+#: appears in protocol-2 pickles of bytes (it only encodes a string).
 ALLOWED_GLOBALS: frozenset[tuple[str, str]] = frozenset(
     {
         ("builtins", name)
