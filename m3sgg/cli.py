@@ -174,6 +174,11 @@ def _cmd_inspect_data(args: argparse.Namespace) -> int:
     if args.dataset == "action_genome":
         from m3sgg.data.action_genome import ActionGenome
 
+        if args.source is not None or args.vocab is not None:
+            from m3sgg.errors import ConfigError
+
+            raise ConfigError("--source/--vocab: EASG only (Action Genome has one view)")
+
         split = args.split or "train"
         store = args.data_path / "features"
         if store.is_dir():  # the store must match the annotations, checksums included
@@ -187,7 +192,15 @@ def _cmd_inspect_data(args: argparse.Namespace) -> int:
         from m3sgg.data.easg import EASG
 
         split = args.split or "train"
-        stats = EASG(args.data_path, split, features=False).stats()
+        source = args.source or "sgg"
+        vocab = args.vocab if source == "master" else None
+        if args.vocab is not None and source != "master":
+            from m3sgg.errors import ConfigError
+
+            raise ConfigError("--vocab: applies to --source master only")
+        dataset = EASG(args.data_path, split, source=source, features=False, vocab=vocab)
+        print(f"EASG files: {dataset.files.summary()}", file=sys.stderr)
+        stats = dataset.stats()
     if args.json:
         print(json.dumps(stats, indent=2, sort_keys=False))
     else:
@@ -341,6 +354,19 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("--dataset", choices=DATASETS, default="action_genome")
     inspect.add_argument("--data-path", type=Path, required=True)
     inspect.add_argument("--split", choices=("train", "test", "val"), default=None)
+    inspect.add_argument(
+        "--source",
+        choices=("sgg", "master"),
+        default=None,
+        help="EASG view: the SGG-format pickles (default) or the master JSON",
+    )
+    inspect.add_argument(
+        "--vocab",
+        choices=("annotations", "files"),
+        default=None,
+        help="EASG master view: verbs and edges by first appearance (default, like the "
+        "release's reader) or from verbs.txt/relationships.txt (unknown names dropped, counted)",
+    )
     inspect.add_argument("--json", action="store_true", help="machine-readable output")
     inspect.set_defaults(func=_cmd_inspect_data)
 
