@@ -329,9 +329,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     from m3sgg.dashboard import register_commands as register_dashboard_commands
     from m3sgg.features_extraction import register_commands as register_extraction_commands
+    from m3sgg.tune.cli import register_commands as register_tune_commands
 
     register_dashboard_commands(commands)
     register_extraction_commands(commands)
+    register_tune_commands(commands)
 
     reference = commands.add_parser(
         "config-reference", help="print every config key with its type, default and meaning"
