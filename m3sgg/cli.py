@@ -207,6 +207,31 @@ def _cmd_inspect_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_build_priors(args: argparse.Namespace) -> int:
+    from m3sgg.errors import ConfigError
+    from m3sgg.models.stket.priors import count_priors, load_priors, save_priors
+
+    if (args.data_path is None) == (args.import_original is None):
+        raise ConfigError("build-priors: give exactly one of --data-path and --import-original")
+    if args.import_original is not None:
+        priors = load_priors(args.import_original)
+        source = str(args.import_original)
+    else:
+        from m3sgg.data.action_genome import ActionGenome
+
+        train = ActionGenome(
+            args.data_path,
+            "train",
+            filter_small_boxes=args.filter_small_boxes,
+            min_box_size=args.min_box_size,
+        )
+        priors = count_priors(train.video_gt(i) for i in range(len(train)))
+        source = f"{len(train)} training videos of {args.data_path}"
+    save_priors(priors, args.output)
+    print(f"wrote STKET priors of {sum(priors.present)} object classes ({source}) to {args.output}")
+    return 0
+
+
 def _format_stats(dataset: str, split: str, stats: dict) -> str:
     """Human-readable summary: totals first, then each histogram sorted by count."""
     lines = [f"{dataset} ({split} split) after the protocol's filtering:"]
@@ -313,9 +338,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     from m3sgg.dashboard import register_commands as register_dashboard_commands
     from m3sgg.features_extraction import register_commands as register_extraction_commands
+    from m3sgg.tune.cli import register_commands as register_tune_commands
 
     register_dashboard_commands(commands)
     register_extraction_commands(commands)
+    register_tune_commands(commands)
 
     reference = commands.add_parser(
         "config-reference", help="print every config key with its type, default and meaning"
@@ -353,6 +380,26 @@ def build_parser() -> argparse.ArgumentParser:
     )
     inspect.add_argument("--json", action="store_true", help="machine-readable output")
     inspect.set_defaults(func=_cmd_inspect_data)
+
+    priors = commands.add_parser(
+        "build-priors",
+        help="count STKET's knowledge priors from the Action Genome training split",
+    )
+    priors.add_argument("--data-path", type=Path, help="Action Genome root (annotations/)")
+    priors.add_argument(
+        "--import-original",
+        type=Path,
+        metavar="FILE",
+        help="instead of counting: check and copy the original's TrainPrior.json",
+    )
+    priors.add_argument("--output", type=Path, required=True, help="the JSON file to write")
+    priors.add_argument(
+        "--filter-small-boxes",
+        action="store_true",
+        help="count after the small-box filter (the sgcls/sgdet protocol)",
+    )
+    priors.add_argument("--min-box-size", type=float, default=16.0)
+    priors.set_defaults(func=_cmd_build_priors)
     return parser
 
 
