@@ -273,7 +273,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--seed", type=int)
     train.add_argument("--device", help="auto, cpu, cuda, cuda:1, ...")
     train.add_argument("--epochs", type=int)
-    train.add_argument("--dataset", choices=DATASETS)
+    train.add_argument(
+        "--dataset", metavar="NAME", help=f"{' | '.join(DATASETS)} or a dataset a plugin registers"
+    )
     train.add_argument("--data-path", type=Path, help="dataset root (default: the toy dataset)")
     train.add_argument("--mode", help="predcls | sgcls | sgdet (AG); edgecls | sgcls | easgcls")
     train.add_argument("--model", help="a registered model name")
@@ -325,7 +327,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument(
         "--checkpoint", type=Path, required=True, help="a checkpoint file or a run folder"
     )
-    evaluate.add_argument("--dataset", choices=DATASETS)
+    evaluate.add_argument(
+        "--dataset", metavar="NAME", help=f"{' | '.join(DATASETS)} or a dataset a plugin registers"
+    )
     evaluate.add_argument("--data-path", type=Path)
     evaluate.add_argument("--split", help="default: the run's test split")
     evaluate.add_argument("--device")

@@ -166,13 +166,13 @@ def setup(trainer):
 
 
 def test_a_plugin_dataset_is_selected_from_the_config(toy_cache: Path, tmp_path: Path):
-    """``data.dataset`` names a dataset a ``--plugin`` registers: the plugin is imported before
+    """``--dataset`` names a dataset a ``--plugin`` registers: the plugin is imported before
     the config is validated, its modes, default model and watched metrics apply, and the run
     trains and evaluates through its spec."""
     (tmp_path / "ag_copy_plugin.py").write_text(DATASET_PLUGIN)
     env = {**os.environ, "PYTHONPATH": str(tmp_path), "M3SGG_NO_ENTRY_POINTS": "1"}
     base = [sys.executable, "-m", "m3sgg", "train", "--output", str(tmp_path / "r")]
-    options = ["--set", "data.toy_videos=16", "--set", "data.dataset=ag_copy"]
+    options = ["--set", "data.toy_videos=16", "--dataset", "ag_copy"]  # --dataset takes it too
     run = subprocess.run(
         [*base, "--name", "copy", "--epochs", "1", "--plugin", "ag_copy_plugin:setup", *options],
         capture_output=True,
