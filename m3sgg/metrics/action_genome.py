@@ -20,10 +20,10 @@ Per frame::
     R@K of the frame  GT relations recalled by the top K predictions / GT relations
 
 Dtypes follow the reference: the attention logits go through ``torch.softmax(dim=1)`` in float32
-on the CPU, then all probabilities are widened to float64. A model whose attention output is
-already a distribution (TEMPURA's mixture heads) gives ``attention_probabilities`` instead: taken
-as is (widened), never softmaxed again, as TEMPURA's evaluator does; boxes and object scores are float32
-widened to float64 (their product is rounded to float32 only for the ``no`` top-100 cut).
+on the CPU, then all probabilities are widened to float64 (a model whose attention output is
+already a distribution, TEMPURA's mixture heads, gives ``attention_probabilities`` instead: taken
+as is, widened, never softmaxed again, as TEMPURA's evaluator does); boxes and object scores are
+float32 widened to float64 (their product is rounded to float32 only for the ``no`` top-100 cut).
 
 Aggregation: ``R@K`` is the mean over all evaluated frames of all videos; ``per_predicate[K][p]``
 is ``hits[p] / (count[p] + 1e-10)`` with hits and counts summed over the whole evaluation (the

@@ -1,4 +1,4 @@
-"""Attention given as probabilities (``attention_probabilities``, TEMPURA) is never softmaxed again."""
+"""Attention given as probabilities (``attention_probabilities``, TEMPURA): no second softmax."""
 
 from __future__ import annotations
 
@@ -51,8 +51,11 @@ def _vector_videos(vectors_dir: Path, name: str, mode: str) -> list[tuple[VideoG
             **{k: np.asarray(raw[k], np.float32) for k in ("scores", "pred_scores")},
             **{
                 k: np.asarray(raw[k], np.float32).reshape(-1, widths.get(k, 17))
-                for k in ("attention_distribution", "spatial_distribution")
-                + ("contacting_distribution",)
+                for k in (
+                    "attention_distribution",
+                    "spatial_distribution",
+                    "contacting_distribution",
+                )
             },
         }
         videos.append((VideoGT.from_sttran(frames), pred))
