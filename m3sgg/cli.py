@@ -57,8 +57,6 @@ def _train_overrides(args: argparse.Namespace) -> list[str]:
     ]
     if args.progress:
         items.append("log.progress_bar=true")
-    if args.plugin:
-        items.append(f"plugins={json.dumps(args.plugin)}")
     return items + list(args.set or [])
 
 
@@ -71,7 +69,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from m3sgg.errors import ConfigError
 
     _setup_logging(args.verbose)
-    config = load_config(args.config, _train_overrides(args))
+    config = load_config(args.config, _train_overrides(args), plugins=args.plugin or ())
     if args.describe:
         with tempfile.TemporaryDirectory() as tmp:
             print(Trainer.from_config(config, run_dir=Path(tmp) / "run").describe())
@@ -109,6 +107,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         run_dir=str(run_dir),
         resume_hint=hint,
         verbose=args.verbose,
+        ignore_missing_plugins=args.ignore_missing_plugins,
     )
     if summary is None:  # ranks > 0 under torchrun
         return 0
@@ -208,6 +207,31 @@ def _cmd_inspect_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_build_priors(args: argparse.Namespace) -> int:
+    from m3sgg.errors import ConfigError
+    from m3sgg.models.stket.priors import count_priors, load_priors, save_priors
+
+    if (args.data_path is None) == (args.import_original is None):
+        raise ConfigError("build-priors: give exactly one of --data-path and --import-original")
+    if args.import_original is not None:
+        priors = load_priors(args.import_original)
+        source = str(args.import_original)
+    else:
+        from m3sgg.data.action_genome import ActionGenome
+
+        train = ActionGenome(
+            args.data_path,
+            "train",
+            filter_small_boxes=args.filter_small_boxes,
+            min_box_size=args.min_box_size,
+        )
+        priors = count_priors(train.video_gt(i) for i in range(len(train)))
+        source = f"{len(train)} training videos of {args.data_path}"
+    save_priors(priors, args.output)
+    print(f"wrote STKET priors of {sum(priors.present)} object classes ({source}) to {args.output}")
+    return 0
+
+
 def _format_stats(dataset: str, split: str, stats: dict) -> str:
     """Human-readable summary: totals first, then each histogram sorted by count."""
     lines = [f"{dataset} ({split} split) after the protocol's filtering:"]
@@ -249,7 +273,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--seed", type=int)
     train.add_argument("--device", help="auto, cpu, cuda, cuda:1, ...")
     train.add_argument("--epochs", type=int)
-    train.add_argument("--dataset", choices=DATASETS)
+    train.add_argument(
+        "--dataset", metavar="NAME", help=f"{' | '.join(DATASETS)} or a dataset a plugin registers"
+    )
     train.add_argument("--data-path", type=Path, help="dataset root (default: the toy dataset)")
     train.add_argument("--mode", help="predcls | sgcls | sgdet (AG); edgecls | sgcls | easgcls")
     train.add_argument("--model", help="a registered model name")
@@ -260,7 +286,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="continue from a checkpoint or run folder; auto: this run's last.pt",
     )
     train.add_argument(
-        "--plugin", action="append", metavar="MODULE:ATTR", help="load a plugin (repeatable)"
+        "--plugin",
+        action="append",
+        metavar="NAME",
+        help="run a plugin: MODULE:ATTR or an installed entry point's name (repeatable; added "
+        "to the config's plugins)",
+    )
+    train.add_argument(
+        "--ignore-missing-plugins",
+        action="store_true",
+        help="resume even though the checkpoint holds handler state of plugins this run does "
+        "not load (that state is dropped, with a warning)",
     )
     train.add_argument(
         "--visdom",
@@ -291,7 +327,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument(
         "--checkpoint", type=Path, required=True, help="a checkpoint file or a run folder"
     )
-    evaluate.add_argument("--dataset", choices=DATASETS)
+    evaluate.add_argument(
+        "--dataset", metavar="NAME", help=f"{' | '.join(DATASETS)} or a dataset a plugin registers"
+    )
     evaluate.add_argument("--data-path", type=Path)
     evaluate.add_argument("--split", help="default: the run's test split")
     evaluate.add_argument("--device")
@@ -304,9 +342,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     from m3sgg.dashboard import register_commands as register_dashboard_commands
     from m3sgg.features_extraction import register_commands as register_extraction_commands
+    from m3sgg.tune.cli import register_commands as register_tune_commands
 
     register_dashboard_commands(commands)
     register_extraction_commands(commands)
+    register_tune_commands(commands)
 
     reference = commands.add_parser(
         "config-reference", help="print every config key with its type, default and meaning"
@@ -344,6 +384,26 @@ def build_parser() -> argparse.ArgumentParser:
     )
     inspect.add_argument("--json", action="store_true", help="machine-readable output")
     inspect.set_defaults(func=_cmd_inspect_data)
+
+    priors = commands.add_parser(
+        "build-priors",
+        help="count STKET's knowledge priors from the Action Genome training split",
+    )
+    priors.add_argument("--data-path", type=Path, help="Action Genome root (annotations/)")
+    priors.add_argument(
+        "--import-original",
+        type=Path,
+        metavar="FILE",
+        help="instead of counting: check and copy the original's TrainPrior.json",
+    )
+    priors.add_argument("--output", type=Path, required=True, help="the JSON file to write")
+    priors.add_argument(
+        "--filter-small-boxes",
+        action="store_true",
+        help="count after the small-box filter (the sgcls/sgdet protocol)",
+    )
+    priors.add_argument("--min-box-size", type=float, default=16.0)
+    priors.set_defaults(func=_cmd_build_priors)
     return parser
 
 

@@ -159,6 +159,8 @@ class Trainer:
                 object_detector=object_detector,
             )
         self._pending_rng: dict[str, Any] | None = None
+        #: train handler name -> the plugin that attached it (filled by apply_plugins)
+        self.plugin_handlers: dict[str, str] = {}
         self._add_default_handlers(scheduler)
         self._add_model_handlers()
 
@@ -190,7 +192,10 @@ class Trainer:
         tracker = add(LossTracker())
         for handler in self._lr_handlers(scheduler):
             add(handler)
-        add(rank_zero(ConsoleLogger, self.optimizer, every=cfg.log.every_iters))
+        from m3sgg.metrics import extra_metric_names
+
+        extra = tuple(extra_metric_names(cfg.data.dataset))
+        add(rank_zero(ConsoleLogger, self.optimizer, every=cfg.log.every_iters, extra=extra))
         if cfg.log.progress_bar:
             add(rank_zero(ProgressBar))
         if self.evaluator is not None and (
@@ -317,7 +322,7 @@ class Trainer:
             epoch_length = engine.state.epoch_length or 0
             in_epoch = engine.state.iteration - (engine.state.epoch - 1) * epoch_length
             if in_epoch % accumulate == 0 or in_epoch == epoch_length:
-                self._optimizer_step()
+                self._optimizer_step(engine)
         else:
             self.optimizer.zero_grad(set_to_none=True)
         output: dict[str, Any] = {"loss": total.detach()}
@@ -325,13 +330,26 @@ class Trainer:
         output["finite"] = finite
         return output
 
-    def _optimizer_step(self) -> None:
+    def _optimizer_step(self, engine: Engine) -> None:
+        """Unscale (fp16), measure the gradient norm, fire BEFORE_OPTIMIZER_STEP, clip, step.
+
+        ``engine.state.grad_norm`` is the L2 norm of all gradients before clipping (a 0-dim float32
+        tensor on the device: reading it syncs). Clipping scales by it (one norm computation per
+        step), so a handler that changes the gradients sets it anew.
+        """
         clip = self.config.optim.grad_clip
         scaling = self.scaler.is_enabled()  # fp16 only
-        if clip is not None:
-            if scaling:
-                self.scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
+        if scaling:  # handlers and clipping see the true gradients
+            self.scaler.unscale_(self.optimizer)
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        grads = [p.grad for p in params]
+        norm = (
+            torch.nn.utils.get_total_norm(grads) if grads else torch.zeros((), device=self.device)
+        )
+        engine.state.grad_norm = norm
+        engine.fire_event(M3sggEvents.BEFORE_OPTIMIZER_STEP)
+        if clip is not None and params:
+            torch.nn.utils.clip_grads_with_norm_(params, clip, engine.state.grad_norm)
         if scaling:
             self.scaler.step(self.optimizer)
             self.scaler.update()
@@ -382,6 +400,7 @@ class Trainer:
             "scaler": self.scaler.state_dict(),
             "engine": dict(self.engine.state_dict()),
             "handlers": {h.name: h.state_dict() for h in self.handlers if hasattr(h, "state_dict")},
+            "plugin_handlers": dict(self.plugin_handlers),
             "sampler": self.sampler.state_dict() if self.sampler is not None else None,
             "rng": capture_rng(),
         }
@@ -437,7 +456,7 @@ class Trainer:
             },
         }
 
-    def resume(self, path: str | Path) -> Path:
+    def resume(self, path: str | Path, *, ignore_missing_plugins: bool = False) -> Path:
         """Load a checkpoint written by :meth:`save_checkpoint`; ``"auto"`` picks ``last.pt``.
 
         Everything is restored now except the random generators, which are restored right before
@@ -445,9 +464,13 @@ class Trainer:
         rank of a distributed run loads the same file and takes its own RNG and rank-local
         handler states from it; the run must have as many processes as the one that saved it.
 
+        A checkpoint holding the state of a handler a plugin attached (``plugin_handlers``) that
+        this run lacks is refused, naming the plugin, unless ``ignore_missing_plugins`` (then that
+        state is dropped with a warning).
+
         Raises:
             DataError: no checkpoint, an unreadable one, or one from another model/dataset/mode or
-                with mismatched weight shapes.
+                with mismatched weight shapes, or with state of a plugin this run does not load.
         """
         if str(path) == "auto":
             if self.checkpoint_dir is None:
@@ -495,6 +518,7 @@ class Trainer:
                 raise DataError(
                     path, f"does not fit this run ({type(err).__name__}: {err})", field=name
                 ) from None
+        self._check_plugin_state(path, ckpt, ignore_missing_plugins)
         mine = ckpt["ranks"][idist.get_rank()] if ckpt.get("ranks") else None
         for handler in self.handlers:
             states = ckpt["handlers"]
@@ -520,6 +544,29 @@ class Trainer:
             state.iteration,
         )
         return path
+
+    def _check_plugin_state(
+        self, path: Path, ckpt: dict[str, Any], ignore_missing_plugins: bool
+    ) -> None:
+        """Handler state of a plugin missing from this run: an error, or dropped by request."""
+        owners = ckpt.get("plugin_handlers") or {}
+        missing = {
+            name: owners[name]
+            for name in ckpt["handlers"]
+            if name in owners and name not in self.handlers
+        }
+        if not missing:
+            return
+        listing = ", ".join(f"{h!r} of plugin {p!r}" for h, p in missing.items())
+        plugins = " ".join(f"--plugin {p}" for p in dict.fromkeys(missing.values()))
+        if not ignore_missing_plugins:
+            raise DataError(
+                path,
+                f"holds the state of handler {listing}, which this run does not load; add "
+                f"{plugins} (or list it in plugins:), or pass --ignore-missing-plugins to drop it",
+                field="handlers",
+            )
+        self.logger.warning("resume: dropped the state of handler %s (plugin not loaded)", listing)
 
     def _save_config(self, engine: Engine) -> None:
         """At STARTED (after any resume succeeded): the resolved config in the run folder."""

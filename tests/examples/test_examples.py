@@ -90,7 +90,9 @@ def test_03_custom_plugin_is_found_through_its_entry_point(toy_cache: Path, tmp_
 
     sets = [arg for item in SMALL for arg in ("--set", item)]
     train = ["-m", "m3sgg", "train", "--output", str(tmp_path / "runs"), *sets]
-    done = run(train, tmp_path, PYTHONPATH=str(site), M3SGG_NO_ENTRY_POINTS="")
+    train += ["--plugin", "weakest_predicates"]  # installed plugins attach where named
+    path = os.pathsep.join([str(site), str(REPO)])  # this checkout's m3sgg, not an installed one
+    done = run(train, tmp_path, PYTHONPATH=path, M3SGG_NO_ENTRY_POINTS="")
     assert "m3sgg-example-plugin: attached weakest_predicates" in done.stdout
     lines = re.findall(r"^weakest predicates \(with R@20\): (.+)$", done.stdout, re.M)
     assert len(lines) == 1  # one per evaluation
@@ -154,3 +156,16 @@ def test_engine_md_shows_the_live_default_order(toy_cache: Path, tmp_path: Path)
     config = load_config(None, ["data.toy_videos=16"])  # the default handlers
     trainer = Trainer.from_config(config, run_dir=tmp_path / "run")
     assert pasted.rstrip("\n") == trainer.describe(), "update the table in docs/engine.md"
+
+
+def test_08_tune(toy_cache: Path, tmp_path: Path):
+    pytest.importorskip("optuna")
+    done = run(
+        [str(EXAMPLES / "08_tune.py"), "data.toy_videos=16", "log.every_iters=1000"], tmp_path
+    )
+    out = done.stdout
+    assert len(re.findall(r"^trial \d+ (complete|pruned)", out, re.M)) == 6
+    complete, pruned = map(int, re.search(r"(\d+) complete, (\d+) pruned", out).groups())
+    assert complete + pruned == 6 and pruned >= 1
+    assert "importances (fANOVA):" in out
+    assert re.search(r"best trial \d+ retrained from .+: bitwise identical: True", out)
