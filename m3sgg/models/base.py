@@ -12,6 +12,13 @@ A model is a ``torch.nn.Module`` that:
   or properties), and ``input_section``: the feature section its batches are collated from
   (``"gt"`` for ground-truth boxes, ``"det"`` for detections).
 
+Optionally, ``train_handlers() -> list[Handler]``: engine handlers
+(:class:`m3sgg.engine.handlers.base.Handler`) for the model's own epoch-level work, which the
+:class:`~m3sgg.engine.trainer.Trainer` attaches to the train engine with the default ones (e.g.
+TEMPURA's uncertainty pass at ``M3sggEvents.FORWARD_COMPLETED`` and its memory rebuild at
+EPOCH_COMPLETED). The engine has no model-specific branch; the model file builds them in that
+method (importing its handler module there, so the model itself does not import the engine).
+
 Subclassing :class:`SceneGraphModel` is optional: :class:`ModelProtocol` is what is checked, so a
 plugin may bring any module with these members. Register the factory with
 :func:`m3sgg.models.register_model`.
