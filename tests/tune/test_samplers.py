@@ -57,3 +57,34 @@ def test_grid_sampler_refuses_a_continuous_range(tmp_path: Path) -> None:
     space = "optim.lr: {log_float: [1e-4, 1e-2]}\n"
     with pytest.raises(ConfigError, match=r"optim\.lr: the grid sampler needs finite values"):
         tune(settings(tmp_path, space, n_trials=1, sampler="grid"))
+
+
+@pytest.mark.slow
+def test_a_trial_killed_before_its_first_checkpoint_is_retried_from_the_start(
+    toy_cache: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import socket
+    import subprocess
+    import sys
+
+    from m3sgg.tune.runner import _prepare_study
+    from m3sgg.tune.study import OWNER
+
+    config = settings(tmp_path, "optim.lr: {log_float: [1e-4, 1e-2]}\n", n_trials=1, seed=0)
+    study, _, _ = _prepare_study(config)
+    killed = study.ask()
+    killed.suggest_float("optim.lr", 1e-4, 1e-2, log=True)
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    owner = {"host": socket.gethostname(), "pid": gone.pid, "start": None}
+    study._storage.set_trial_system_attr(killed._trial_id, OWNER, owner)
+    folder = tmp_path / "runs" / "s" / "trial-0000"
+    folder.mkdir(parents=True)  # it evaluated once, then died before writing last.pt
+    (folder / "metrics.jsonl").write_text('{"epoch": 1, "metrics": {"with/mR@20": 0.5}}\n')
+
+    summary = tune(config)
+    assert summary["complete"] == 1 and summary["failed"] == 1
+    assert "trial 1 retries trial 0 from the start (no checkpoint yet)" in capsys.readouterr().out
+    retry = tmp_path / "runs" / "s" / "trial-0001"
+    assert len((retry / "metrics.jsonl").read_text().splitlines()) == 1  # its own evaluation
+    assert (folder / "metrics.jsonl").read_text().count("\n") == 1  # the killed one's is kept
