@@ -271,6 +271,7 @@ def train_worker(
     resume_hint: str = "",
     graceful_stop: bool = True,
     verbose: bool = False,
+    ignore_missing_plugins: bool = False,
 ) -> dict[str, Any] | None:
     """Train one run in this process (one rank of a job, or the only process).
 
@@ -288,6 +289,8 @@ def train_worker(
         resume_hint: the command that continues the run, for the stop message.
         graceful_stop: install the SIGINT/SIGTERM handlers (main thread only).
         verbose: ignite's own messages too (rank 0).
+        ignore_missing_plugins: resume even if the checkpoint holds state of handlers of plugins
+            this run does not load (:meth:`Trainer.resume`).
 
     Returns:
         On rank 0 a summary: ``run_dir``, ``world_size``, ``epoch``, ``iteration``,
@@ -314,11 +317,11 @@ def train_worker(
     if resume is not None and str(resume) == "auto":
         last = trainer.checkpoint_dir / "last.pt" if trainer.checkpoint_dir else None
         if last is not None and last.is_file():
-            trainer.resume(last)
+            trainer.resume(last, ignore_missing_plugins=ignore_missing_plugins)
         else:
             logger.info("no checkpoint in %s yet: starting a new run", run)
     elif resume is not None:
-        trainer.resume(resume)
+        trainer.resume(resume, ignore_missing_plugins=ignore_missing_plugins)
     if world > 1:
         logger.info("run folder: %s (%d processes, backend %s)", run, world, idist.backend())
     else:

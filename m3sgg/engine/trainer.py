@@ -159,6 +159,8 @@ class Trainer:
                 object_detector=object_detector,
             )
         self._pending_rng: dict[str, Any] | None = None
+        #: train handler name -> the plugin that attached it (filled by apply_plugins)
+        self.plugin_handlers: dict[str, str] = {}
         self._add_default_handlers(scheduler)
 
     # ------------------------------------------------------------------ construction
@@ -189,7 +191,10 @@ class Trainer:
         tracker = add(LossTracker())
         for handler in self._lr_handlers(scheduler):
             add(handler)
-        add(rank_zero(ConsoleLogger, self.optimizer, every=cfg.log.every_iters))
+        from m3sgg.metrics import extra_metric_names
+
+        extra = tuple(extra_metric_names(cfg.data.dataset))
+        add(rank_zero(ConsoleLogger, self.optimizer, every=cfg.log.every_iters, extra=extra))
         if cfg.log.progress_bar:
             add(rank_zero(ProgressBar))
         if self.evaluator is not None and (
@@ -384,6 +389,7 @@ class Trainer:
             "scaler": self.scaler.state_dict(),
             "engine": dict(self.engine.state_dict()),
             "handlers": {h.name: h.state_dict() for h in self.handlers if hasattr(h, "state_dict")},
+            "plugin_handlers": dict(self.plugin_handlers),
             "sampler": self.sampler.state_dict() if self.sampler is not None else None,
             "rng": capture_rng(),
         }
@@ -439,7 +445,7 @@ class Trainer:
             },
         }
 
-    def resume(self, path: str | Path) -> Path:
+    def resume(self, path: str | Path, *, ignore_missing_plugins: bool = False) -> Path:
         """Load a checkpoint written by :meth:`save_checkpoint`; ``"auto"`` picks ``last.pt``.
 
         Everything is restored now except the random generators, which are restored right before
@@ -447,9 +453,13 @@ class Trainer:
         rank of a distributed run loads the same file and takes its own RNG and rank-local
         handler states from it; the run must have as many processes as the one that saved it.
 
+        A checkpoint holding the state of a handler a plugin attached (``plugin_handlers``) that
+        this run lacks is refused, naming the plugin, unless ``ignore_missing_plugins`` (then that
+        state is dropped with a warning).
+
         Raises:
             DataError: no checkpoint, an unreadable one, or one from another model/dataset/mode or
-                with mismatched weight shapes.
+                with mismatched weight shapes, or with state of a plugin this run does not load.
         """
         if str(path) == "auto":
             if self.checkpoint_dir is None:
@@ -497,6 +507,7 @@ class Trainer:
                 raise DataError(
                     path, f"does not fit this run ({type(err).__name__}: {err})", field=name
                 ) from None
+        self._check_plugin_state(path, ckpt, ignore_missing_plugins)
         mine = ckpt["ranks"][idist.get_rank()] if ckpt.get("ranks") else None
         for handler in self.handlers:
             states = ckpt["handlers"]
@@ -522,6 +533,29 @@ class Trainer:
             state.iteration,
         )
         return path
+
+    def _check_plugin_state(
+        self, path: Path, ckpt: dict[str, Any], ignore_missing_plugins: bool
+    ) -> None:
+        """Handler state of a plugin missing from this run: an error, or dropped by request."""
+        owners = ckpt.get("plugin_handlers") or {}
+        missing = {
+            name: owners[name]
+            for name in ckpt["handlers"]
+            if name in owners and name not in self.handlers
+        }
+        if not missing:
+            return
+        listing = ", ".join(f"{h!r} of plugin {p!r}" for h, p in missing.items())
+        plugins = " ".join(f"--plugin {p}" for p in dict.fromkeys(missing.values()))
+        if not ignore_missing_plugins:
+            raise DataError(
+                path,
+                f"holds the state of handler {listing}, which this run does not load; add "
+                f"{plugins} (or list it in plugins:), or pass --ignore-missing-plugins to drop it",
+                field="handlers",
+            )
+        self.logger.warning("resume: dropped the state of handler %s (plugin not loaded)", listing)
 
     def _save_config(self, engine: Engine) -> None:
         """At STARTED (after any resume succeeded): the resolved config in the run folder."""
