@@ -82,6 +82,6 @@ class RPN(nn.Module):
         out[:, :, 0] = torch.arange(batch, dtype=out.dtype, device=out.device)[:, None]
         for i in range(batch):
             boxes = proposals[i, order[i]]
-            keep = nms(boxes, scores[i, order[i]], self.nms_threshold)[: self.post_nms_top_n]
+            keep = nms(boxes, scores[i, order[i]], self.nms_threshold, self.post_nms_top_n)
             out[i, : keep.shape[0], 1:] = boxes[keep]
         return out
