@@ -75,6 +75,7 @@ PAIR_PREDICTION_KEYS: tuple[str, ...] = (
     "im_idx",
     "pair_idx",
     "attention_distribution",
+    "attention_probabilities",
     "spatial_distribution",
     "contacting_distribution",
 )

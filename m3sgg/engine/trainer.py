@@ -162,6 +162,7 @@ class Trainer:
         #: train handler name -> the plugin that attached it (filled by apply_plugins)
         self.plugin_handlers: dict[str, str] = {}
         self._add_default_handlers(scheduler)
+        self._add_model_handlers()
 
     # ------------------------------------------------------------------ construction
 
@@ -240,6 +241,13 @@ class Trainer:
                 )
             )
 
+    def _add_model_handlers(self) -> None:
+        """The handlers the model contributes (``model.train_handlers()``, see
+        :mod:`m3sgg.models.base`): its epoch-level work, in their own priorities."""
+        contribute = getattr(self.core_model, "train_handlers", None)
+        for handler in contribute() if callable(contribute) else ():
+            self.handlers.add(handler)
+
     def _lr_handlers(self, scheduler: Any) -> list[Handler]:
         cfg, opt = self.config.schedule, self.optimizer
         if isinstance(scheduler, Handler):
@@ -280,7 +288,7 @@ class Trainer:
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
     def train_step(self, engine: Engine, batch: Any) -> dict[str, Any]:
-        """Forward, the model's named losses, their sum, backward, clip, optimizer step.
+        """Forward, the model's named losses, FORWARD_COMPLETED, their sum, backward, clip, step.
 
         With ``optim.accumulate_steps = n`` the optimizer steps every n batches (and at the end of
         an epoch). A non-finite total loss skips backward and step (one host sync per step reads
@@ -299,6 +307,9 @@ class Trainer:
         with self._autocast():
             predictions = self.model(batch)
             losses = self.core_model.loss(predictions, batch)
+        engine.state.step_batch = batch  # model-contributed work between forward and backward
+        engine.fire_event(M3sggEvents.FORWARD_COMPLETED)
+        engine.state.step_batch = None
         total = torch.stack([v.float() for v in losses.values()]).sum()
         if idist.get_world_size() > 1:  # every rank skips the step together
             finite = bool(idist.all_reduce(torch.isfinite(total).to(torch.int32), op="MIN"))
