@@ -275,7 +275,13 @@ class Trainer:
         if cfg.name == "plateau" and self.evaluator is not None:
             handlers.append(
                 LRPlateau(
-                    opt, cfg.metric, patience=cfg.patience, factor=cfg.factor, min_lr=cfg.min_lr
+                    opt,
+                    cfg.metric,
+                    patience=cfg.patience,
+                    factor=cfg.factor,
+                    min_lr=cfg.min_lr,
+                    threshold=cfg.threshold,
+                    threshold_mode=cfg.threshold_mode,
                 )
             )
         return handlers
