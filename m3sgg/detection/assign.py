@@ -140,7 +140,7 @@ def training_frame(
             * scale32
         )
         rois = torch.cat([scaled.new_zeros(len(supplied), 1), scaled], dim=1)
-        extra = detector.box_features(base, rois.to(base.dtype)).to(features.dtype)
+        extra = detector.box_features(base, rois).to(features.dtype)
         boxes = torch.cat([boxes, scaled / scale32])
         features = torch.cat([features, extra])
         supplied_labels = torch.as_tensor(np.asarray(gt_labels)[supplied], device=device)

@@ -152,7 +152,7 @@ class ActionGenomeDetector(nn.Module):
         """RoIAlign ``[K, C, 7, 7]`` of ``rois`` ``[K, 5]`` (resized-image pixels) on ``base``."""
         return roi_align(
             base,
-            rois.to(base.dtype),
+            rois.to(torch.float32),
             self.config.pooled_size,
             spatial_scale=1.0 / self.config.stride,
             sampling_ratio=0,
@@ -165,7 +165,7 @@ class ActionGenomeDetector(nn.Module):
 
     def class_distributions(self, features: Tensor) -> Tensor:
         """Softmax over the object classes 1.. (background left out): ``[K, num_classes - 1]``."""
-        return torch.softmax(self.cls_score(features)[:, 1:], dim=1)
+        return torch.softmax(self.cls_score(features)[:, 1:].float(), dim=1)
 
     def forward(self, images: Tensor, im_info: Tensor) -> DetectorOutput:
         """Detect on ``images`` ``[B, 3, H, W]`` (prepared by :mod:`m3sgg.detection.image`)."""
@@ -173,8 +173,8 @@ class ActionGenomeDetector(nn.Module):
         rois = self.rpn(base, im_info)
         batch, count = rois.shape[:2]
         features = self.box_features(base, rois.reshape(-1, 5))
-        probs = torch.softmax(self.cls_score(features), dim=1)
-        deltas = self.bbox_pred(features)
+        probs = torch.softmax(self.cls_score(features).float(), dim=1)
+        deltas = self.bbox_pred(features).float()
         return DetectorOutput(
             rois,
             probs.view(batch, count, -1),

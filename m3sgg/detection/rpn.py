@@ -65,13 +65,15 @@ class RPN(nn.Module):
         """
         batch, _, height, width = base.shape
         hidden = torch.relu(self.conv(base))
-        logits = self.cls_score(hidden)  # [B, 2A, H, W]
+        # Scores and box arithmetic in float32 even when the convolutions run in half precision
+        # (coordinates up to ~1000 pixels need float32's resolution).
+        logits = self.cls_score(hidden).float()  # [B, 2A, H, W]
         a = self.num_anchors
         # Softmax over (background, foreground) of each anchor; keep the foreground column.
         fg = torch.softmax(torch.stack([logits[:, :a], logits[:, a:]], dim=0), dim=0)[1]
         scores = fg.permute(0, 2, 3, 1).reshape(batch, -1)  # [B, H*W*A]
-        deltas = self.bbox_pred(hidden).permute(0, 2, 3, 1).reshape(batch, -1, 4)
-        anchors = shifted_anchors(self.anchors.to(deltas.dtype), height, width, self.stride)
+        deltas = self.bbox_pred(hidden).float().permute(0, 2, 3, 1).reshape(batch, -1, 4)
+        anchors = shifted_anchors(self.anchors, height, width, self.stride)
         proposals = decode_boxes(anchors[None].expand(batch, -1, -1), deltas)
         info = im_info.to(proposals.dtype)
         proposals = clip_boxes(proposals, info[:, 0:1], info[:, 1:2])
