@@ -91,6 +91,8 @@ class ScheduleConfig:
     metric: str | None = None  # plateau: metric watched (mode max); None: with/R@20
     patience: int = 1  # plateau: evaluations without improvement before reducing
     factor: float = 0.5  # plateau: lr multiplier on reduction
+    threshold: float = 1e-4  # plateau: least improvement that counts (torch's default)
+    threshold_mode: str = "rel"  # plateau: "rel" (over best * (1 + threshold)) or "abs" (best + it)
     min_lr: float = 1e-7  # plateau and cosine: lower bound of the lr
     warmup_iters: int = 0  # linear warmup from 0 over this many iterations (0: none)
 
@@ -180,6 +182,7 @@ class Config:
         _choice("optim.optimizer", self.optim.optimizer, ("adamw", "adam", "sgd"))
         _choice("optim.amp", self.optim.amp, ("auto", "none", "bf16", "fp16"))
         _choice("schedule.name", self.schedule.name, ("plateau", "cosine", "none"))
+        _choice("schedule.threshold_mode", self.schedule.threshold_mode, ("rel", "abs"))
         for c in self.eval.constraints:
             _choice("eval.constraints[]", c, ("with", "semi", "no"))
         _positive("optim.lr", self.optim.lr)
@@ -199,6 +202,7 @@ class Config:
             "checkpoint.every_iters",
             "schedule.warmup_iters",
             "optim.weight_decay",
+            "schedule.threshold",
         ):
             section, name = key.split(".")
             if getattr(getattr(self, section), name) < 0:
