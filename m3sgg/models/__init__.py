@@ -7,6 +7,7 @@ Built-in: ``"sttran"`` (Action Genome: predcls, sgcls), ``"easg_fc"`` and
 
 from m3sgg.models.base import AG_PREDICTION_KEYS, ModelProtocol, SceneGraphModel
 from m3sgg.models.easg import EASGFC, STTranEASG
+from m3sgg.models.originals import import_original, original_importers, register_original
 from m3sgg.models.registry import (
     ModelSpec,
     available_models,
@@ -28,6 +29,9 @@ __all__ = [
     "available_models",
     "build_model",
     "get_model_spec",
+    "import_original",
+    "original_importers",
     "register_model",
+    "register_original",
     "unregister_model",
 ]
