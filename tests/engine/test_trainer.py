@@ -240,3 +240,16 @@ def test_object_detector_runs_frozen_under_no_grad_every_step(small_config):
     state = trainer.train_loop()
     assert len(calls) == state.iteration and not any(calls)
     assert not detector.scale.requires_grad and not detector.training
+
+
+def test_a_matcher_goes_to_a_model_that_declares_one(small_config):
+    from m3sgg.models.matching import HungarianMatcher
+
+    trainer = Trainer.from_config(small_config("train.epochs=1"))
+    model, config, loader = trainer.model, trainer.config, trainer.dataloader_train
+    with pytest.raises(TypeError, match="STTran takes no matcher"):
+        Trainer(model, config, loader, matcher=HungarianMatcher())
+    model.matcher = None  # the attribute is how a model declares that it takes one
+    matcher = HungarianMatcher(cost_class=2.0)
+    assert Trainer(model, config, loader, matcher=matcher).core_model.matcher is matcher
+    assert Trainer(model, config, loader).core_model.matcher is matcher  # None keeps it

@@ -1,0 +1,37 @@
+"""STTran, exactly as published (Cong et al., ICCV 2021), as a package of reusable pieces.
+
+- :mod:`.relation`: the relation token (projections, union branch, computed masks, embeddings);
+- :mod:`.transformer`: the spatial encoder and the two-frame-window temporal decoder;
+- :mod:`.model`: :class:`STTran` composing them, and its losses.
+
+Models built on STTran import these modules (composition), never copy them.
+"""
+
+from m3sgg.models.sttran.model import STTran, per_video_mean
+from m3sgg.models.sttran.relation import (
+    MASK_SIZE,
+    RelationFeatures,
+    class_word_vectors,
+    union_masks,
+)
+from m3sgg.models.sttran.transformer import (
+    DecoderLayer,
+    EncoderLayer,
+    MultiheadAttention,
+    SpatialEncoder,
+    TemporalDecoder,
+)
+
+__all__ = [
+    "MASK_SIZE",
+    "DecoderLayer",
+    "EncoderLayer",
+    "MultiheadAttention",
+    "RelationFeatures",
+    "STTran",
+    "SpatialEncoder",
+    "TemporalDecoder",
+    "class_word_vectors",
+    "per_video_mean",
+    "union_masks",
+]
