@@ -54,6 +54,7 @@ def _run(args: list[str]) -> subprocess.CompletedProcess:
     return subprocess.run(args, capture_output=True, text=True, env=_env(), timeout=900)
 
 
+@pytest.mark.slow
 def test_sgdet_store_has_every_section(toy: tuple[Path, Path], tmp_path: Path) -> None:
     root, weights = toy
     out = tmp_path / "store"
@@ -74,6 +75,7 @@ def test_sgdet_store_has_every_section(toy: tuple[Path, Path], tmp_path: Path) -
     assert train.pair_targets.min() >= 0
 
 
+@pytest.mark.slow
 def test_predcls_store_trains_sttran(toy: tuple[Path, Path], tmp_path: Path) -> None:
     root, weights = toy
     out = tmp_path / "store"
@@ -100,6 +102,7 @@ def test_bad_weights_is_one_line_and_exit_2(toy: tuple[Path, Path], tmp_path: Pa
     assert not (tmp_path / "store").exists()
 
 
+@pytest.mark.slow
 def test_interrupted_extraction_resumes(toy: tuple[Path, Path], tmp_path: Path) -> None:
     root, weights = toy
     out = tmp_path / "store"
