@@ -22,6 +22,15 @@ TOY_PRESETS: dict[str, dict[str, Any]] = {
         "enc_layers": 1,
         "dec_layers": 1,
     },
+    "tempura": {
+        "proj_dim": 32,
+        "embed_dim": 16,
+        "conv_dim": 16,
+        "heads": 4,
+        "ff_dim": 128,
+        "enc_layers": 1,
+        "dec_layers": 1,
+    },
     "easg_fc": {"hidden_dim": 128, "proj_dim": 128},
     "sttran_easg": {"d_model": 64, "proj_dim": 32, "embed_dim": 16},
 }
