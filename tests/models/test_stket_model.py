@@ -222,7 +222,7 @@ def test_toy_training_lifts_every_head_above_untrained(small_config, toy_priors:
 def test_the_paper_recipe_loads_as_a_config():
     from m3sgg.config import load_config
 
-    config = load_config(REPO / "examples" / "stket_paper.yaml")
+    config = load_config(REPO / "examples" / "configs" / "stket_paper.yaml")
     assert config.model_name == "stket"
     assert (config.optim.lr, config.optim.weight_decay, config.train.epochs) == (2e-5, 0.01, 10)
     schedule = config.schedule
