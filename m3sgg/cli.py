@@ -66,7 +66,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     import tempfile
 
     from m3sgg.config import load_config
-    from m3sgg.engine.builders import run_folder
+    from m3sgg.engine.builders import check_new_run, run_folder
     from m3sgg.engine.trainer import Trainer
     from m3sgg.errors import ConfigError
 
@@ -81,11 +81,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     run_dir = run_folder(config)
     # the saved config names its own folder, so `--config <run>/config.yaml --resume auto` works
     config.run.name, config.run.output = run_dir.name, str(run_dir.parent)
-    last = run_dir / "checkpoints" / "last.pt"
-    if args.resume is None and last.exists():
-        raise ConfigError(
-            f"{run_dir} already holds a run; continue it with --resume auto, or pick another --name"
-        )
+    if args.resume is None:
+        check_new_run(run_dir)
     from m3sgg.config import config_to_dict
     from m3sgg.engine.distributed import launch, launched_by_torchrun, train_worker
 

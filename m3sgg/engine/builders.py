@@ -23,7 +23,7 @@ from m3sgg.metrics import build_metrics
 from m3sgg.models.registry import build_model
 from m3sgg.plugins import apply_plugins, load_plugins
 
-__all__ = ["build_data", "build_loaders", "build_training", "run_folder"]
+__all__ = ["build_data", "build_loaders", "build_training", "check_new_run", "run_folder"]
 
 
 def data_root(config: Config) -> Path:
@@ -95,6 +95,22 @@ def run_folder(config: Config) -> Path:
         f"{time.strftime('%Y%m%d-%H%M%S')}"
     )
     return Path(config.run.output) / name
+
+
+def check_new_run(run_dir: str | Path) -> None:
+    """Refuse to start a new run in a folder that already holds one (its ``last.pt`` or its
+    ``metrics.jsonl``): a new run there would append to its metrics and overwrite its
+    checkpoints.
+
+    Raises:
+        ConfigError: the folder holds a run; the message says how to continue it.
+    """
+    run_dir = Path(run_dir)
+    if (run_dir / "checkpoints" / "last.pt").exists() or (run_dir / "metrics.jsonl").exists():
+        raise ConfigError(
+            f"{run_dir} already holds a run; continue it with --resume auto "
+            "(Trainer.from_config(config, resume='auto')), or pick another --name"
+        )
 
 
 def build_training(config: Config, trainer_cls: Any, **overrides: Any) -> Any:
