@@ -171,6 +171,11 @@ def _cmd_inspect_data(args: argparse.Namespace) -> int:
     if args.dataset == "action_genome":
         from m3sgg.data.action_genome import ActionGenome
 
+        if args.source is not None or args.vocab is not None:
+            from m3sgg.errors import ConfigError
+
+            raise ConfigError("--source/--vocab: EASG only (Action Genome has one view)")
+
         split = args.split or "train"
         store = args.data_path / "features"
         if store.is_dir():  # the store must match the annotations, checksums included
@@ -184,11 +189,44 @@ def _cmd_inspect_data(args: argparse.Namespace) -> int:
         from m3sgg.data.easg import EASG
 
         split = args.split or "train"
-        stats = EASG(args.data_path, split, features=False).stats()
+        source = args.source or "sgg"
+        vocab = args.vocab if source == "master" else None
+        if args.vocab is not None and source != "master":
+            from m3sgg.errors import ConfigError
+
+            raise ConfigError("--vocab: applies to --source master only")
+        dataset = EASG(args.data_path, split, source=source, features=False, vocab=vocab)
+        print(f"EASG files: {dataset.files.summary()}", file=sys.stderr)
+        stats = dataset.stats()
     if args.json:
         print(json.dumps(stats, indent=2, sort_keys=False))
     else:
         print(_format_stats(args.dataset, split, stats))
+    return 0
+
+
+def _cmd_build_priors(args: argparse.Namespace) -> int:
+    from m3sgg.errors import ConfigError
+    from m3sgg.models.stket.priors import count_priors, load_priors, save_priors
+
+    if (args.data_path is None) == (args.import_original is None):
+        raise ConfigError("build-priors: give exactly one of --data-path and --import-original")
+    if args.import_original is not None:
+        priors = load_priors(args.import_original)
+        source = str(args.import_original)
+    else:
+        from m3sgg.data.action_genome import ActionGenome
+
+        train = ActionGenome(
+            args.data_path,
+            "train",
+            filter_small_boxes=args.filter_small_boxes,
+            min_box_size=args.min_box_size,
+        )
+        priors = count_priors(train.video_gt(i) for i in range(len(train)))
+        source = f"{len(train)} training videos of {args.data_path}"
+    save_priors(priors, args.output)
+    print(f"wrote STKET priors of {sum(priors.present)} object classes ({source}) to {args.output}")
     return 0
 
 
@@ -288,9 +326,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     from m3sgg.dashboard import register_commands as register_dashboard_commands
     from m3sgg.features_extraction import register_commands as register_extraction_commands
+    from m3sgg.tune.cli import register_commands as register_tune_commands
 
     register_dashboard_commands(commands)
     register_extraction_commands(commands)
+    register_tune_commands(commands)
 
     reference = commands.add_parser(
         "config-reference", help="print every config key with its type, default and meaning"
@@ -313,8 +353,41 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("--dataset", choices=DATASETS, default="action_genome")
     inspect.add_argument("--data-path", type=Path, required=True)
     inspect.add_argument("--split", choices=("train", "test", "val"), default=None)
+    inspect.add_argument(
+        "--source",
+        choices=("sgg", "master"),
+        default=None,
+        help="EASG view: the SGG-format pickles (default) or the master JSON",
+    )
+    inspect.add_argument(
+        "--vocab",
+        choices=("annotations", "files"),
+        default=None,
+        help="EASG master view: verbs and edges by first appearance (default, like the "
+        "release's reader) or from verbs.txt/relationships.txt (unknown names dropped, counted)",
+    )
     inspect.add_argument("--json", action="store_true", help="machine-readable output")
     inspect.set_defaults(func=_cmd_inspect_data)
+
+    priors = commands.add_parser(
+        "build-priors",
+        help="count STKET's knowledge priors from the Action Genome training split",
+    )
+    priors.add_argument("--data-path", type=Path, help="Action Genome root (annotations/)")
+    priors.add_argument(
+        "--import-original",
+        type=Path,
+        metavar="FILE",
+        help="instead of counting: check and copy the original's TrainPrior.json",
+    )
+    priors.add_argument("--output", type=Path, required=True, help="the JSON file to write")
+    priors.add_argument(
+        "--filter-small-boxes",
+        action="store_true",
+        help="count after the small-box filter (the sgcls/sgdet protocol)",
+    )
+    priors.add_argument("--min-box-size", type=float, default=16.0)
+    priors.set_defaults(func=_cmd_build_priors)
     return parser
 
 

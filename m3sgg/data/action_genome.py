@@ -170,6 +170,7 @@ class _Parsed:
     split: np.ndarray  # int8 (F,): index into SPLITS, -1 when the frame has no objects
     has_person: np.ndarray  # bool (F,)
     person_boxes: np.ndarray  # float32 (F, 4) xyxy, zeros without a person
+    frame_size: np.ndarray  # float64 (F, 2) annotated (height, width), NaN when absent
     obj_frame: np.ndarray  # int64 (O,) visible objects only
     obj_rank: np.ndarray  # int32 (O,) index among the frame's visible objects
     obj_class: np.ndarray  # int64 (O,)
@@ -252,11 +253,13 @@ def _parse(person_path: Path, objects_path: Path) -> _Parsed:
             field="top level",
         )
     has_person, person_boxes = _parse_persons(person_path, persons, keys)
+    frame_size = _frame_sizes(persons, keys)
     return _Parsed(
         keys=keys,
         videos=[k.partition("/")[0] for k in keys],
         has_person=has_person,
         person_boxes=person_boxes,
+        frame_size=frame_size,
         **parsed,
     )
 
@@ -395,6 +398,29 @@ def _parse_persons(path: Path, persons: dict, keys: list[str]) -> tuple[np.ndarr
             field=f"frame {keys[f]!r} bbox",
         )
     return has_person_arr, person_boxes
+
+
+def _image_size(size: np.ndarray) -> tuple[float, float] | None:
+    """``(height, width)`` or None for a NaN row."""
+    if np.isnan(size).any():
+        return None
+    return float(size[0]), float(size[1])
+
+
+def _frame_sizes(persons: dict, keys: list[str]) -> np.ndarray:
+    """float64 ``(F, 2)`` (height, width) from each frame's ``bbox_size`` ``(w, h)``; NaN where
+    it is absent or not two positive numbers (only models that need it, DSG-DETR's tracker,
+    complain)."""
+    sizes = np.full((len(keys), 2), np.nan)
+    for f, key in enumerate(keys):
+        size = persons[key].get("bbox_size")
+        try:
+            w, h = (float(v) for v in size)
+        except (TypeError, ValueError):
+            continue
+        if w > 0 and h > 0:
+            sizes[f] = (h, w)
+    return sizes
 
 
 def _person_array(path: Path, key: str, value: Any) -> np.ndarray:
@@ -625,6 +651,7 @@ class ActionGenome:
         )
         self._keys = [p.keys[f] for f in kept.tolist()]
         self._person_boxes = p.person_boxes[kept]
+        self._frame_size = p.frame_size[kept]
 
         obj_sel = obj_keep & frame_keep[p.obj_frame]
         rel_sel = np.repeat(obj_sel, p.rel_count)
@@ -716,6 +743,7 @@ class ActionGenome:
             obj_boxes=self._obj_boxes[o0:o1].copy(),
             rel_obj=np.repeat(np.arange(o1 - o0, dtype=np.int64), rel_counts),
             rel_pred=self._rel_pred[r0:r1].copy(),
+            image_size=_image_size(self._frame_size[f0]),
         )
 
     def _store_section(self, index: int, section: str) -> VideoFeatures:

@@ -4,27 +4,37 @@ One **sample** is one graph: a verb, its distinct object classes, multi-label ed
 (:class:`~m3sgg.data.structures.GraphGT`, what the EASG metric consumes), boxes of the objects in
 up to three frames (``pre``, ``pnr``, ``post``) and, in the SGG view, precomputed features.
 
-Files (all in ``root`` unless overridden)::
+Files (found anywhere up to four folder levels under ``root``, see
+:mod:`m3sgg.data.easg_release`, so ``root`` may be the release root or a flat folder)::
 
     verbs.txt  objects.txt  relationships.txt      the vocabularies, one label per line
     EASG_unict_master_final.json                   master view (or ..._upd.json)
     easg_{train,val}.pkl                           SGG view
     roi_feats_{train,val}.pkl  verb_features.pt    SGG-view features (``features_dir``)
 
-**Vocabularies** come only from the three text files, in file order and case-sensitive (``TABLE``
-and ``table`` are two classes); an empty or repeated line is an error. Both views index with them.
+Dataset pickles may hold numpy arrays or torch tensors (the release's RoI pickles hold tensors);
+they are read with :func:`~m3sgg.data.safe_pickle.load_pickle`, which runs no code.
+
+**Vocabularies** of the SGG view come only from the three text files, in file order and
+case-sensitive (``TABLE`` and ``table`` are two classes); an empty or repeated line is an error.
+The master view reads ``objects.txt`` the same way; its verbs and edges are numbered by first
+appearance over the JSON like the release's own reader (``vocab="annotations"``, the default), or
+by ``verbs.txt`` and ``relationships.txt`` (``vocab="files"``).
 
 **Master view** (``source="master"``): ``{clip_id: {"split", "W", "H", "graphs": [{"graph_uid",
 "pre", "pnr", "post", "triplets", "groundings"}]}}``. Rules applied, each counted in
 :meth:`EASG.stats`:
 
-- the verb is the ``v`` of the ``["CW", "verb", v]`` triplet (two different verbs in one graph, or
-  a verb outside ``verbs.txt``, is an error); ``verb_node``, the first element of every other
-  triplet ``[verb_node, edge, object]``, is ignored (it can be a spelling variant of the verb);
+- the verb is the ``v`` of the ``["CW", "verb", v]`` triplet (two different verbs in one graph is
+  an error; with ``vocab="files"`` a verb outside ``verbs.txt`` skips the graph:
+  ``dropped_verbs``, ``skipped_graphs["unknown_verb"]``); ``verb_node``, the first element of every
+  other triplet ``[verb_node, edge, object]``, is ignored (it can be a spelling variant of the
+  verb);
 - object names lose an instance suffix ``:k`` (``knife:2`` → ``knife``); a name outside
-  ``objects.txt`` drops its triplet (``dropped_objects``); an edge outside ``relationships.txt`` is
-  an error; a repeated (object, edge) pair counts once, whatever its ``verb_node``
-  (``duplicate_triplets``);
+  ``objects.txt`` drops its triplet (``dropped_objects``); with ``vocab="files"`` an edge outside
+  ``relationships.txt`` drops its triplet (``dropped_edges``); a repeated (object, edge) pair
+  counts once, whatever its ``verb_node`` (``duplicate_triplets``). No unknown name stops the
+  reader;
 - a graph without triplets, or whose object triplets were all dropped, has no ground truth to
   recall and is **skipped** (``skipped_graphs``: ``no_triplets`` / ``no_objects``);
 - groundings ``{frame_type: {name: {"left", "top", "width", "height"}}}`` (pixels of ``W`` × ``H``)
@@ -79,6 +89,7 @@ from typing import Any
 
 import numpy as np
 
+from m3sgg.data.easg_release import EASGFiles, find_easg_files
 from m3sgg.data.safe_pickle import load_pickle
 from m3sgg.data.structures import GraphGT
 from m3sgg.errors import ConfigError, DataError
@@ -92,6 +103,7 @@ __all__ = [
     "SPLITS",
     "VERB_FEATURE_DIM",
     "VOCAB_FILES",
+    "VOCAB_SOURCES",
     "EASGSample",
     "EASGVocab",
     "load_vocab",
@@ -108,6 +120,8 @@ MASTER_JSON_NAMES: tuple[str, ...] = (
 )
 SPLITS: tuple[str, ...] = ("train", "val")
 SOURCES: tuple[str, ...] = ("sgg", "master")
+#: Where the master view's verb and edge vocabularies come from (see :class:`EASG`).
+VOCAB_SOURCES: tuple[str, ...] = ("annotations", "files")
 ROI_FEATURE_DIM = 1024
 VERB_FEATURE_DIM = 2304
 VOCAB_FILES: dict[str, str] = {
@@ -185,8 +199,14 @@ class EASGVocab:
         return iter((self.verbs, self.objects, self.relations))
 
 
-def load_vocab(root: str | os.PathLike[str]) -> EASGVocab:
-    """Read ``verbs.txt``, ``objects.txt`` and ``relationships.txt`` from ``root``."""
+def load_vocab(root: str | os.PathLike[str] | EASGFiles) -> EASGVocab:
+    """Read ``verbs.txt``, ``objects.txt`` and ``relationships.txt`` from ``root`` (or from
+    where :func:`~m3sgg.data.easg_release.find_easg_files` found them)."""
+    if isinstance(root, EASGFiles):
+        files = root
+        return EASGVocab(
+            *(read_labels(files.path(VOCAB_FILES[k])) for k in ("verbs", "objects", "relations"))
+        )
     root = Path(root)
     return EASGVocab(
         *(read_labels(root / VOCAB_FILES[k]) for k in ("verbs", "objects", "relations"))
@@ -355,6 +375,16 @@ class EASG(SequenceABC[EASGSample]):
             ``root``.
         features_dir: folder of the feature files; default ``root``.
         roi_dim, verb_dim: expected feature sizes (the release's are 1024 and 2304).
+        vocab: master view only: ``"annotations"`` (default; like the release's own reader:
+            verbs and edges numbered by first appearance over the whole JSON, both splits, an edge
+            counted only on a triplet whose object is in ``objects.txt``; objects from
+            ``objects.txt``) or ``"files"`` (``verbs.txt`` and ``relationships.txt``: a graph
+            whose verb is not listed is skipped, a triplet whose edge is not listed is dropped,
+            both counted in :meth:`stats`). The SGG view always uses the files.
+
+    Files are found with :func:`~m3sgg.data.easg_release.find_easg_files`: ``root`` may be the
+    release root (files in sub-folders), the SGG folder or a flat folder; :attr:`files` holds
+    what was found and ``files.summary()`` says it in one line.
 
     Example::
 
@@ -378,6 +408,7 @@ class EASG(SequenceABC[EASGSample]):
         features_dir: str | os.PathLike[str] | None = None,
         roi_dim: int = ROI_FEATURE_DIM,
         verb_dim: int = VERB_FEATURE_DIM,
+        vocab: str | None = None,
     ):
         if split not in SPLITS:
             raise ConfigError(f"EASG split must be one of {SPLITS}, got {split!r}")
@@ -387,30 +418,51 @@ class EASG(SequenceABC[EASGSample]):
             features = source == "sgg"
         if features and source != "sgg":
             raise ConfigError("EASG features are stored per SGG annotation: use source='sgg'")
+        if vocab is None:
+            vocab = "annotations" if source == "master" else "files"
+        if vocab not in VOCAB_SOURCES:
+            raise ConfigError(f"EASG vocab must be one of {VOCAB_SOURCES}, got {vocab!r}")
+        if vocab == "annotations" and source != "master":
+            raise ConfigError("the SGG view reads its vocabularies from the files: vocab='files'")
         self.root = Path(root)
-        if not self.root.is_dir():
-            raise DataError(self.root, "EASG folder not found")
+        self.files = find_easg_files(self.root)
         self.split = split
         self.source = source
         self.features = bool(features)
-        self.vocab = load_vocab(self.root)
+        self.vocab_source = vocab
         self._stats: dict[str, Any] = {
+            "vocab_source": vocab,
             "dropped_objects": Counter(),
             "dropped_triplets": 0,
             "skipped_graphs": Counter(),
             "duplicate_triplets": 0,
         }
-        fdir = Path(features_dir) if features_dir is not None else self.root
-        self.roi_path = fdir / f"roi_feats_{split}.pkl"
-        self.verb_path = fdir / "verb_features.pt"
-        num_rel = len(self.vocab.relations)
+        if features_dir is not None:
+            fdir = Path(features_dir)
+            self.roi_path = fdir / f"roi_feats_{split}.pkl"
+            self.verb_path = fdir / "verb_features.pt"
+        elif self.features:
+            self.roi_path = self.files.path(f"roi_feats_{split}.pkl")
+            self.verb_path = self.files.path("verb_features.pt")
+        else:
+            self.roi_path = self.files.get(f"roi_feats_{split}.pkl") or self.root / "-"
+            self.verb_path = self.files.get("verb_features.pt") or self.root / "-"
         self.samples: list[EASGSample]
         if source == "master":
             self.path = self._find_master(master_json)
-            graphs = self._read_master(self.path)
+            data = self._load_master(self.path)
+            if vocab == "annotations":
+                self.vocab = self._first_appearance_vocab(self.path, data)
+            else:
+                self.vocab = load_vocab(self.files)
+                self._stats.update(dropped_verbs=Counter(), dropped_edges=Counter())
+            graphs = self._read_master(self.path, data)
+            num_rel = len(self.vocab.relations)
             self.samples = [_build(i, g, num_rel, None, None) for i, g in enumerate(graphs)]
             return
-        self.path = self.root / f"easg_{split}.pkl"
+        self.vocab = load_vocab(self.files)
+        num_rel = len(self.vocab.relations)
+        self.path = self.files.path(f"easg_{split}.pkl")
         if not self.features:
             graphs = self._read_sgg(self.path, None, roi_dim)
             self.samples = [_build(i, g, num_rel, None, None) for i, g in enumerate(graphs)]
@@ -438,10 +490,14 @@ class EASG(SequenceABC[EASGSample]):
         """Counts for ``m3sgg inspect-data``: totals, histograms by name, what the rules dropped.
 
         Keys: ``source``, ``split``, ``graphs``, ``objects``, ``triplets``, ``verbs``,
-        ``object_classes``, ``relations`` (histograms in vocabulary order), ``dropped_objects``
-        (master: triplets dropped per unknown object name), ``dropped_triplets``,
-        ``skipped_graphs`` (by reason), ``duplicate_triplets``, and per view ``ignored_groundings``
-        (master) or ``merged_annotations``, ``split_graphs``, ``empty_annotations`` (SGG).
+        ``object_classes``, ``relations`` (histograms in vocabulary order), ``vocab_source``
+        (``"annotations"`` or ``"files"``), ``dropped_objects`` (master: triplets dropped per
+        unknown object name), ``dropped_triplets``, ``skipped_graphs`` (by reason),
+        ``duplicate_triplets``, and per view ``ignored_groundings`` (master) or
+        ``merged_annotations``, ``split_graphs``, ``empty_annotations`` (SGG). The master view
+        adds ``vocabulary`` (its verb and edge lists, in index order) with
+        ``vocab="annotations"``, and ``dropped_verbs`` (graphs skipped per unlisted verb) and
+        ``dropped_edges`` (triplets dropped per unlisted edge) with ``vocab="files"``.
         """
         verbs = np.zeros(len(self.vocab.verbs), dtype=np.int64)
         objs = np.zeros(len(self.vocab.objects), dtype=np.int64)
@@ -464,6 +520,11 @@ class EASG(SequenceABC[EASGSample]):
         }
         for key, value in self._stats.items():
             out[key] = dict(value) if isinstance(value, Counter) else value
+        if self.source == "master" and self.vocab_source == "annotations":
+            out["vocabulary"] = {
+                "verbs": list(self.vocab.verbs),
+                "relations": list(self.vocab.relations),
+            }
         return out
 
     # -- master view --------------------------------------------------------------------------
@@ -471,13 +532,12 @@ class EASG(SequenceABC[EASGSample]):
         if master_json is not None:
             return Path(master_json)
         for name in MASTER_JSON_NAMES:
-            if (self.root / name).is_file():
-                return self.root / name
-        raise DataError(
-            self.root / MASTER_JSON_NAMES[0], f"file not found (nor {MASTER_JSON_NAMES[1]})"
-        )
+            if self.files.get(name) is not None:
+                return self.files.path(name)
+        return self.files.path(MASTER_JSON_NAMES[0])  # raises, naming what was found
 
-    def _read_master(self, path: Path) -> list[_Graph]:
+    @staticmethod
+    def _load_master(path: Path) -> Any:
         try:
             with open(path, encoding="utf-8") as f:
                 data = json.load(f)
@@ -491,7 +551,32 @@ class EASG(SequenceABC[EASGSample]):
             ) from None
         except UnicodeDecodeError as err:
             raise DataError(path, f"not UTF-8 text ({err.reason})") from None
-        _expect(data, Mapping, path, "top level")
+        return _expect(data, Mapping, path, "top level")
+
+    def _first_appearance_vocab(self, path: Path, data: Mapping) -> EASGVocab:
+        """Verbs and edges in order of first appearance over every clip (both splits), objects
+        from ``objects.txt``; malformed records are left to :meth:`_read_master` to report."""
+        objects = read_labels(self.files.path(VOCAB_FILES["objects"]))
+        known = set(objects)
+        verbs: dict[str, None] = {}
+        edges: dict[str, None] = {}
+        for clip in data.values():
+            graphs = clip.get("graphs") if isinstance(clip, Mapping) else None
+            for graph in graphs if isinstance(graphs, list) else ():
+                triplets = graph.get("triplets") if isinstance(graph, Mapping) else None
+                for trip in triplets if isinstance(triplets, list) else ():
+                    if not (isinstance(trip, list | tuple) and len(trip) == 3):
+                        continue
+                    node, edge, obj = trip
+                    if not all(isinstance(x, str) for x in trip):
+                        continue
+                    if node == "CW" and edge == "verb":
+                        verbs.setdefault(obj, None)
+                    elif strip_instance(obj) in known:
+                        edges.setdefault(edge, None)
+        return EASGVocab(tuple(verbs), objects, tuple(edges))
+
+    def _read_master(self, path: Path, data: Mapping) -> list[_Graph]:
         self._stats["ignored_groundings"] = 0
         graphs: list[_Graph] = []
         seen_uids: dict[str, str] = {}
@@ -564,10 +649,12 @@ class EASG(SequenceABC[EASGSample]):
                     raise DataError(path, f"second verb {obj!r} (first {verb!r})", field=twhere)
                 verb = obj
                 continue
-            if edge not in vocab.relation_index:
-                raise DataError(path, f"edge {edge!r} is not in relationships.txt", field=twhere)
             name = strip_instance(obj)
-            if name not in vocab.object_index:
+            if edge not in vocab.relation_index and name in vocab.object_index:
+                # only with vocab="files": first appearance lists every edge of a known object
+                self._stats["dropped_edges"][edge] += 1
+                self._stats["dropped_triplets"] += 1
+            elif name not in vocab.object_index:
                 self._stats["dropped_objects"][name] += 1
                 self._stats["dropped_triplets"] += 1
             elif (obj, edge) in pairs:  # verb_node ignored: it may be a spelling variant
@@ -579,8 +666,10 @@ class EASG(SequenceABC[EASGSample]):
             return None
         if verb is None:
             raise DataError(path, "no ['CW', 'verb', v] triplet", field=f"{where} triplets")
-        if verb not in vocab.verb_index:
-            raise DataError(path, f"verb {verb!r} is not in verbs.txt", field=f"{where} triplets")
+        if verb not in vocab.verb_index:  # only with vocab="files"
+            self._stats["dropped_verbs"][verb] += 1
+            self._stats["skipped_graphs"]["unknown_verb"] += 1
+            return None
         if not pairs:
             self._stats["skipped_graphs"]["no_objects"] += 1
             return None
@@ -838,7 +927,9 @@ def _expect(value: Any, kind: type, path: Path, where: str) -> Any:
 
 
 def _float_array(value: Any, path: Path, where: str) -> np.ndarray:
-    """``value`` as a float32 array, or a DataError at ``where``."""
+    """``value`` (numpy, nested lists or a torch tensor) as a float32 array, or a DataError."""
+    if hasattr(value, "detach") and hasattr(value, "numpy"):  # a torch tensor (release pickles)
+        value = value.detach().cpu().numpy()
     try:
         return np.asarray(value, dtype=np.float32)
     except (TypeError, ValueError):

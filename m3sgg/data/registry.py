@@ -188,9 +188,14 @@ register_dataset(
 
 
 def _easg_open(config: Config, root: Path, split: str) -> Any:
+    import logging
+
     from m3sgg.data.easg import EASG
 
-    return EASG(root, split, source="sgg", features=True)
+    dataset = EASG(root, split, source="sgg", features=True)
+    # one line per split: what the release search found, what is unused
+    logging.getLogger("m3sgg").info("EASG %s split: %s", split, dataset.files.summary())
+    return dataset
 
 
 def _easg_collate(model: Any) -> Callable[[list[Any]], Any]:

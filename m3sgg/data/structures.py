@@ -52,6 +52,8 @@ class VideoGT:
         rel_obj: int64 ``(R,)`` object index of each ground-truth relation.
         rel_pred: int64 ``(R,)`` global predicate id (0..25) of each relation; relations are
             ordered by object, then attention, spatial, contacting, as in the annotation lists.
+        image_size: ``(height, width)`` of the video's frames in box pixels (the annotated
+            ``bbox_size`` of its first frame), or ``None`` when the annotations lack it.
     """
 
     video_id: str
@@ -62,6 +64,7 @@ class VideoGT:
     obj_boxes: np.ndarray
     rel_obj: np.ndarray
     rel_pred: np.ndarray
+    image_size: tuple[float, float] | None = None
 
     @property
     def num_frames(self) -> int:

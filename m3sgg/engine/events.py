@@ -14,7 +14,8 @@ m3sgg fires :class:`M3sggEvents`. The loop, with the default handlers in the ord
             ITERATION_STARTED
                 resume_rng      (first step after a resume) restore the RNG states, last
                 lr_schedule     (warmup or cosine, when configured) per-iteration lr
-            train_step           forward, model.loss, weighted sum, backward, clip, step
+            train_step           forward, model.loss, weighted sum, backward, then per optimizer
+                                 step: unscale (fp16), grad norm, BEFORE_OPTIMIZER_STEP, clip, step
             ITERATION_COMPLETED
                 nan_guard        non-finite loss: save, stop, name the iteration and loss term
                 loss_tracker     running means of every loss term since the last evaluation
@@ -48,6 +49,10 @@ __all__ = ["M3sggEvents"]
 class M3sggEvents(EventEnum):
     """Events m3sgg fires on the train engine (register handlers on them like ignite's)."""
 
+    #: inside ``train_step`` after backward, before clipping and ``optimizer.step()`` (once per
+    #: optimizer step under accumulation): every parameter's ``.grad`` is present and unscaled
+    #: (fp16), ``engine.state.grad_norm`` holds their L2 norm before clipping
+    BEFORE_OPTIMIZER_STEP = "before_optimizer_step"
     #: after each evaluation, once ``engine.state.eval_metrics`` holds its results
     EVALUATION_COMPLETED = "evaluation_completed"
     #: after a checkpoint file is durably on disk; ``engine.state.last_checkpoint`` is its path

@@ -336,7 +336,7 @@ class Trainer:
             epoch_length = engine.state.epoch_length or 0
             in_epoch = engine.state.iteration - (engine.state.epoch - 1) * epoch_length
             if in_epoch % accumulate == 0 or in_epoch == epoch_length:
-                self._optimizer_step()
+                self._optimizer_step(engine)
         else:
             self.optimizer.zero_grad(set_to_none=True)
         output: dict[str, Any] = {"loss": total.detach()}
@@ -344,13 +344,26 @@ class Trainer:
         output["finite"] = finite
         return output
 
-    def _optimizer_step(self) -> None:
+    def _optimizer_step(self, engine: Engine) -> None:
+        """Unscale (fp16), measure the gradient norm, fire BEFORE_OPTIMIZER_STEP, clip, step.
+
+        ``engine.state.grad_norm`` is the L2 norm of all gradients before clipping (a 0-dim float32
+        tensor on the device: reading it syncs). Clipping scales by it (one norm computation per
+        step), so a handler that changes the gradients sets it anew.
+        """
         clip = self.config.optim.grad_clip
         scaling = self.scaler.is_enabled()  # fp16 only
-        if clip is not None:
-            if scaling:
-                self.scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
+        if scaling:  # handlers and clipping see the true gradients
+            self.scaler.unscale_(self.optimizer)
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        grads = [p.grad for p in params]
+        norm = (
+            torch.nn.utils.get_total_norm(grads) if grads else torch.zeros((), device=self.device)
+        )
+        engine.state.grad_norm = norm
+        engine.fire_event(M3sggEvents.BEFORE_OPTIMIZER_STEP)
+        if clip is not None and params:
+            torch.nn.utils.clip_grads_with_norm_(params, clip, engine.state.grad_norm)
         if scaling:
             self.scaler.step(self.optimizer)
             self.scaler.update()

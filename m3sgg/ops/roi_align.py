@@ -13,20 +13,23 @@ Convention:
 * ``aligned=True`` subtracts half a pixel after scaling, so that feature pixel ``i`` has its
   centre at continuous coordinate ``i`` (the pixel-accurate convention). ``aligned=False`` is the
   original formulation: no shift, and each box is at least one feature pixel wide and high.
-* A box is cut into ``oh x ow`` bins. Each bin averages ``sampling_ratio x sampling_ratio``
-  bilinear samples at the centres of a regular sub-grid of the bin. A sample with ``y`` outside
-  ``[-1, H]`` or ``x`` outside ``[-1, W]`` contributes 0 (it still counts in the average).
+* A box is cut into ``oh x ow`` bins. Each bin averages ``s_y x s_x`` bilinear samples at the
+  centres of a regular sub-grid of the bin. A sample with ``y`` outside ``[-1, H]`` or ``x``
+  outside ``[-1, W]`` contributes 0 (it still counts in the average).
   Otherwise its coordinates are clamped to ``[0, H-1] x [0, W-1]`` and it interpolates its four
   neighbouring pixels; on the last row or column both neighbours are that row or column.
-* The sampling ratio is fixed (``> 0``). The standard operator's adaptive mode
-  (``sampling_ratio <= 0``: ``ceil(box size / bins)`` samples per bin) is refused, because its
-  number of samples, and so the memory and time of a vectorized gather, grow with the box size.
+* ``sampling_ratio > 0`` fixes the number of samples per bin and axis. ``sampling_ratio = 0`` is
+  the adaptive mode of the reference kernels (the one the Action Genome detector uses):
+  ``ceil(roi_h / oh)`` samples along y and ``ceil(roi_w / ow)`` along x, per roi, with the box
+  size computed in the features' precision (at least float32) as the kernels do. A box of size 0
+  or less along an axis (``aligned=True`` only) gets no samples there and pools zeros.
 
-Implementation: all ``K x oh x ow x s x s`` samples, each with its four neighbours, become
-``4 s^2`` indices per output bin into the features laid out as ``[N*H*W, C]`` rows, each with its
-bilinear weight divided by ``s^2``. One ``embedding_bag`` call (mode ``sum`` with per-sample
+Implementation: all ``K x oh x ow x s_y x s_x`` samples, each with its four neighbours, become
+``4 s_y s_x`` indices per output bin into the features laid out as ``[N*H*W, C]`` rows, each with
+its bilinear weight divided by ``s_y s_x``. One ``embedding_bag`` call (mode ``sum`` with per-sample
 weights) gathers those rows and sums them with their weights, without materializing the
-``[K*oh*ow, 4 s^2, C]`` gathered tensor. Rois are processed in chunks so that the indices and
+``[K*oh*ow, 4 s_y s_x, C]`` gathered tensor. In the adaptive mode the rois are grouped by their
+``(s_y, s_x)`` and each group takes that path. Rois are processed in chunks so that the indices and
 weights of one chunk stay under a memory bound. The output is differentiable with respect to
 ``features`` through autograd (the backward of the weighted gather is a weighted scatter-add);
 boxes are treated as constants, as in the standard operator. Sample coordinates and weights are
@@ -39,21 +42,18 @@ once into that layout.
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["DEFAULT_MAX_CHUNK_BYTES", "RoIAlign", "roi_align"]
+__all__ = ["DEFAULT_MAX_CHUNK_BYTES", "MAX_ADAPTIVE_SAMPLES", "RoIAlign", "roi_align"]
 
 #: Default bound, in bytes, on the working memory of one chunk of rois (indices, weights, output).
 DEFAULT_MAX_CHUNK_BYTES = 256 * 2**20
 
-_ADAPTIVE_REFUSED = (
-    "roi_align: sampling_ratio must be a positive int, got {value!r}. The adaptive mode "
-    "(sampling_ratio <= 0, ceil(box size / output size) samples per bin) is not supported: its "
-    "number of samples grows with the box size, and a vectorized gather over large boxes "
-    "exhausts memory on ordinary inputs. Pass a fixed ratio; 2 is the usual choice."
-)
+#: Largest number of samples per bin (``s_y * s_x``) the adaptive mode accepts for one roi.
+MAX_ADAPTIVE_SAMPLES = 2**20
 
 
 def _check_output_size(output_size: int | tuple[int, int]) -> tuple[int, int]:
@@ -87,8 +87,10 @@ def _check_params(
         )
     if isinstance(sampling_ratio, bool) or not isinstance(sampling_ratio, int):
         raise TypeError(f"roi_align: sampling_ratio must be an int, got {sampling_ratio!r}")
-    if sampling_ratio <= 0:
-        raise ValueError(_ADAPTIVE_REFUSED.format(value=sampling_ratio))
+    if sampling_ratio < 0:
+        raise ValueError(
+            f"roi_align: sampling_ratio must be >= 0 (0 = adaptive), got {sampling_ratio!r}"
+        )
     return size
 
 
@@ -164,6 +166,114 @@ def _axis_samples(
     return torch.stack((lower, upper), dim=-1), weights
 
 
+class _PoolArgs(NamedTuple):
+    table: Tensor  # [N*H*W, C]
+    height: int
+    width: int
+    oh: int
+    ow: int
+    dtype: torch.dtype
+    max_chunk_bytes: int
+
+
+def _adaptive_grid(
+    rois: Tensor,
+    dtype: torch.dtype,
+    spatial_scale: float,
+    offset: float,
+    aligned: bool,
+    oh: int,
+    ow: int,
+) -> tuple[Tensor, Tensor]:
+    """Samples per bin along y and x, ``[K]`` int64 each, as the kernels count them.
+
+    The kernels compute the box size in the features' type (``float`` for float32 maps), so
+    the size is computed here in that precision (at least float32) before ``ceil``: a size on
+    the edge of a whole number of bins then gets the kernels' count.
+    """
+    grid_dtype = torch.promote_types(dtype, torch.float32)
+    r = rois.detach().to(grid_dtype)
+    x1 = r[:, 1] * spatial_scale - offset
+    y1 = r[:, 2] * spatial_scale - offset
+    roi_w = (r[:, 3] * spatial_scale - offset) - x1
+    roi_h = (r[:, 4] * spatial_scale - offset) - y1
+    if not aligned:
+        roi_w = roi_w.clamp(min=1.0)
+        roi_h = roi_h.clamp(min=1.0)
+    grid_y = torch.ceil(roi_h / oh).to(torch.float64).clamp(min=0)
+    grid_x = torch.ceil(roi_w / ow).to(torch.float64).clamp(min=0)
+    samples = grid_y * grid_x
+    bad = ~(samples <= MAX_ADAPTIVE_SAMPLES)  # also catches NaN and inf
+    if bool(bad.any()):
+        row = int(bad.nonzero()[0, 0])
+        raise ValueError(
+            f"roi_align: rois[{row}] = {rois[row].tolist()} needs "
+            f"{float(grid_y[row])} x {float(grid_x[row])} adaptive samples per bin, more than "
+            f"{MAX_ADAPTIVE_SAMPLES}; pass a fixed sampling_ratio for boxes this large"
+        )
+    return grid_y.long(), grid_x.long()
+
+
+def _pool_fixed(
+    pool: _PoolArgs,
+    geometry: tuple[Tensor, Tensor, Tensor, Tensor, Tensor],
+    ratio_y: int,
+    ratio_x: int,
+) -> Tensor:
+    """Pool the rois of ``geometry``, ``ratio_y x ratio_x`` samples per bin: ``[K, oh, ow, C]``."""
+    batch, x1, y1, roi_w, roi_h = geometry
+    oh, ow, dtype = pool.oh, pool.ow, pool.dtype
+    channels = pool.table.shape[1]
+    y_index, y_weight = _axis_samples(y1, roi_h / oh, oh, ratio_y, pool.height)  # [K, oh, sy, 2]
+    x_index, x_weight = _axis_samples(x1, roi_w / ow, ow, ratio_x, pool.width)  # [K, ow, sx, 2]
+    # Row of pixel (b, y, x) in the [N*H*W, C] table: b*H*W + y*W + x. The 1/(sy*sx) of the
+    # average goes into the y weights; products of weights are formed in at least float32.
+    y_row = (batch * (pool.height * pool.width))[:, None, None, None] + y_index * pool.width
+    weight_dtype = torch.promote_types(dtype, torch.float32)
+    y_weight = (y_weight / (ratio_y * ratio_x)).to(weight_dtype)
+    x_weight = x_weight.to(weight_dtype)
+    terms = 4 * ratio_y * ratio_x  # (sample y, neighbour y, sample x, neighbour x) per bin
+    # Per roi: int64 indices, weights (product and cast), pooled output (and its final copy).
+    item = pool.table.element_size()
+    bytes_per_roi = oh * ow * (terms * (8 + 8 + item) + 2 * channels * item)
+    chunk = max(1, pool.max_chunk_bytes // bytes_per_roi)
+    count = batch.shape[0]
+    outputs = []
+    for lo in range(0, max(count, 1), chunk):
+        hi = min(lo + chunk, count)
+        bins = (hi - lo) * oh * ow
+        # Broadcast to [k, oh, ow, s_y, 2, s_x, 2], then one row of 4 s_y s_x terms per bin.
+        flat = y_row[lo:hi, :, None, :, :, None, None] + x_index[lo:hi, None, :, None, None]
+        weight = y_weight[lo:hi, :, None, :, :, None, None] * x_weight[lo:hi, None, :, None, None]
+        weight = weight.to(dtype).reshape(bins, terms)
+        pooled = nn.functional.embedding_bag(
+            flat.reshape(bins, terms), pool.table, per_sample_weights=weight, mode="sum"
+        )
+        outputs.append(pooled.view(hi - lo, oh, ow, channels))
+    return outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=0)
+
+
+def _pool_adaptive(
+    pool: _PoolArgs,
+    geometry: tuple[Tensor, Tensor, Tensor, Tensor, Tensor],
+    grid: tuple[Tensor, Tensor],
+) -> Tensor:
+    """Pool each roi with its own ``(s_y, s_x)``: one fixed-ratio pass per distinct pair."""
+    grid_y, grid_x = grid
+    count, channels = grid_y.shape[0], pool.table.shape[1]
+    key = grid_y * (int(grid_x.max()) + 1) + grid_x
+    keys, group = torch.unique(key, return_inverse=True)
+    pooled = pool.table.new_zeros(count, pool.oh, pool.ow, channels)
+    for g in range(keys.shape[0]):
+        members = (group == g).nonzero().squeeze(1)
+        ratio_y, ratio_x = int(grid_y[members[0]]), int(grid_x[members[0]])
+        if ratio_y == 0 or ratio_x == 0:
+            continue  # no samples: the bins stay 0, as in the kernels
+        part = tuple(t[members] for t in geometry)
+        pooled = pooled.index_put((members,), _pool_fixed(pool, part, ratio_y, ratio_x))
+    return pooled
+
+
 def roi_align(
     features: Tensor,
     rois: Tensor,
@@ -182,8 +292,8 @@ def roi_align(
             the same device as ``features``. Batch indices must be whole numbers in ``[0, N)``.
         output_size: ``oh`` (square) or ``(oh, ow)``.
         spatial_scale: multiplies box coordinates into feature coordinates (e.g. ``1/16``).
-        sampling_ratio: bilinear samples per bin along each axis; must be ``> 0`` (the adaptive
-            ``<= 0`` mode is refused, see the module docstring).
+        sampling_ratio: bilinear samples per bin along each axis, or ``0`` for the adaptive
+            mode of the reference kernels (``ceil(box size / bins)`` per roi and axis).
         aligned: shift boxes by ``-0.5`` feature pixel after scaling (``True``), or use the
             original formulation with boxes at least 1x1 feature pixel (``False``).
         max_chunk_bytes: bound on the working memory of one chunk of rois (sample indices,
@@ -215,7 +325,6 @@ def roi_align(
     boxes = rois.detach().to(torch.float64)
     _check_roi_values(boxes, num_images)
 
-    ratio = sampling_ratio
     offset = 0.5 if aligned else 0.0
     x1 = boxes[:, 1] * spatial_scale - offset
     y1 = boxes[:, 2] * spatial_scale - offset
@@ -224,35 +333,16 @@ def roi_align(
     if not aligned:
         roi_w = roi_w.clamp(min=1.0)
         roi_h = roi_h.clamp(min=1.0)
-    y_index, y_weight = _axis_samples(y1, roi_h / oh, oh, ratio, height)  # [K, oh, s, 2]
-    x_index, x_weight = _axis_samples(x1, roi_w / ow, ow, ratio, width)  # [K, ow, s, 2]
-    # Row of pixel (b, y, x) in the [N*H*W, C] table below: b*H*W + y*W + x. The 1/s^2 of the
-    # average goes into the y weights; products of weights are formed in at least float32.
-    y_row = (boxes[:, 0].long() * (height * width))[:, None, None, None] + y_index * width
-    weight_dtype = torch.promote_types(features.dtype, torch.float32)
-    y_weight = (y_weight / (ratio * ratio)).to(weight_dtype)
-    x_weight = x_weight.to(weight_dtype)
-
+    geometry = (boxes[:, 0].long(), x1, y1, roi_w, roi_h)
     # Rows of [N*H*W, C]; one row per (image, y, x).
     table = features.permute(0, 2, 3, 1).reshape(num_images * height * width, channels)
-    terms = 4 * ratio * ratio  # (sample y, neighbour y, sample x, neighbour x) per bin
-    # Per roi: int64 indices, weights (product and cast), pooled output (and its final copy).
-    item = features.element_size()
-    bytes_per_roi = oh * ow * (terms * (8 + 8 + item) + 2 * channels * item)
-    chunk = max(1, max_chunk_bytes // bytes_per_roi)
-    outputs = []
-    for lo in range(0, max(boxes.shape[0], 1), chunk):
-        hi = min(lo + chunk, boxes.shape[0])
-        bins = (hi - lo) * oh * ow
-        # Broadcast to [k, oh, ow, s_y, 2, s_x, 2], then one row of 4 s^2 terms per bin.
-        flat = y_row[lo:hi, :, None, :, :, None, None] + x_index[lo:hi, None, :, None, None]
-        weight = y_weight[lo:hi, :, None, :, :, None, None] * x_weight[lo:hi, None, :, None, None]
-        weight = weight.to(features.dtype).reshape(bins, terms)
-        pooled = nn.functional.embedding_bag(
-            flat.reshape(bins, terms), table, per_sample_weights=weight, mode="sum"
-        )
-        outputs.append(pooled.view(hi - lo, oh, ow, channels))
-    pooled = outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=0)
+    pool = _PoolArgs(table, height, width, oh, ow, features.dtype, max_chunk_bytes)
+    if sampling_ratio > 0 or boxes.shape[0] == 0:
+        ratio = max(sampling_ratio, 1)
+        pooled = _pool_fixed(pool, geometry, ratio, ratio)
+    else:
+        grid = _adaptive_grid(rois, features.dtype, spatial_scale, offset, aligned, oh, ow)
+        pooled = _pool_adaptive(pool, geometry, grid)
     return pooled.permute(0, 3, 1, 2).contiguous()
 
 
@@ -262,7 +352,7 @@ class RoIAlign(nn.Module):
     Args:
         output_size: ``oh`` (square) or ``(oh, ow)``.
         spatial_scale: multiplies box coordinates into feature coordinates.
-        sampling_ratio: bilinear samples per bin along each axis (``> 0``).
+        sampling_ratio: bilinear samples per bin along each axis (``0``: adaptive).
         aligned: half-pixel shift (``True``) or the original formulation (``False``).
 
     Example:

@@ -451,3 +451,25 @@ def test_features_follow_the_small_box_filter(ag, tmp_path):
     np.testing.assert_array_equal(feats.box_features[1::2], gt.obj_boxes)  # features = boxes
     np.testing.assert_array_equal(feats.pair_idx, [[0, 1], [2, 3], [4, 5]])
     assert feats.im_idx.tolist() == [0, 1, 2]
+
+
+def test_image_size_from_the_first_frame_bbox_size(ag):
+    objects = {**three_frames(ag), **three_frames(ag, video="BBBBB.mp4")}
+    persons = {k: ag.person() for k in objects}
+    first_b = "BBBBB.mp4/000001.png"
+    persons[first_b] = {**persons[first_b], "bbox_size": (640, 360.5)}  # (w, h)
+    for key in [k for k in objects if k.startswith("BBBBB")][1:]:
+        persons[key] = {**persons[key], "bbox_size": (1, 1)}  # later frames are not read
+    ds = ActionGenome(ag.write(objects, persons), "train")
+    sizes = {ds[i].video_id: ds[i].gt.image_size for i in range(len(ds))}
+    assert sizes == {"AAAAA.mp4": (270.0, 480.0), "BBBBB.mp4": (360.5, 640.0)}
+
+
+@pytest.mark.parametrize("size", [None, (0, 270), "big", (480,)])
+def test_image_size_is_none_without_a_usable_bbox_size(ag, size):
+    objects = three_frames(ag)
+    persons = {k: ag.person() for k in objects}
+    for key in persons:
+        persons[key] = {**persons[key], "bbox_size": size}
+    ds = ActionGenome(ag.write(objects, persons), "train")
+    assert ds[0].gt.image_size is None

@@ -280,7 +280,7 @@ def test_strip_instance():
 
 def test_master_quirks(tmp_path):
     write_master(tmp_path, master_data())
-    ds = EASG(tmp_path, "train", source="master")
+    ds = EASG(tmp_path, "train", source="master", vocab="files")
     assert ds.features is False and len(ds) == 2
     samples = by_id(ds)
     assert list(samples) == ["u1", "u4"]
@@ -312,6 +312,8 @@ def test_master_quirks(tmp_path):
     assert st["skipped_graphs"] == {"no_triplets": 1, "no_objects": 1}
     assert st["duplicate_triplets"] == 2
     assert st["ignored_groundings"] == 2  # hand:1 and TABLE in u1
+    assert st["vocab_source"] == "files" and "vocabulary" not in st
+    assert st["dropped_verbs"] == {} and st["dropped_edges"] == {}
     json.dumps(st)  # the CLI prints it as JSON
 
     val = EASG(tmp_path, "val", source="master")
@@ -371,12 +373,6 @@ _DELETE = object()
         (_mutate("clipA/graphs", {}), "clip 'clipA' graphs", "expected a list, got dict"),
         (_mutate("clipA/graphs/0/triplets/1", ["cut", "dobj"]),
          "clip 'clipA' graphs[0] triplets[1]", "expected [node, edge, node]"),
-        (_mutate("clipA/graphs/0/triplets/0", ["CW", "verb", "slice"]),
-         "clip 'clipA' graphs[0] triplets", "verb 'slice' is not in verbs.txt"),
-        (_mutate("clipA/graphs/0/triplets/0", ["CW", "verb", "Cut"]),
-         "clip 'clipA' graphs[0] triplets", "verb 'Cut' is not in verbs.txt"),
-        (_mutate("clipA/graphs/0/triplets/1", ["cut", "beside", "knife"]),
-         "clip 'clipA' graphs[0] triplets[1]", "edge 'beside' is not in relationships.txt"),
         (_mutate("clipA/graphs/0/triplets/0", ["cut", "dobj", "onion"]),
          "clip 'clipA' graphs[0] triplets", "no ['CW', 'verb', v] triplet"),
         (_mutate("clipA/graphs/0/triplets/2", ["CW", "verb", "take"]),
@@ -407,6 +403,71 @@ def test_master_bad_input(tmp_path, mutate, field, message):
     assert err.value.field == field
     assert message in err.value.message
     assert str(err.value).startswith(f"{path}: {field}: ")
+
+
+def unknown_names_data() -> dict[str, Any]:
+    """The master fixture with names the vocabulary files do not list: a verb ("slice", u4's,
+    first seen in clipA after cut and take) and two edges ("beside" on a known object, "under"
+    only on an unknown one)."""
+    data = master_data()
+    data["clipA"]["graphs"][0]["triplets"].append(["cut", "beside", "onion"])
+    data["clipA"]["graphs"][0]["triplets"].append(["cut", "under", "spork"])
+    data["clipA"]["graphs"][3]["triplets"][0] = ["CW", "verb", "slice"]
+    return data
+
+
+def test_master_vocab_by_first_appearance_like_the_release_reader(tmp_path):
+    write_master(tmp_path, unknown_names_data())
+    ds = EASG(tmp_path, "train", source="master")  # vocab="annotations" is the default
+    # verbs over both splits in JSON order: cut (u1), take (u3), slice (u4), wash (clipB)
+    assert ds.vocab.verbs == ("cut", "take", "slice", "wash")
+    # edges of known objects in order: u1 dobj, with, (with spork: unknown object), on, in,
+    # beside (under: only on spork); u4 from; clipB in
+    assert ds.vocab.relations == ("dobj", "with", "on", "in", "beside", "from")
+    assert ds.vocab.objects == OBJECTS  # objects.txt, as the release reader's object file
+    samples = by_id(ds)
+    assert list(samples) == ["u1", "u4"]  # nothing stopped at "slice" or "beside"
+    u1, u4 = samples["u1"], samples["u4"]
+    assert u1.gt.verb == 0 and u4.gt.verb == 2
+    assert [OBJECTS[o] for o in u1.gt.objects] == ["knife", "onion", "table"]
+    names = [{ds.vocab.relations[r] for r in np.flatnonzero(u1.gt.edges[i])} for i in range(3)]
+    assert names == [{"dobj", "with"}, {"on", "beside"}, {"in"}]
+    assert u1.gt.edges.shape == (3, 6)
+    st = ds.stats()
+    assert st["vocab_source"] == "annotations"
+    assert st["vocabulary"] == {
+        "verbs": list(ds.vocab.verbs),
+        "relations": list(ds.vocab.relations),
+    }
+    assert st["dropped_objects"] == {"spork": 3}
+    assert "dropped_edges" not in st and "dropped_verbs" not in st
+    val = EASG(tmp_path, "val", source="master")
+    assert val.vocab == ds.vocab  # both splits index alike
+    assert val.vocab.verbs[val[0].gt.verb] == "wash"
+
+
+def test_master_against_the_files_drops_and_counts_unknown_names(tmp_path):
+    write_master(tmp_path, unknown_names_data())
+    ds = EASG(tmp_path, "train", source="master", vocab="files")
+    assert ds.vocab.verbs == VERBS and ds.vocab.relations == EASG_RELATIONS
+    assert [s.gt.graph_id for s in ds] == ["u1"]  # u4 ("slice") skipped, not an error
+    u1 = ds[0]
+    assert [edge_names(u1, i) for i in range(3)] == [{"dobj", "with"}, {"on"}, {"in"}]
+    st = ds.stats()
+    assert st["dropped_verbs"] == {"slice": 1}
+    assert st["skipped_graphs"] == {"no_triplets": 1, "no_objects": 1, "unknown_verb": 1}
+    # "beside" on onion is an unlisted edge; "under" goes with its unknown object
+    assert st["dropped_edges"] == {"beside": 1}
+    assert st["dropped_objects"] == {"spork": 3}
+    assert st["dropped_triplets"] == 4
+
+
+def test_vocab_argument(tmp_path):
+    write_master(tmp_path, master_data())
+    with pytest.raises(ConfigError, match="vocab must be one of"):
+        EASG(tmp_path, source="master", vocab="json")
+    with pytest.raises(ConfigError, match="vocab='files'"):
+        EASG(tmp_path, source="sgg", vocab="annotations")
 
 
 def test_master_invalid_json(tmp_path):
@@ -473,7 +534,7 @@ def test_sgg_without_features_needs_no_feature_files(tmp_path):
 def test_sgg_and_master_agree(tmp_path):
     """The SGG view of the master fixture's u1 gives the same graph."""
     write_master(tmp_path, master_data())
-    master = EASG(tmp_path, "train", source="master")[0]
+    master = EASG(tmp_path, "train", source="master", vocab="files")[0]
     knife1, knife2 = f32([[0.1, 0.1, 0.2, 0.2]]), f32([[0.5, 0.5, 0.1, 0.1]])
     entries = [
         {"obj": "knife", "bbox": {"pnr": knife1}, "verb": "cut", "rel": "dobj"},

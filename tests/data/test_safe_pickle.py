@@ -121,3 +121,51 @@ def test_truncated_and_garbage_files(tmp_path):
         load_pickle(tmp_path / "missing.pkl")
     with pytest.raises(DataError, match="folder"):
         load_pickle(tmp_path)
+
+
+# -- torch tensors (the EASG release pickles its RoI features as tensors) ---------------------
+
+
+@pytest.mark.parametrize("protocol", [2, 4, 5])
+def test_torch_tensors_load_as_tensors(tmp_path, protocol):
+    import torch
+
+    base = torch.arange(24, dtype=torch.float32).reshape(4, 6)
+    data = {"clip_000010": {"aid": [{"pnr": base[1:3], "pre": base.T.contiguous()}]}}
+    path = tmp_path / "roi_feats_train.pkl"
+    path.write_bytes(pickle.dumps(data, protocol=protocol))
+    entry = load_pickle(path)["clip_000010"]["aid"][0]
+    assert isinstance(entry["pnr"], torch.Tensor)
+    assert entry["pnr"].tolist() == [list(range(6, 12)), list(range(12, 18))]  # a view, offset 6
+    assert torch.equal(entry["pre"], base.T)
+    assert entry["pre"].dtype == torch.float32 and not entry["pre"].requires_grad
+
+
+def test_a_storage_holding_code_is_refused_and_does_not_run(tmp_path):
+    """A storage is a torch.save file inside the pickle: torch's own reader would run its
+    globals; ours reads it under weights-only rules."""
+    import io
+
+    import torch
+
+    marker = tmp_path / "pwned"
+    inner = io.BytesIO()
+    torch.save(
+        Payload(os.system, touch_command(marker)), inner, _use_new_zipfile_serialization=False
+    )
+    crafted = Payload(torch.storage._load_from_bytes, inner.getvalue())
+    path = tmp_path / "roi_feats_train.pkl"
+    path.write_bytes(pickle.dumps({"g": {"a": [{"pnr": crafted}]}}, protocol=2))
+    with pytest.raises(UnsafePickleError, match=r"roi_feats_train\.pkl: pickle: refused a torch"):
+        load_pickle(path)
+    assert not marker.exists()
+
+
+def test_other_torch_globals_are_refused(tmp_path):
+    import torch
+
+    marker = tmp_path / "pwned"
+    path = tmp_path / "x.pkl"
+    path.write_bytes(pickle.dumps(Payload(torch.load, str(marker)), protocol=2))
+    with pytest.raises(UnsafePickleError, match=r"refused global torch\.serialization\.load"):
+        load_pickle(path)

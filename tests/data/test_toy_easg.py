@@ -139,7 +139,7 @@ def _merge(samples):
 
 @pytest.mark.parametrize("split", ["train", "val"])
 def test_both_views_give_the_same_graphs(toy, split):
-    master = {s.gt.graph_id: s for s in EASG(toy, split, source="master")}
+    master = {s.gt.graph_id: s for s in EASG(toy, split, source="master", vocab="files")}
     sgg = EASG(toy, split)
     assert sorted(a for s in sgg for a in s.annotation_ids) == sorted(master)
     for s in sgg:

@@ -154,3 +154,16 @@ def test_engine_md_shows_the_live_default_order(toy_cache: Path, tmp_path: Path)
     config = load_config(None, ["data.toy_videos=16"])  # the default handlers
     trainer = Trainer.from_config(config, run_dir=tmp_path / "run")
     assert pasted.rstrip("\n") == trainer.describe(), "update the table in docs/engine.md"
+
+
+def test_08_tune(toy_cache: Path, tmp_path: Path):
+    pytest.importorskip("optuna")
+    done = run(
+        [str(EXAMPLES / "08_tune.py"), "data.toy_videos=16", "log.every_iters=1000"], tmp_path
+    )
+    out = done.stdout
+    assert len(re.findall(r"^trial \d+ (complete|pruned)", out, re.M)) == 6
+    complete, pruned = map(int, re.search(r"(\d+) complete, (\d+) pruned", out).groups())
+    assert complete + pruned == 6 and pruned >= 1
+    assert "importances (fANOVA):" in out
+    assert re.search(r"best trial \d+ retrained from .+: bitwise identical: True", out)

@@ -57,12 +57,16 @@ def reference_roi_align(
     sampling_ratio: int,
     aligned: bool,
     stack: Callable[[list[Any]], Any],
+    grid_type: Callable[[float], Any] = np.float64,
 ) -> Any:
-    """Slow RoIAlign: ``features`` ``[N, C, H, W]`` (numpy or torch) -> ``[K, C, oh, ow]``."""
+    """Slow RoIAlign: ``features`` ``[N, C, H, W]`` (numpy or torch) -> ``[K, C, oh, ow]``.
+
+    ``sampling_ratio=0`` counts ``ceil(size / bins)`` samples per roi and axis, the size computed
+    in ``grid_type`` arithmetic (``np.float32`` for float32 maps, as the C kernels do).
+    """
     height, width = features.shape[2], features.shape[3]
     oh, ow = output_size
     offset = 0.5 if aligned else 0.0
-    count = sampling_ratio * sampling_ratio
     per_roi = []
     for batch, bx1, by1, bx2, by2 in rois:
         fmap = features[int(batch)]
@@ -74,15 +78,25 @@ def reference_roi_align(
             roi_w = max(roi_w, 1.0)
             roi_h = max(roi_h, 1.0)
         bin_h, bin_w = roi_h / oh, roi_w / ow
+        grid_y = grid_x = sampling_ratio
+        if sampling_ratio == 0:
+            t = grid_type
+            gx1, gy1 = t(bx1) * t(spatial_scale) - t(offset), t(by1) * t(spatial_scale) - t(offset)
+            gw = t(t(bx2) * t(spatial_scale) - t(offset)) - gx1
+            gh = t(t(by2) * t(spatial_scale) - t(offset)) - gy1
+            if not aligned:
+                gw, gh = max(gw, t(1.0)), max(gh, t(1.0))
+            grid_y, grid_x = max(math.ceil(gh / t(oh)), 0), max(math.ceil(gw / t(ow)), 0)
+        count = max(grid_y * grid_x, 1)
         rows = []
         for ph in range(oh):
             cols = []
             for pw in range(ow):
                 total = 0.0 * fmap[:, 0, 0]
-                for iy in range(sampling_ratio):
-                    y = y1 + ph * bin_h + (iy + 0.5) * bin_h / sampling_ratio
-                    for ix in range(sampling_ratio):
-                        x = x1 + pw * bin_w + (ix + 0.5) * bin_w / sampling_ratio
+                for iy in range(grid_y):
+                    y = y1 + ph * bin_h + (iy + 0.5) * bin_h / grid_y
+                    for ix in range(grid_x):
+                        x = x1 + pw * bin_w + (ix + 0.5) * bin_w / grid_x
                         total = total + _bilinear(fmap, y, x, height, width)
                 cols.append(total / count)
             rows.append(stack(cols))  # [ow, C]
@@ -91,8 +105,13 @@ def reference_roi_align(
 
 
 def reference_numpy(features: torch.Tensor, rois: torch.Tensor, **kwargs: Any) -> np.ndarray:
+    grid_type = np.float64 if features.dtype == torch.float64 else np.float32
     out = reference_roi_align(
-        features.double().numpy(), rois.double().tolist(), stack=np.stack, **kwargs
+        features.double().numpy(),
+        rois.double().tolist(),
+        stack=np.stack,
+        grid_type=grid_type,
+        **kwargs,
     )
     return out.transpose(0, 3, 1, 2)
 
@@ -136,7 +155,7 @@ TOLERANCE = {torch.float32: 1e-5, torch.float64: 1e-10}
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("spatial_scale", [1.0, 0.5, 1 / 16])
-@pytest.mark.parametrize("sampling_ratio", [1, 2, 3])
+@pytest.mark.parametrize("sampling_ratio", [0, 1, 2, 3])
 @pytest.mark.parametrize("aligned", [True, False])
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_matches_reference(
@@ -163,7 +182,7 @@ def test_matches_reference(
 @given(
     data=st.data(),
     aligned=st.booleans(),
-    sampling_ratio=st.integers(1, 3),
+    sampling_ratio=st.integers(0, 3),
     output_size=st.tuples(st.integers(1, 3), st.integers(1, 3)),
 )
 def test_matches_reference_on_pixel_lattice(
@@ -207,7 +226,7 @@ def test_gradcheck(aligned: bool) -> None:
     assert torch.autograd.gradcheck(fn, (features,), eps=1e-6, atol=1e-8)
 
 
-@pytest.mark.parametrize("sampling_ratio", [1, 2])
+@pytest.mark.parametrize("sampling_ratio", [0, 1, 2])
 @pytest.mark.parametrize("aligned", [True, False])
 def test_gradient_matches_reference(aligned: bool, sampling_ratio: int) -> None:
     gen = torch.Generator().manual_seed(4)
@@ -264,13 +283,23 @@ RAMP_CASES = [
     ([0, 1, 2, 1.1, 2.1], 1, 2, 1.0, False, [[4 * 2.5 + 1.5]]),
     # Scale 1/2: box 2..6 in the image is 1..3 on the map; samples at 1.5 and 2.5 -> f(2, 2) = 10.
     ([0, 2, 2, 6, 6], 1, 2, 0.5, False, [[10.0]]),
+    # Adaptive (ratio 0): the 0..4 box has ceil(4 / 1) = 4 samples per axis at 0.5, 1.5, 2.5,
+    # 3.5 (-> 3): mean 1.875 on both axes -> 5 * 1.875.
+    ([0, 0, 0, 4, 4], 1, 0, 1.0, False, [[9.375]]),
+    # Adaptive, 2x1 bins over a 0..3 x 0..1 box: y gets ceil(1 / 2) = 1 sample per bin (at 0.25
+    # and 0.75), x ceil(3 / 1) = 3 samples (0.5, 1.5, 2.5 -> mean 1.5): 4y + 1.5.
+    ([0, 0, 0, 3, 1], (2, 1), 0, 1.0, False, [[2.5], [4.5]]),
+    # Adaptive with a tiny box: the 1x1 minimum gives 1 sample at the centre (1.5, 2.5).
+    ([0, 1, 2, 1.1, 2.1], 1, 0, 1.0, False, [[4 * 2.5 + 1.5]]),
+    # Adaptive, aligned, inverted box: size < 0 -> no samples, the bin is 0.
+    ([0, 3, 3, 1, 1], 1, 0, 1.0, True, [[0.0]]),
 ]
 
 
 @pytest.mark.parametrize(("roi", "size", "ratio", "scale", "aligned", "expected"), RAMP_CASES)
 def test_hand_computed_values_on_ramp(
     roi: list[float],
-    size: int,
+    size: int | tuple[int, int],
     ratio: int,
     scale: float,
     aligned: bool,
@@ -314,6 +343,42 @@ def test_chunking_gives_the_same_result_and_gradient(monkeypatch: pytest.MonkeyP
     for out, grad in results[1:]:
         torch.testing.assert_close(out, results[0][0], rtol=0, atol=1e-12)
         torch.testing.assert_close(grad, results[0][1], rtol=0, atol=1e-12)
+
+
+def test_adaptive_grid_counts_in_float32_like_the_kernels() -> None:
+    """A box whose size is a whole number of bins in float32 but a hair over it in float64."""
+    # float32(14.1) - float32(0.1) == 14.0 exactly, while the float64 difference is 14.0000002:
+    # float32 arithmetic gives ceil(14 / 7) = 2 samples per bin along x, float64 would give 3.
+    x1, x2 = np.float32(0.1), np.float32(14.1)
+    assert x2 - x1 == np.float32(14.0) and float(x2) - float(x1) > 14.0
+    features = torch.randn(1, 2, 3, 20, generator=torch.Generator().manual_seed(11))
+    rois = torch.tensor([[0.0, float(x1), 0.0, float(x2), 1.0]])
+    kwargs = dict(output_size=(1, 7), spatial_scale=1.0, sampling_ratio=0, aligned=False)
+    out = roi_align(features, rois, **kwargs).double().numpy()
+    float32_grid = reference_numpy(features, rois, **kwargs)  # float32 map: float32 sizes
+    float64_grid = reference_roi_align(
+        features.double().numpy(), rois.double().tolist(), stack=np.stack, **kwargs
+    ).transpose(0, 3, 1, 2)
+    np.testing.assert_allclose(out, float32_grid, rtol=0, atol=1e-5)
+    assert np.abs(out - float64_grid).max() > 1e-3
+
+
+def test_adaptive_mixed_grids_and_chunks_match_reference_and_gradient() -> None:
+    """Rois of many sizes (many (s_y, s_x) groups), one roi per chunk or all at once."""
+    gen = torch.Generator().manual_seed(12)
+    features = torch.randn(2, 3, 9, 11, generator=gen, dtype=torch.float64)
+    rois = random_rois(gen, 2, 9 * 8.0, 11 * 8.0)
+    kwargs = dict(output_size=(2, 2), spatial_scale=1 / 8, sampling_ratio=0, aligned=False)
+    grad_out = torch.randn(rois.shape[0], 3, 2, 2, generator=gen, dtype=torch.float64)
+    expected = reference_numpy(features, rois, **kwargs)
+    ref_in = features.clone().requires_grad_(True)
+    reference_torch(ref_in, rois, **kwargs).backward(grad_out)
+    for bound in (1, 2**30):
+        feat = features.clone().requires_grad_(True)
+        out = roi_align(feat, rois, max_chunk_bytes=bound, **kwargs)
+        out.backward(grad_out)
+        np.testing.assert_allclose(out.detach().numpy(), expected, rtol=0, atol=1e-12)
+        torch.testing.assert_close(feat.grad, ref_in.grad, rtol=0, atol=1e-12)
 
 
 def test_no_rois_gives_empty_output_that_backpropagates() -> None:
@@ -385,7 +450,7 @@ def test_module_matches_function() -> None:
         atol=0,
     )
     with pytest.raises(ValueError, match="adaptive"):
-        RoIAlign(7, sampling_ratio=0)
+        RoIAlign(7, sampling_ratio=-1)
 
 
 FEATURES = torch.zeros(2, 3, 4, 5)
@@ -417,8 +482,12 @@ GOOD_ROIS = torch.tensor([[0.0, 0, 0, 2, 2]])
         (dict(output_size=2.0), TypeError, "pair of ints"),
         (dict(spatial_scale=0.0), ValueError, "spatial_scale must be finite and positive"),
         (dict(spatial_scale=math.nan), ValueError, "spatial_scale"),
-        (dict(sampling_ratio=0), ValueError, r"adaptive mode.*grows with the box size"),
-        (dict(sampling_ratio=-1), ValueError, "adaptive"),
+        (dict(sampling_ratio=-1), ValueError, r"must be >= 0 \(0 = adaptive\)"),
+        (
+            dict(sampling_ratio=0, rois=torch.tensor([[0.0, 0, 0, 1e9, 1e9]])),
+            ValueError,
+            r"rois\[0\].*adaptive samples per bin, more than 1048576",
+        ),
         (dict(sampling_ratio=2.0), TypeError, "sampling_ratio must be an int"),
         (dict(max_chunk_bytes=0), ValueError, "max_chunk_bytes must be positive"),
     ],
