@@ -60,12 +60,33 @@ __all__ = ["RankZeroPlaceholder", "Trainer", "rank_zero", "resolve_amp", "resolv
 
 
 def resolve_device(name: str) -> torch.device:
-    """``"auto"`` → CUDA when available (this process's local rank), else CPU."""
+    """``"auto"`` → CUDA when available (this process's local rank), else CPU.
+
+    Raises:
+        ConfigError: a name torch does not know, or a CUDA device this machine lacks.
+    """
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda", idist.get_local_rank())
         return torch.device("cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise ConfigError(
+            f"run.device: expected 'auto', 'cpu', 'cuda' or 'cuda:N', got {name!r}"
+        ) from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(
+                f"run.device: {name!r} asked for, but CUDA is not available here "
+                "(torch.cuda.is_available() is False); use --device cpu or auto"
+            )
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ConfigError(
+                f"run.device: {name!r} asked for, but only {torch.cuda.device_count()} CUDA "
+                "device(s) are visible"
+            )
+    return device
 
 
 def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
@@ -188,8 +209,8 @@ class Trainer:
         from m3sgg.engine.builders import build_training, check_new_run
 
         trainer = build_training(config, cls, **overrides)
-        if trainer.run_dir is not None and resume is None:
-            check_new_run(trainer.run_dir)
+        if trainer.run_dir is not None:
+            check_new_run(trainer.run_dir, resume)
         if resume is not None and str(resume) == "auto":
             last = trainer.checkpoint_dir / LastCheckpoint.filename if trainer.run_dir else None
             if last is not None and last.is_file():
@@ -552,6 +573,11 @@ class Trainer:
                 handler.load_state_dict(states[handler.name])
         if self.sampler is not None and ckpt.get("sampler") is not None:
             self.sampler.load_state_dict(ckpt["sampler"])
+        foreign = self.checkpoint_dir is not None and (
+            path.parent.resolve() != self.checkpoint_dir.resolve()
+        )
+        if foreign and "best_checkpoint" in self.handlers:  # another run's file: its best files
+            self.handlers.get("best_checkpoint").adopt(path.parent)  # type: ignore[attr-defined]
         engine_state = dict(ckpt["engine"])
         closed = bool(engine_state.pop("epoch_closed", True))
         length = int(engine_state.get("epoch_length") or 0)
