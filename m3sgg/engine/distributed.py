@@ -325,6 +325,10 @@ def train_worker(
         logger.info("run folder: %s (%d processes, backend %s)", run, world, idist.backend())
     else:
         logger.info("run folder: %s", run)
+    if rank == 0:
+        from m3sgg.engine.builders import describe_model
+
+        logger.info(describe_model(trainer.model, trainer.optimizer, trainer.config))
 
     stop = None
     if graceful_stop:
