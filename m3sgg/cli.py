@@ -57,8 +57,6 @@ def _train_overrides(args: argparse.Namespace) -> list[str]:
     ]
     if args.progress:
         items.append("log.progress_bar=true")
-    if args.plugin:
-        items.append(f"plugins={json.dumps(args.plugin)}")
     return items + list(args.set or [])
 
 
@@ -71,7 +69,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from m3sgg.errors import ConfigError
 
     _setup_logging(args.verbose)
-    config = load_config(args.config, _train_overrides(args))
+    config = load_config(args.config, _train_overrides(args), plugins=args.plugin or ())
     if args.describe:
         with tempfile.TemporaryDirectory() as tmp:
             print(Trainer.from_config(config, run_dir=Path(tmp) / "run").describe())
@@ -105,6 +103,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         run_dir=str(run_dir),
         resume_hint=hint,
         verbose=args.verbose,
+        ignore_missing_plugins=args.ignore_missing_plugins,
     )
     if summary is None:  # ranks > 0 under torchrun
         return 0
@@ -285,7 +284,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--seed", type=int)
     train.add_argument("--device", help="auto, cpu, cuda, cuda:1, ...")
     train.add_argument("--epochs", type=int)
-    train.add_argument("--dataset", choices=DATASETS)
+    train.add_argument(
+        "--dataset", metavar="NAME", help=f"{' | '.join(DATASETS)} or a dataset a plugin registers"
+    )
     train.add_argument("--data-path", type=Path, help="dataset root (default: the toy dataset)")
     train.add_argument("--mode", help="predcls | sgcls | sgdet (AG); edgecls | sgcls | easgcls")
     train.add_argument("--model", help="a registered model name")
@@ -296,7 +297,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="continue from a checkpoint or run folder; auto: this run's last.pt",
     )
     train.add_argument(
-        "--plugin", action="append", metavar="MODULE:ATTR", help="load a plugin (repeatable)"
+        "--plugin",
+        action="append",
+        metavar="NAME",
+        help="run a plugin: MODULE:ATTR or an installed entry point's name (repeatable; added "
+        "to the config's plugins)",
+    )
+    train.add_argument(
+        "--ignore-missing-plugins",
+        action="store_true",
+        help="resume even though the checkpoint holds handler state of plugins this run does "
+        "not load (that state is dropped, with a warning)",
     )
     train.add_argument(
         "--visdom",
@@ -332,7 +343,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument(
         "--checkpoint", dest="checkpoint_flag", type=Path, help="the same, as a flag"
     )
-    evaluate.add_argument("--dataset", choices=DATASETS)
+    evaluate.add_argument(
+        "--dataset", metavar="NAME", help=f"{' | '.join(DATASETS)} or a dataset a plugin registers"
+    )
     evaluate.add_argument("--data-path", type=Path)
     evaluate.add_argument("--split", help="default: the run's test split")
     evaluate.add_argument("--device")

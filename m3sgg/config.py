@@ -33,6 +33,7 @@ __all__ = [
     "LogConfig",
     "ModelConfig",
     "OptimConfig",
+    "PluginConfig",
     "RunConfig",
     "ScheduleConfig",
     "TrainConfig",
@@ -91,6 +92,8 @@ class ScheduleConfig:
     metric: str | None = None  # plateau: metric watched (mode max); None: with/R@20
     patience: int = 1  # plateau: evaluations without improvement before reducing
     factor: float = 0.5  # plateau: lr multiplier on reduction
+    threshold: float = 1e-4  # plateau: least improvement that counts (torch's default)
+    threshold_mode: str = "rel"  # plateau: "rel" (over best * (1 + threshold)) or "abs" (best + it)
     min_lr: float = 1e-7  # plateau and cosine: lower bound of the lr
     warmup_iters: int = 0  # linear warmup from 0 over this many iterations (0: none)
 
@@ -129,6 +132,14 @@ class LogConfig:
 
 
 @dataclass
+class PluginConfig:
+    """One entry of ``plugins:``; a plain string ``"name"`` is ``{name: "name"}``."""
+
+    name: str  # "package.module:attr", or the name of an installed m3sgg.plugins entry point
+    options: dict[str, Any] | None = None  # keyword arguments of its setup(trainer, **options)
+
+
+@dataclass
 class Config:
     run: RunConfig = field(default_factory=RunConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -139,7 +150,14 @@ class Config:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     log: LogConfig = field(default_factory=LogConfig)
-    plugins: list[str] = field(default_factory=list)  # "module:attr" plugins to load
+    plugins: list[PluginConfig] = field(
+        default_factory=list,
+    )  # run with the trainer: "module:attr" or entry point names, or {name, options} entries
+
+    @property
+    def plugin_names(self) -> list[str]:
+        """The names of ``plugins``, in order."""
+        return [p.name for p in self.plugins]
 
     def validate(self) -> Config:
         """Check values that types alone cannot (ConfigError naming the key) and fill the
@@ -156,11 +174,19 @@ class Config:
             self.data.mode = spec.default_mode
         _choice("data.mode", self.data.mode, tuple(spec.modes))
         _choice("model.preset", self.model.preset, ("auto", "toy", "none"))
+        seen: set[str] = set()
+        for i, plugin in enumerate(self.plugins):
+            if not plugin.name.strip():
+                raise ConfigError(f"plugins[{i}].name: must not be empty")
+            if plugin.name in seen:
+                raise ConfigError(f"plugins[{i}].name: {plugin.name!r} is listed twice")
+            seen.add(plugin.name)
         if self.model.name is None and spec.default_model is None:
             raise ConfigError(f"model.name: dataset {spec.name!r} has no default model; set one")
         _choice("optim.optimizer", self.optim.optimizer, ("adamw", "adam", "sgd"))
         _choice("optim.amp", self.optim.amp, ("auto", "none", "bf16", "fp16"))
         _choice("schedule.name", self.schedule.name, ("plateau", "cosine", "none"))
+        _choice("schedule.threshold_mode", self.schedule.threshold_mode, ("rel", "abs"))
         for c in self.eval.constraints:
             _choice("eval.constraints[]", c, ("with", "semi", "no"))
         _positive("optim.lr", self.optim.lr)
@@ -180,6 +206,7 @@ class Config:
             "checkpoint.every_iters",
             "schedule.warmup_iters",
             "optim.weight_decay",
+            "schedule.threshold",
         ):
             section, name = key.split(".")
             if getattr(getattr(self, section), name) < 0:
@@ -204,9 +231,9 @@ class Config:
 
         spec = find_dataset_spec(self.data.dataset)
         if spec is None:
-            from m3sgg.plugins import load_plugins
+            from m3sgg.plugins import import_plugins
 
-            load_plugins(self.plugins)
+            import_plugins(self.plugin_names)
             spec = find_dataset_spec(self.data.dataset)
         if spec is None:
             options = ", ".join(repr(name) for name in registered_datasets())
@@ -306,6 +333,10 @@ def _build(cls: type, data: Any, source: str, prefix: str) -> Any:
             kwargs[key] = _build(hint_type, value, source, prefix=f"{path}.")
         else:
             kwargs[key] = _coerce(value, hint_type, source, path)
+    for name, f in fields.items():
+        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        if required and name not in kwargs:
+            raise ConfigError(f"{source}: {prefix}{name}: required")
     return cls(**kwargs)
 
 
@@ -323,6 +354,10 @@ def _coerce(value: Any, hint: Any, source: str, path: str) -> Any:
         return _coerce(value, inner[0], source, path)
     if hint is Any:
         return value
+    if dataclasses.is_dataclass(hint):  # a list of sections (plugins): "name" or a mapping
+        if isinstance(value, str):
+            value = {"name": value}
+        return _build(hint, value, source, prefix=f"{path}.")
     if origin is list:
         if not isinstance(value, list | tuple):
             raise ConfigError(f"{source}: {path}: expected a list, got {value!r}")
@@ -424,12 +459,14 @@ def load_config(
     overrides: list[str] | None = None,
     *,
     base: dict[str, Any] | None = None,
+    plugins: list[str] | tuple[str, ...] = (),
 ) -> Config:
     """Defaults ← file (YAML/TOML/JSON) ← ``section.key=value`` overrides, then validated.
 
     Override values are parsed as YAML scalars (``1e-4``, ``true``, ``[with, no]``, ``null``).
     ``model.options.d_model=128`` reaches into the model's options. ``base`` (a config dict,
-    e.g. a checkpoint's) replaces the defaults.
+    e.g. a checkpoint's) replaces the defaults. ``plugins`` (``--plugin``) are added to the
+    ``plugins`` list (without options) unless it names them already.
     """
     data: dict[str, Any] = {}
     source = "config"
@@ -456,6 +493,12 @@ def load_config(
         ):
             _unknown(f"--set {item}", keys, node)
         node[keys[-1]] = value
+    if plugins:
+        listed = merged.get("plugins")
+        if not isinstance(listed, list):
+            raise ConfigError(f"{source}: plugins: expected a list, got {listed!r}")
+        names = {p.get("name") if isinstance(p, dict) else p for p in listed}
+        listed.extend(name for name in dict.fromkeys(plugins) if name not in names)
     return config_from_dict(merged, source)
 
 

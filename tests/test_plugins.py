@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from m3sgg.errors import ConfigError
-from m3sgg.plugins import apply_plugins, load_plugins
+from m3sgg.plugins import apply_plugins, import_plugins, load_plugins
 
 PLUGIN_SOURCE = """
 from ignite.engine import Events
@@ -41,14 +41,24 @@ def make_distribution(site: Path) -> None:
 
 
 def test_entry_point_plugin_is_discovered_and_runs(toy_cache: Path, tmp_path: Path):
+    """Installed, it is imported in every run but attaches only where named (by its entry point
+    name here)."""
     make_distribution(tmp_path)
     env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    command = [
+        sys.executable,
+        "-m",
+        "m3sgg",
+        "train",
+        "--describe",
+        "--output",
+        str(tmp_path / "r"),
+    ]
+    unnamed = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert unnamed.returncode == 0, unnamed.stderr
+    assert "plugin_marker" not in unnamed.stdout
     describe = subprocess.run(
-        [sys.executable, "-m", "m3sgg", "train", "--describe", "--output", str(tmp_path / "r")],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
+        [*command, "--plugin", "tiny"], capture_output=True, text=True, env=env, timeout=300
     )
     assert describe.returncode == 0, describe.stderr
     lines = describe.stdout.splitlines()
@@ -68,6 +78,8 @@ def test_entry_point_plugin_is_discovered_and_runs(toy_cache: Path, tmp_path: Pa
             "1",
             "--set",
             "data.toy_videos=16",
+            "--plugin",
+            "tiny",
         ],
         capture_output=True,
         text=True,
@@ -81,9 +93,15 @@ def test_entry_point_plugin_is_discovered_and_runs(toy_cache: Path, tmp_path: Pa
 def test_disabling_entry_points(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     make_distribution(tmp_path)
     monkeypatch.syspath_prepend(str(tmp_path))
-    assert any(p.name == "tiny_m3sgg_plugin:setup" for p in load_plugins())
+    found = import_plugins()
+    assert found["tiny"] is found["tiny_m3sgg_plugin:setup"]  # by name and by module:attr
+    assert load_plugins() == []  # imported, not named: nothing to call
+    (named,) = load_plugins(["tiny"])
+    assert named.name == "tiny" and named.source.startswith("entry point 'tiny' of tiny-m3sgg")
     monkeypatch.setenv("M3SGG_NO_ENTRY_POINTS", "1")
-    assert load_plugins() == []
+    assert import_plugins() == {}
+    with pytest.raises(ConfigError, match=r"'tiny': neither 'module:attr' nor an installed"):
+        load_plugins(["tiny"])
 
 
 def test_plugin_errors_name_the_plugin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
@@ -107,7 +125,7 @@ def test_plugin_errors_name_the_plugin(tmp_path: Path, monkeypatch: pytest.Monke
         load_plugins(["raising_plugin:missing"])
     with pytest.raises(ConfigError, match="is not callable"):
         load_plugins(["raising_plugin:value"])
-    with pytest.raises(ConfigError, match="expected 'module:attr'"):
+    with pytest.raises(ConfigError, match="neither 'module:attr' nor an installed"):
         load_plugins(["raising_plugin"])
     plugins = load_plugins(["raising_plugin:setup"])
     with pytest.raises(ConfigError, match=r"plugin 'raising_plugin:setup' .* RuntimeError: boom"):
@@ -148,13 +166,13 @@ def setup(trainer):
 
 
 def test_a_plugin_dataset_is_selected_from_the_config(toy_cache: Path, tmp_path: Path):
-    """``data.dataset`` names a dataset a ``--plugin`` registers: the plugin is imported before
+    """``--dataset`` names a dataset a ``--plugin`` registers: the plugin is imported before
     the config is validated, its modes, default model and watched metrics apply, and the run
     trains and evaluates through its spec."""
     (tmp_path / "ag_copy_plugin.py").write_text(DATASET_PLUGIN)
     env = {**os.environ, "PYTHONPATH": str(tmp_path), "M3SGG_NO_ENTRY_POINTS": "1"}
     base = [sys.executable, "-m", "m3sgg", "train", "--output", str(tmp_path / "r")]
-    options = ["--set", "data.toy_videos=16", "--set", "data.dataset=ag_copy"]
+    options = ["--set", "data.toy_videos=16", "--dataset", "ag_copy"]  # --dataset takes it too
     run = subprocess.run(
         [*base, "--name", "copy", "--epochs", "1", "--plugin", "ag_copy_plugin:setup", *options],
         capture_output=True,

@@ -42,12 +42,13 @@ Example::
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
 import torch
 
+from m3sgg.data.batch_fields import ExtraFields
 from m3sgg.data.structures import VideoGT
 from m3sgg.errors import DataError
 from m3sgg.vocab import GROUP_SIZES, PREDICATE_OFFSETS
@@ -74,6 +75,7 @@ PAIR_PREDICTION_KEYS: tuple[str, ...] = (
     "im_idx",
     "pair_idx",
     "attention_distribution",
+    "attention_probabilities",
     "spatial_distribution",
     "contacting_distribution",
 )
@@ -86,8 +88,10 @@ _NUM_CONTACTING = GROUP_SIZES["contacting"]
 
 
 @dataclass(frozen=True, eq=False)
-class Batch:
+class Batch(ExtraFields):
     """Several videos' boxes, pairs, features and targets, concatenated with batch-level indices.
+
+    The contract, field by field, is ``docs/batch.md``.
 
     ``V`` videos, ``F`` frames, ``N`` boxes, ``P`` pairs in all. Offsets are Python ints (no
     device synchronisation to read them).
@@ -116,6 +120,8 @@ class Batch:
         relation_mask: bool ``[P]``: the pair has relation targets.
         frame_video: int64 ``[F]`` video of each frame.
         frame_offsets, box_offsets, pair_offsets: ``V + 1`` ints each.
+        extras: fields plugins add (:func:`m3sgg.data.batch_fields.register_batch_field`);
+            tensors among them move with the batch.
     """
 
     section: str
@@ -141,6 +147,7 @@ class Batch:
     frame_offsets: tuple[int, ...]
     box_offsets: tuple[int, ...]
     pair_offsets: tuple[int, ...]
+    extras: Mapping[str, Any] = field(default_factory=dict)
 
     _TENSORS: ClassVar[tuple[str, ...]] = (
         "boxes",
@@ -186,7 +193,7 @@ class Batch:
         for name in self._TENSORS:
             value = getattr(self, name)
             changes[name] = None if value is None else fn(value)
-        return replace(self, **changes)
+        return replace(self, **changes, extras=self._mapped_extras(fn))
 
     def to(self, device: torch.device | str, non_blocking: bool = True) -> Batch:
         """A copy with every tensor on ``device`` (ground truths and offsets stay as they are)."""

@@ -33,12 +33,13 @@ Example::
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, ClassVar
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import torch
 
+from m3sgg.data.batch_fields import ExtraFields
 from m3sgg.data.structures import GraphGT
 from m3sgg.errors import DataError
 
@@ -60,8 +61,10 @@ EASG_OBJECT_PREDICTION_KEYS: tuple[str, ...] = ("obj_logits", "rel_logits")
 
 
 @dataclass(frozen=True, eq=False)
-class EASGBatch:
+class EASGBatch(ExtraFields):
     """Several EASG graphs' features and targets, objects concatenated graph after graph.
+
+    The contract, field by field, is ``docs/batch.md``.
 
     Offsets are Python ints (reading them never synchronises a device).
 
@@ -80,6 +83,8 @@ class EASGBatch:
         object_targets: int64 ``[O]`` class of each object.
         edge_targets: float32 ``[O, R]`` multi-hot edges verb → object.
         object_offsets: ``G + 1`` ints.
+        extras: fields plugins add (:func:`m3sgg.data.batch_fields.register_batch_field`);
+            tensors among them move with the batch.
     """
 
     graph_ids: tuple[str, ...]
@@ -95,6 +100,7 @@ class EASGBatch:
     object_targets: torch.Tensor
     edge_targets: torch.Tensor
     object_offsets: tuple[int, ...]
+    extras: Mapping[str, Any] = field(default_factory=dict)
 
     _TENSORS: ClassVar[tuple[str, ...]] = (
         "verb_features",
@@ -126,7 +132,8 @@ class EASGBatch:
         return self.verb_features.device
 
     def _map(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> EASGBatch:
-        return replace(self, **{name: fn(getattr(self, name)) for name in self._TENSORS})
+        changes = {name: fn(getattr(self, name)) for name in self._TENSORS}
+        return replace(self, **changes, extras=self._mapped_extras(fn))
 
     def to(self, device: torch.device | str, non_blocking: bool = True) -> EASGBatch:
         """A copy with every tensor on ``device`` (ground truths and offsets stay as they are)."""

@@ -16,6 +16,7 @@ from ignite.utils import manual_seed
 from torch.utils.data import BatchSampler, DataLoader
 
 from m3sgg.config import Config, config_to_dict
+from m3sgg.data.batch_fields import with_batch_fields
 from m3sgg.data.registry import get_dataset_spec, toy_dataset_path
 from m3sgg.data.samplers import ResumableSampler
 from m3sgg.errors import ConfigError
@@ -173,7 +174,8 @@ def build_training(config: Config, trainer_cls: Any, **overrides: Any) -> Any:
     device = resolve_device(config.run.device)
     spec, train, test = build_data(config)
     model = _build_model(config, spec, train)
-    collate_fn = spec.collate(model)  # reads model attributes: before any wrapper hides them
+    # reads model attributes: before any wrapper hides them; then the plugins' batch fields
+    collate_fn = with_batch_fields(spec.collate(model), config.data.dataset)
     if idist.get_world_size() > 1:  # DistributedDataParallel over the process group
         model = idist.auto_model(model.to(device))
     if config.train.compile:
@@ -279,7 +281,7 @@ def evaluate_checkpoint(
         dataset,
         batch_size=config.data.eval_videos_per_batch,
         sampler=ResumableSampler(len(dataset), shuffle=False),
-        collate_fn=spec.collate(model),
+        collate_fn=with_batch_fields(spec.collate(model), config.data.dataset),
         num_workers=config.data.num_workers,
     )
     evaluator = Evaluator(

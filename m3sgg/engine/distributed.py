@@ -271,6 +271,7 @@ def train_worker(
     resume_hint: str = "",
     graceful_stop: bool = True,
     verbose: bool = False,
+    ignore_missing_plugins: bool = False,
 ) -> dict[str, Any] | None:
     """Train one run in this process (one rank of a job, or the only process).
 
@@ -288,6 +289,8 @@ def train_worker(
         resume_hint: the command that continues the run, for the stop message.
         graceful_stop: install the SIGINT/SIGTERM handlers (main thread only).
         verbose: ignite's own messages too (rank 0).
+        ignore_missing_plugins: resume even if the checkpoint holds state of handlers of plugins
+            this run does not load (:meth:`Trainer.resume`).
 
     Returns:
         On rank 0 a summary: ``run_dir``, ``world_size``, ``epoch``, ``iteration``,
@@ -308,7 +311,9 @@ def train_worker(
         _setup_worker_logging(rank, verbose)
     cfg = config if isinstance(config, Config) else config_from_dict(config, "config")
     overrides: dict[str, Any] = {"run_dir": Path(run_dir)} if run_dir is not None else {}
-    trainer = Trainer.from_config(cfg, resume=resume, **overrides)
+    trainer = Trainer.from_config(
+        cfg, resume=resume, ignore_missing_plugins=ignore_missing_plugins, **overrides
+    )
     run = Path(trainer.run_dir) if trainer.run_dir is not None else None
     if trainer.complete:  # a finished run is final: nothing is trained, nothing written
         state = trainer.engine.state

@@ -14,8 +14,11 @@ m3sgg fires :class:`M3sggEvents`. The loop, with the default handlers in the ord
             ITERATION_STARTED
                 resume_rng      (first step after a resume) restore the RNG states, last
                 lr_schedule     (warmup or cosine, when configured) per-iteration lr
-            train_step           forward, model.loss, weighted sum, backward, then per optimizer
-                                 step: unscale (fp16), grad norm, BEFORE_OPTIMIZER_STEP, clip, step
+            train_step           forward, model.loss, weighted sum, then:
+                FORWARD_COMPLETED   (handlers a model contributes, e.g. TEMPURA's uncertainty
+                                    pass) after the loss, before backward
+                                 backward, then per optimizer step: unscale (fp16), grad norm,
+                                 BEFORE_OPTIMIZER_STEP, clip, step
             ITERATION_COMPLETED
                 nan_guard        non-finite loss: save, stop, name the iteration and loss term
                 loss_tracker     running means of every loss term since the last evaluation
@@ -57,3 +60,6 @@ class M3sggEvents(EventEnum):
     EVALUATION_COMPLETED = "evaluation_completed"
     #: after a checkpoint file is durably on disk; ``engine.state.last_checkpoint`` is its path
     CHECKPOINT_SAVED = "checkpoint_saved"
+    #: inside a training step, after the forward pass and ``model.loss``, before backward;
+    #: ``engine.state.step_batch`` is the batch as the model saw it (on its device)
+    FORWARD_COMPLETED = "forward_completed"

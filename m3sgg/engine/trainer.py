@@ -190,13 +190,21 @@ class Trainer:
         # engine bookkeeping, registered before (so run before) every ordered handler
         self.engine.add_event_handler(Events.ITERATION_STARTED, self._set_epoch_closed, False)
         self.engine.add_event_handler(Events.EPOCH_COMPLETED, self._set_epoch_closed, True)
+        #: train handler name -> the plugin that attached it (filled by apply_plugins)
+        self.plugin_handlers: dict[str, str] = {}
         self._add_default_handlers(scheduler)
+        self._add_model_handlers()
 
     # ------------------------------------------------------------------ construction
 
     @classmethod
     def from_config(
-        cls, config: Config, *, resume: str | Path | None = None, **overrides: Any
+        cls,
+        config: Config,
+        *,
+        resume: str | Path | None = None,
+        ignore_missing_plugins: bool = False,
+        **overrides: Any,
     ) -> Trainer:
         """Assemble data, model, optimizer, evaluator and run folder from a config.
 
@@ -204,7 +212,7 @@ class Trainer:
         (ConfigError); ``resume="auto"`` continues that run from its ``last.pt`` (a new run
         when there is none yet), a path resumes from that checkpoint. After resuming a run that
         already reached ``train.epochs``, ``trainer.complete`` is True and :meth:`train_loop`
-        changes nothing.
+        changes nothing. ``ignore_missing_plugins`` is passed to :meth:`resume`.
         """
         from m3sgg.engine.builders import build_training, check_new_run
 
@@ -214,11 +222,11 @@ class Trainer:
         if resume is not None and str(resume) == "auto":
             last = trainer.checkpoint_dir / LastCheckpoint.filename if trainer.run_dir else None
             if last is not None and last.is_file():
-                trainer.resume(last)
+                trainer.resume(last, ignore_missing_plugins=ignore_missing_plugins)
             else:
                 trainer.logger.info("no checkpoint in %s yet: starting a new run", trainer.run_dir)
         elif resume is not None:
-            trainer.resume(resume)
+            trainer.resume(resume, ignore_missing_plugins=ignore_missing_plugins)
         return trainer
 
     def _add_default_handlers(self, scheduler: Any) -> None:
@@ -240,7 +248,10 @@ class Trainer:
         tracker = add(LossTracker())
         for handler in self._lr_handlers(scheduler):
             add(handler)
-        add(rank_zero(ConsoleLogger, self.optimizer, every=cfg.log.every_iters))
+        from m3sgg.metrics import extra_metric_names
+
+        extra = tuple(extra_metric_names(cfg.data.dataset))
+        add(rank_zero(ConsoleLogger, self.optimizer, every=cfg.log.every_iters, extra=extra))
         if cfg.log.progress_bar:
             add(rank_zero(ProgressBar))
         if self.evaluator is not None and (
@@ -286,6 +297,13 @@ class Trainer:
                 )
             )
 
+    def _add_model_handlers(self) -> None:
+        """The handlers the model contributes (``model.train_handlers()``, see
+        :mod:`m3sgg.models.base`): its epoch-level work, in their own priorities."""
+        contribute = getattr(self.core_model, "train_handlers", None)
+        for handler in contribute() if callable(contribute) else ():
+            self.handlers.add(handler)
+
     def _lr_handlers(self, scheduler: Any) -> list[Handler]:
         cfg, opt = self.config.schedule, self.optimizer
         if isinstance(scheduler, Handler):
@@ -313,7 +331,13 @@ class Trainer:
         if cfg.name == "plateau" and self.evaluator is not None:
             handlers.append(
                 LRPlateau(
-                    opt, cfg.metric, patience=cfg.patience, factor=cfg.factor, min_lr=cfg.min_lr
+                    opt,
+                    cfg.metric,
+                    patience=cfg.patience,
+                    factor=cfg.factor,
+                    min_lr=cfg.min_lr,
+                    threshold=cfg.threshold,
+                    threshold_mode=cfg.threshold_mode,
                 )
             )
         return handlers
@@ -326,7 +350,7 @@ class Trainer:
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
     def train_step(self, engine: Engine, batch: Any) -> dict[str, Any]:
-        """Forward, the model's named losses, their sum, backward, clip, optimizer step.
+        """Forward, the model's named losses, FORWARD_COMPLETED, their sum, backward, clip, step.
 
         With ``optim.accumulate_steps = n`` the optimizer steps every n batches (and at the end of
         an epoch). A non-finite total loss skips backward and step (one host sync per step reads
@@ -345,6 +369,9 @@ class Trainer:
         with self._autocast():
             predictions = self.model(batch)
             losses = self.core_model.loss(predictions, batch)
+        engine.state.step_batch = batch  # model-contributed work between forward and backward
+        engine.fire_event(M3sggEvents.FORWARD_COMPLETED)
+        engine.state.step_batch = None
         total = torch.stack([v.float() for v in losses.values()]).sum()
         if idist.get_world_size() > 1:  # every rank skips the step together
             finite = bool(idist.all_reduce(torch.isfinite(total).to(torch.int32), op="MIN"))
@@ -451,6 +478,7 @@ class Trainer:
             "scaler": self.scaler.state_dict(),
             "engine": {**self.engine.state_dict(), "epoch_closed": self._epoch_closed},
             "handlers": {h.name: h.state_dict() for h in self.handlers if hasattr(h, "state_dict")},
+            "plugin_handlers": dict(self.plugin_handlers),
             "sampler": self.sampler.state_dict() if self.sampler is not None else None,
             "rng": capture_rng(),
         }
@@ -506,7 +534,7 @@ class Trainer:
             },
         }
 
-    def resume(self, path: str | Path) -> Path:
+    def resume(self, path: str | Path, *, ignore_missing_plugins: bool = False) -> Path:
         """Load a checkpoint written by :meth:`save_checkpoint`; ``"auto"`` picks ``last.pt``.
 
         Everything is restored now except the random generators, which are restored right before
@@ -514,9 +542,13 @@ class Trainer:
         rank of a distributed run loads the same file and takes its own RNG and rank-local
         handler states from it; the run must have as many processes as the one that saved it.
 
+        A checkpoint holding the state of a handler a plugin attached (``plugin_handlers``) that
+        this run lacks is refused, naming the plugin, unless ``ignore_missing_plugins`` (then that
+        state is dropped with a warning).
+
         Raises:
             DataError: no checkpoint, an unreadable one, or one from another model/dataset/mode or
-                with mismatched weight shapes.
+                with mismatched weight shapes, or with state of a plugin this run does not load.
         """
         if str(path) == "auto":
             if self.checkpoint_dir is None:
@@ -564,6 +596,7 @@ class Trainer:
                 raise DataError(
                     path, f"does not fit this run ({type(err).__name__}: {err})", field=name
                 ) from None
+        self._check_plugin_state(path, ckpt, ignore_missing_plugins)
         mine = ckpt["ranks"][idist.get_rank()] if ckpt.get("ranks") else None
         for handler in self.handlers:
             states = ckpt["handlers"]
@@ -605,6 +638,29 @@ class Trainer:
             state.iteration,
         )
         return path
+
+    def _check_plugin_state(
+        self, path: Path, ckpt: dict[str, Any], ignore_missing_plugins: bool
+    ) -> None:
+        """Handler state of a plugin missing from this run: an error, or dropped by request."""
+        owners = ckpt.get("plugin_handlers") or {}
+        missing = {
+            name: owners[name]
+            for name in ckpt["handlers"]
+            if name in owners and name not in self.handlers
+        }
+        if not missing:
+            return
+        listing = ", ".join(f"{h!r} of plugin {p!r}" for h, p in missing.items())
+        plugins = " ".join(f"--plugin {p}" for p in dict.fromkeys(missing.values()))
+        if not ignore_missing_plugins:
+            raise DataError(
+                path,
+                f"holds the state of handler {listing}, which this run does not load; add "
+                f"{plugins} (or list it in plugins:), or pass --ignore-missing-plugins to drop it",
+                field="handlers",
+            )
+        self.logger.warning("resume: dropped the state of handler %s (plugin not loaded)", listing)
 
     def _save_config(self, engine: Engine) -> None:
         """At STARTED (after any resume succeeded): the resolved config in the run folder."""

@@ -20,8 +20,10 @@ Per frame::
     R@K of the frame  GT relations recalled by the top K predictions / GT relations
 
 Dtypes follow the reference: the attention logits go through ``torch.softmax(dim=1)`` in float32
-on the CPU, then all probabilities are widened to float64; boxes and object scores are float32
-widened to float64 (their product is rounded to float32 only for the ``no`` top-100 cut).
+on the CPU, then all probabilities are widened to float64 (a model whose attention output is
+already a distribution, TEMPURA's mixture heads, gives ``attention_probabilities`` instead: taken
+as is, widened, never softmaxed again, as TEMPURA's evaluator does); boxes and object scores are
+float32 widened to float64 (their product is rounded to float32 only for the ``no`` top-100 cut).
 
 Aggregation: ``R@K`` is the mean over all evaluated frames of all videos; ``per_predicate[K][p]``
 is ``hits[p] / (count[p] + 1e-10)`` with hits and counts summed over the whole evaluation (the
@@ -171,9 +173,10 @@ class _PredArrays(NamedTuple):
     scores: np.ndarray  # (B,)
     pair_frame: np.ndarray  # (P,) int64
     pair_idx: np.ndarray  # (P, 2)
-    attention: np.ndarray  # (P, 3) logits
+    attention: np.ndarray  # (P, 3) logits, or probabilities when attention_is_probability
     spatial: np.ndarray  # (P, 6)
     contacting: np.ndarray  # (P, 17)
+    attention_is_probability: bool
 
     PER_PAIR = ("pair_frame", "pair_idx", "attention", "spatial", "contacting")
 
@@ -183,13 +186,15 @@ def _pred_arrays(pred: Mapping[str, Any], mode: str) -> _PredArrays:
     label_key, score_key = (
         ("labels", "scores") if mode == "predcls" else ("pred_labels", "pred_scores")
     )
+    probabilities = "attention_probabilities" in pred
+    attention_key = "attention_probabilities" if probabilities else "attention_distribution"
     needed = (
         "boxes",
         label_key,
         score_key,
         "im_idx",
         "pair_idx",
-        "attention_distribution",
+        attention_key,
         "spatial_distribution",
         "contacting_distribution",
     )
@@ -201,7 +206,7 @@ def _pred_arrays(pred: Mapping[str, Any], mode: str) -> _PredArrays:
     scores = _view(pred, score_key, None)
     im_idx = _view(pred, "im_idx", None)
     pair_idx = _view(pred, "pair_idx", 2)
-    attention = _view(pred, "attention_distribution", _WIDTHS[0])
+    attention = _view(pred, attention_key, _WIDTHS[0])
     spatial = _view(pred, "spatial_distribution", _WIDTHS[1])
     contacting = _view(pred, "contacting_distribution", _WIDTHS[2])
     num_boxes = boxes.shape[0]
@@ -213,7 +218,7 @@ def _pred_arrays(pred: Mapping[str, Any], mode: str) -> _PredArrays:
     num_pairs = pair_idx.shape[0]
     for name, array in (
         ("im_idx", im_idx),
-        ("attention_distribution", attention),
+        (attention_key, attention),
         ("spatial_distribution", spatial),
         ("contacting_distribution", contacting),
     ):
@@ -224,7 +229,9 @@ def _pred_arrays(pred: Mapping[str, Any], mode: str) -> _PredArrays:
     pair_frame = im_idx.astype(np.int64)
     if (pair_frame != im_idx).any():
         raise ValueError("pred['im_idx'] must hold integer frame indices")
-    return _PredArrays(boxes, labels, scores, pair_frame, pair_idx, attention, spatial, contacting)
+    return _PredArrays(
+        boxes, labels, scores, pair_frame, pair_idx, attention, spatial, contacting, probabilities
+    )
 
 
 class _GTArrays(NamedTuple):
@@ -281,7 +288,8 @@ class _Pending:
             frame=(np.int64, None),
             sub=(np.int64, None),
             obj=(np.int64, None),
-            attention=(np.float32, _WIDTHS[0]),  # logits
+            attention=(np.float32, _WIDTHS[0]),  # logits (or probabilities, see below)
+            probability=(np.bool_, None),  # the row's attention is already a distribution
             # predicate scores, float64: spatial and contacting here, softmaxed attention at
             # evaluation (one array, so a cell's score is one lookup)
             values=(np.float64, _NP),
@@ -333,6 +341,7 @@ class _Pending:
         np.add(p.pair_idx[:, 0], box_table.size, out=pairs["sub"][rows], casting="unsafe")
         np.add(p.pair_idx[:, 1], box_table.size, out=pairs["obj"][rows], casting="unsafe")
         pairs["attention"][rows] = p.attention
+        pairs["probability"][rows] = p.attention_is_probability
         pairs["values"][rows, _OFFSETS[1] : _OFFSETS[2]] = p.spatial
         pairs["values"][rows, _OFFSETS[2] :] = p.contacting
         frames.commit(num_frames)
@@ -438,10 +447,13 @@ def _make_batch(pending: _Pending, iou_threshold: float, workspace: _Workspace) 
     rel_obj, rel_pred = relations.rows("obj"), relations.rows("pred")
     boxes, labels, scores = (pending.boxes.rows(name) for name in ("box", "label", "score"))
     pair_frame, sub, obj = (pending.pairs.rows(name) for name in ("frame", "sub", "obj"))
-    logits = torch.from_numpy(pending.pairs.rows("attention"))
+    attention = pending.pairs.rows("attention")
     values = pending.pairs.rows("values")
     # softmax is row-wise: one call over the batch equals one call per video
-    values[:, : _OFFSETS[1]] = torch.softmax(logits, dim=1).numpy()
+    values[:, : _OFFSETS[1]] = torch.softmax(torch.from_numpy(attention), dim=1).numpy()
+    given = pending.pairs.rows("probability")
+    if given.any():  # distributions already (TEMPURA): as they are, widened
+        values[given, : _OFFSETS[1]] = attention[given]
     score64 = scores.astype(np.float64)
     rel_key, match_rel, match_key = _match_keys(
         person,

@@ -12,6 +12,18 @@ A model is a ``torch.nn.Module`` that:
   or properties), and ``input_section``: the feature section its batches are collated from
   (``"gt"`` for ground-truth boxes, ``"det"`` for detections).
 
+Optional, for a model that predicts with several heads: ``output_heads`` (a tuple of names) and
+``rank_head`` (one of them). Its predictions then also carry ``"<head>/<key>"`` for each head's
+version of the contract keys; the evaluator scores every head under ``"<head>/..."`` metric keys
+and the rank head under the plain ones too (see :mod:`m3sgg.engine.evaluator`).
+
+Optionally, ``train_handlers() -> list[Handler]``: engine handlers
+(:class:`m3sgg.engine.handlers.base.Handler`) for the model's own epoch-level work, which the
+:class:`~m3sgg.engine.trainer.Trainer` attaches to the train engine with the default ones (e.g.
+TEMPURA's uncertainty pass at ``M3sggEvents.FORWARD_COMPLETED`` and its memory rebuild at
+EPOCH_COMPLETED). The engine has no model-specific branch; the model file builds them in that
+method (importing its handler module there, so the model itself does not import the engine).
+
 Subclassing :class:`SceneGraphModel` is optional: :class:`ModelProtocol` is what is checked, so a
 plugin may bring any module with these members. Register the factory with
 :func:`m3sgg.models.register_model`.

@@ -10,11 +10,14 @@ jwyang's faster-rcnn.pytorch (its CUDA kernel). That rule, which :func:`nms` fol
   with an earlier *kept* box is strictly greater than ``threshold``;
 * the kept indices are returned in ascending order of index.
 
-Implementation: one ``[n, n]`` IoU matrix, then the greedy rule as a fixed point. With boxes in
-score order and ``M[i, j] = IoU(i, j) > threshold`` for ``i < j``, box ``j`` is kept iff no kept
-``i < j`` has ``M[i, j]``. Starting from "all kept", each vectorized sweep ``keep = ~(M.T @ keep)``
-fixes at least one more position in order, and the sweeps stop when nothing changes; the result is
-exactly the sequential greedy one (few sweeps in practice, at most ``n``).
+Implementation: boxes in score order are taken in blocks of :data:`BLOCK`. A block first loses
+the boxes that a box kept in an earlier block suppresses (one ``[block, kept]`` IoU matrix), then
+the greedy rule runs inside the block as a fixed point: with ``M[i, j] = IoU(i, j) > threshold``
+for ``i < j``, box ``j`` is kept iff no kept ``i < j`` has ``M[i, j]``; starting from "all kept",
+each vectorized sweep ``keep = ~(M.T @ keep)`` fixes at least one more position in order, and the
+sweeps stop when nothing changes. The result is exactly the sequential greedy one. With
+``max_kept`` the blocks stop once that many boxes are kept (the region proposal layer needs only
+its top 100 of 6000), so memory and time stay far below the ``[n, n]`` matrix.
 """
 
 from __future__ import annotations
@@ -22,7 +25,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["box_iou_plus_one", "nms"]
+__all__ = ["BLOCK", "box_iou_plus_one", "nms"]
+
+#: Boxes per block of the greedy pass (see the module docstring).
+BLOCK = 512
 
 
 def box_iou_plus_one(a: Tensor, b: Tensor) -> Tensor:
@@ -38,13 +44,26 @@ def box_iou_plus_one(a: Tensor, b: Tensor) -> Tensor:
     return inter / (area_a[:, None] + area_b[None, :] - inter)
 
 
-def nms(boxes: Tensor, scores: Tensor, threshold: float) -> Tensor:
+def _greedy_block(boxes: Tensor, threshold: float) -> Tensor:
+    """Kept mask of score-ordered ``boxes`` by the greedy rule, as a fixed point."""
+    over = box_iou_plus_one(boxes, boxes) > threshold
+    over = torch.triu(over, diagonal=1).to(torch.float32)  # [i, j]: earlier i suppresses j
+    keep = torch.ones(boxes.shape[0], dtype=torch.bool, device=boxes.device)
+    while True:
+        new_keep = ~((keep.to(torch.float32) @ over) > 0)
+        if torch.equal(new_keep, keep):
+            return keep
+        keep = new_keep
+
+
+def nms(boxes: Tensor, scores: Tensor, threshold: float, max_kept: int | None = None) -> Tensor:
     """Indices (int64, ascending) of the boxes that greedy NMS keeps; see the module docstring.
 
     Args:
         boxes: ``[n, 4]`` xyxy boxes (float).
         scores: ``[n]`` scores; higher is visited first.
         threshold: suppress when IoU with a kept, higher-scoring box is ``> threshold``.
+        max_kept: keep only the first ``max_kept`` kept boxes in score order (``None``: all).
 
     Raises:
         ValueError: shapes that do not match.
@@ -54,17 +73,28 @@ def nms(boxes: Tensor, scores: Tensor, threshold: float) -> Tensor:
     if scores.shape != boxes.shape[:1]:
         raise ValueError(f"nms: scores must be [{boxes.shape[0]}], got {tuple(scores.shape)}")
     n = boxes.shape[0]
-    if n == 0:
+    if n == 0 or max_kept == 0:
         return torch.zeros(0, dtype=torch.int64, device=boxes.device)
     order = torch.sort(scores, descending=True, stable=True).indices
     ordered = boxes[order]
-    over = box_iou_plus_one(ordered, ordered) > threshold
-    over = torch.triu(over, diagonal=1).to(torch.float32)  # [i, j]: earlier i suppresses j
-    keep = torch.ones(n, dtype=torch.bool, device=boxes.device)
-    while True:
-        suppressed = (keep.to(torch.float32) @ over) > 0
-        new_keep = ~suppressed
-        if torch.equal(new_keep, keep):
+    kept: list[Tensor] = []  # positions in ``ordered``, in score order
+    count = 0
+    for start in range(0, n, BLOCK):
+        block = ordered[start : start + BLOCK]
+        alive = torch.ones(block.shape[0], dtype=torch.bool, device=boxes.device)
+        if kept:
+            earlier = ordered[torch.cat(kept)]
+            alive = ~(box_iou_plus_one(earlier, block) > threshold).any(dim=0)
+        positions = alive.nonzero().flatten()
+        if positions.numel() > 0:
+            keep = _greedy_block(block[positions], threshold)
+            kept.append(positions[keep] + start)
+            count += int(keep.sum())
+        if max_kept is not None and count >= max_kept:
             break
-        keep = new_keep
-    return torch.sort(order[keep]).values
+    if not kept:
+        return torch.zeros(0, dtype=torch.int64, device=boxes.device)
+    positions = torch.cat(kept)
+    if max_kept is not None:
+        positions = positions[:max_kept]
+    return torch.sort(order[positions]).values

@@ -263,15 +263,20 @@ def _pool_adaptive(
     count, channels = grid_y.shape[0], pool.table.shape[1]
     key = grid_y * (int(grid_x.max()) + 1) + grid_x
     keys, group = torch.unique(key, return_inverse=True)
-    pooled = pool.table.new_zeros(count, pool.oh, pool.ow, channels)
+    parts, order = [], []
     for g in range(keys.shape[0]):
         members = (group == g).nonzero().squeeze(1)
         ratio_y, ratio_x = int(grid_y[members[0]]), int(grid_x[members[0]])
-        if ratio_y == 0 or ratio_x == 0:
-            continue  # no samples: the bins stay 0, as in the kernels
-        part = tuple(t[members] for t in geometry)
-        pooled = pooled.index_put((members,), _pool_fixed(pool, part, ratio_y, ratio_x))
-    return pooled
+        if ratio_y == 0 or ratio_x == 0:  # no samples: the bins are 0, as in the kernels
+            parts.append(pool.table.new_zeros(members.shape[0], pool.oh, pool.ow, channels))
+        else:
+            part = tuple(t[members] for t in geometry)
+            parts.append(_pool_fixed(pool, part, ratio_y, ratio_x))
+        order.append(members)
+    # Back to roi order with one gather (differentiable, no per-group copy of the output).
+    inverse = torch.empty(count, dtype=torch.long, device=grid_y.device)
+    inverse[torch.cat(order)] = torch.arange(count, device=grid_y.device)
+    return torch.cat(parts)[inverse]
 
 
 def roi_align(

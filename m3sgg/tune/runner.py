@@ -112,6 +112,7 @@ def _prepare_study(settings: TuneSettings, worker: int = 0) -> tuple[Any, Any, A
         make_sampler,
         open_storage,
         open_study,
+        study_lock,
     )
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -119,22 +120,24 @@ def _prepare_study(settings: TuneSettings, worker: int = 0) -> tuple[Any, Any, A
     space = load_space(settings.space, base)
     metric = settings.metric or base.checkpoint.best_metrics[0]
     seed = None if settings.seed is None else settings.seed + worker
-    storage = open_storage(
-        settings.storage or default_storage(settings.study_dir, settings.workers)
-    )
-    study = open_study(
-        settings.study,
-        storage,
-        direction=settings.direction,
-        sampler=make_sampler(settings.sampler, seed, space),
-        pruner=make_pruner(settings.pruner),
-    )
-    saved = study.user_attrs
-    if BASE_CONFIG not in saved:
-        study.set_user_attr(BASE_CONFIG, settings.base)
-        study.set_user_attr(METRIC, metric)
-        study.set_user_attr("m3sgg:space", {p.key: p.kind for p in space.params})
-    else:
+    with study_lock(settings.study_dir):  # processes starting together create it once
+        storage = open_storage(
+            settings.storage or default_storage(settings.study_dir, settings.workers)
+        )
+        study = open_study(
+            settings.study,
+            storage,
+            direction=settings.direction,
+            sampler=make_sampler(settings.sampler, seed, space),
+            pruner=make_pruner(settings.pruner),
+        )
+        saved = study.user_attrs
+        if BASE_CONFIG not in saved:
+            study.set_user_attr(BASE_CONFIG, settings.base)
+            study.set_user_attr(METRIC, metric)
+            study.set_user_attr("m3sgg:space", {p.key: p.kind for p in space.params})
+            saved = study.user_attrs
+    if saved.get(BASE_CONFIG) is not None:
         _same_base(settings.study, saved[BASE_CONFIG], settings.base)
         if saved.get(METRIC) != metric:
             raise ConfigError(
@@ -171,7 +174,7 @@ def worker_loop(settings: TuneSettings, worker: int = 0) -> dict[str, Any]:
     """
     from optuna.trial import TrialState
 
-    from m3sgg.tune.study import KILLED, RETRY_OF, claim_trial
+    from m3sgg.tune.study import RETRY_OF, claim_trial, retire_killed, study_lock
     from m3sgg.tune.trial import copy_run_folder, run_trial, trial_folder
 
     _setup_trial_logging(settings.verbose)
@@ -226,8 +229,8 @@ def worker_loop(settings: TuneSettings, worker: int = 0) -> dict[str, Any]:
         study._storage.set_trial_user_attr(trial._trial_id, "m3sgg:run_dir", str(run_dir))
         study._storage.set_trial_user_attr(trial._trial_id, "evaluations", outcome.evaluations)
         if outcome.signal is not None:  # SIGINT/SIGTERM: checkpoint saved; retried next time
-            study._storage.set_trial_user_attr(trial._trial_id, KILLED, True)
-            study.tell(trial, state=TrialState.FAIL)
+            with study_lock(settings.study_dir):
+                retire_killed(study, trial._trial_id, trial.number, params)
             _say(f"trial {trial.number} interrupted: {outcome.stop_reason}; rerun to continue it")
             return {"ran": ran, "signal": outcome.signal}
         if outcome.pruned:

@@ -38,6 +38,7 @@ __all__ = [
     "open_storage",
     "open_study",
     "recover_dead_trials",
+    "retire_killed",
     "study_lock",
 ]
 
@@ -216,18 +217,23 @@ def recover_dead_trials(study: Any) -> list[int]:
     """
     from optuna.trial import TrialState
 
-    storage = study._storage
     recovered = []
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         if owner_alive(trial.system_attrs.get(OWNER)):
             continue
-        storage.set_trial_user_attr(trial._trial_id, KILLED, True)
-        storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
-        study.enqueue_trial(
-            dict(trial.params), user_attrs={RETRY_OF: trial.number}, skip_if_exists=False
-        )
+        retire_killed(study, trial._trial_id, trial.number, dict(trial.params))
         recovered.append(trial.number)
     return recovered
+
+
+def retire_killed(study: Any, trial_id: int, number: int, params: dict[str, Any]) -> None:
+    """Mark a RUNNING trial FAIL as killed (it stops counting) and enqueue its retry: the same
+    parameters, ``m3sgg:retry_of`` naming it, resumed from its folder's ``last.pt``."""
+    from optuna.trial import TrialState
+
+    study._storage.set_trial_user_attr(trial_id, KILLED, True)
+    study._storage.set_trial_state_values(trial_id, TrialState.FAIL)
+    study.enqueue_trial(params, user_attrs={RETRY_OF: number}, skip_if_exists=False)
 
 
 def claim_trial(study: Any, study_dir: Path, n_trials: int) -> tuple[Any, list[int]] | None:

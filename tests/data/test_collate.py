@@ -233,6 +233,7 @@ def test_split_predictions_round_trip(two_videos: list[VideoSample]) -> None:
         "im_idx": batch.im_idx,
         "pair_idx": batch.pair_idx,
         "attention_distribution": torch.randn(batch.num_pairs, 3, requires_grad=True),
+        "attention_probabilities": torch.rand(batch.num_pairs, 3),
         "spatial_distribution": batch.spatial,
         "contacting_distribution": batch.contacting,
         "unlisted": torch.zeros(batch.num_pairs),

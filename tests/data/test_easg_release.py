@@ -162,3 +162,83 @@ def test_inspect_data_shows_either_view_of_the_release(tmp_path):
         and wrong.stderr.count("\n") == 1
         and "--source master" in wrong.stderr
     )
+
+
+# -- end to end: the toy EASG laid out as the release, trained from its root -----------------
+
+
+def release_from_toy(flat: Path, root: Path) -> str:
+    """Move the toy EASG files into the release's folders: RoI pickles re-written with torch
+    tensors, the master JSON given a verb and an edge no vocabulary file lists, features_verb.pt
+    and frames/ beside it. Returns the unknown verb."""
+    import shutil
+
+    from m3sgg.data.safe_pickle import load_pickle
+
+    sgg = root / "easg-generation" / "annts_in_new_format"
+    data = root / "data"
+    sgg.mkdir(parents=True)
+    data.mkdir()
+    for name in ("verbs.txt", "objects.txt", "relationships.txt", "easg_train.pkl", "easg_val.pkl"):
+        shutil.copy(flat / name, sgg / name)
+    for split in ("train", "val"):
+        roi = load_pickle(flat / f"roi_feats_{split}.pkl")
+        tensors = {
+            key: {
+                aid: [{ft: torch.from_numpy(np.asarray(a)) for ft, a in e.items()} for e in entries]
+                for aid, entries in graph.items()
+            }
+            for key, graph in roi.items()
+        }
+        (data / f"roi_feats_{split}.pkl").write_bytes(pickle.dumps(tensors, protocol=2))
+    shutil.copy(flat / "verb_features.pt", data / "verb_features.pt")
+    master = json.loads((flat / "EASG_unict_master_final.json").read_text())
+    objects = set((flat / "objects.txt").read_text().split())
+    graph = next(
+        g
+        for clip in master.values()
+        if clip["split"] == "train"
+        for g in clip["graphs"]
+        if any(t[0] != "CW" and t[2].split(":")[0] in objects for t in g["triplets"])
+    )
+    obj = next(t[2] for t in graph["triplets"] if t[0] != "CW" and t[2].split(":")[0] in objects)
+    graph["triplets"] = [t for t in graph["triplets"] if t[0] != "CW"]
+    graph["triplets"].insert(0, ["CW", "verb", "juggle"])
+    graph["triplets"].append(["juggle", "beneath", obj])
+    (root / "EASG_unict_master_final_upd.json").write_text(json.dumps(master))
+    torch.save({"x_y": torch.zeros(4)}, root / "features_verb.pt")
+    (root / "frames" / "g").mkdir(parents=True)
+    (root / "frames" / "g" / "c_pnr.jpg").write_bytes(b"\xff\xd8")
+    return "juggle"
+
+
+@pytest.mark.slow
+def test_the_release_layout_trains_from_its_root(toy_cache: Path, tmp_path: Path):
+    from m3sgg.data.toy_easg import make_toy_easg
+
+    flat = make_toy_easg(tmp_path / "flat", clips=8, seed=1)
+    root = tmp_path / "EASG"
+    unknown = release_from_toy(flat, root)
+
+    master = EASG(root, "train", source="master")  # never stops at the unknown names
+    assert unknown in master.vocab.verbs and "beneath" in master.vocab.relations
+    strict = EASG(root, "train", source="master", vocab="files").stats()
+    assert strict["dropped_verbs"] == {unknown: 1} and strict["dropped_edges"] == {"beneath": 1}
+
+    env = {**os.environ, "PYTHONPATH": str(REPO), "M3SGG_NO_ENTRY_POINTS": "1"}
+    results = {}
+    for name, path in (("release", root), ("flat", flat)):
+        command = [sys.executable, "-m", "m3sgg", "train", "--dataset", "easg", "--data-path"]
+        command += [str(path), "--output", str(tmp_path / "runs"), "--name", name, "--epochs", "1"]
+        command += ["--mode", "easgcls", "--videos-per-batch", "4"]
+        done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+        assert done.returncode == 0, done.stderr[-2000:]
+        results[name] = (tmp_path / "runs" / name / "metrics.jsonl").read_text()
+        if name == "release":
+            line = next(x for x in done.stdout.splitlines() if x.startswith("EASG train split:"))
+            assert "easg_train.pkl easg_val.pkl (easg-generation/annts_in_new_format)" in line
+            assert "roi_feats_train.pkl roi_feats_val.pkl verb_features.pt (data)" in line
+            assert "unused: features_verb.pt" in line
+    record = json.loads(results["release"])
+    assert "with/R@20" in record["metrics"]
+    assert results["release"] == results["flat"]  # tensor pickles read exactly as numpy ones

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ast
 import importlib.metadata
+import json
 import os
 import re
 import shutil
@@ -76,7 +77,12 @@ def test_02_compose_handlers(toy_cache: Path, tmp_path: Path):
     assert int(re.search(r"(\d+) losses recorded", out).group(1)) > 0
 
 
-def test_03_custom_plugin_is_found_through_its_entry_point(toy_cache: Path, tmp_path: Path):
+def test_03_custom_plugin_trains_evaluates_and_resumes(toy_cache: Path, tmp_path: Path):
+    """The example plugin, installed with pip: its model trains with its options from a config
+    file, its gradient hook and metric report, the run resumes bitwise equal to an uninterrupted
+    one (the hook's state included), evaluates, and refuses to resume without the plugin."""
+    import torch
+
     source = shutil.copytree(EXAMPLES / "03_custom_plugin", tmp_path / "src")  # build outside
     site = tmp_path / "site"
     install = [
@@ -86,15 +92,85 @@ def test_03_custom_plugin_is_found_through_its_entry_point(toy_cache: Path, tmp_
     run(install, tmp_path)
     (dist,) = importlib.metadata.distributions(path=[str(site)])
     (entry,) = dist.entry_points.select(group="m3sgg.plugins")
-    assert entry.value == "m3sgg_example_plugin:setup"
+    assert (entry.name, entry.value) == ("example", "m3sgg_example_plugin:setup")
 
-    sets = [arg for item in SMALL for arg in ("--set", item)]
-    train = ["-m", "m3sgg", "train", "--output", str(tmp_path / "runs"), *sets]
-    done = run(train, tmp_path, PYTHONPATH=str(site), M3SGG_NO_ENTRY_POINTS="")
-    assert "m3sgg-example-plugin: attached weakest_predicates" in done.stdout
-    lines = re.findall(r"^weakest predicates \(with R@20\): (.+)$", done.stdout, re.M)
-    assert len(lines) == 1  # one per evaluation
-    assert len(lines[0].split(", ")) == 3
+    config = tmp_path / "plugin.yaml"
+    config.write_text(
+        "model: {name: pair_probe}\n"
+        "data: {toy_videos: 16}\n"
+        "train: {epochs: 1}\n"
+        "log: {every_iters: 1000}\n"
+        "plugins:\n  - name: example\n    options: {every: 3, weakest: 2}\n"
+    )
+    runs = tmp_path / "runs"
+    env = {
+        "PYTHONPATH": os.pathsep.join([str(site), str(REPO)]),  # this checkout's m3sgg
+        "M3SGG_NO_ENTRY_POINTS": "",
+    }
+    train = ["-m", "m3sgg", "train", "--output", str(runs)]
+
+    first = run([*train, "--config", str(config), "--name", "resumed"], tmp_path, **env).stdout
+    assert "m3sgg-example-plugin: attached grad_norm_monitor and weakest_predicates" in first
+    saved = (runs / "resumed" / "config.yaml").read_text()
+    assert "name: example" in saved and "every: 3" in saved and "weakest: 2" in saved
+    (record,) = [json.loads(line) for line in (runs / "resumed" / "metrics.jsonl").open()]
+    steps = record["iteration"]  # one optimizer step per iteration
+    assert re.findall(r"^grad norm step (\d+):", first, re.M) == [
+        str(k) for k in range(3, steps + 1, 3)
+    ]
+    evaluation = re.search(r"^evaluation 1 .*$", first, re.M).group(0)
+    assert f"| relations/mean {record['metrics']['relations/mean']:.4f}" in evaluation
+    assert record["metrics"]["relations/videos"] > 0
+    (weakest,) = re.findall(r"^weakest predicates \(with R@20\): (.+)$", first, re.M)
+    assert len(weakest.split(", ")) == 2  # the option reached setup
+
+    resumed_config = runs / "resumed" / "config.yaml"
+    second = run(
+        [*train, "--config", str(resumed_config), "--resume", "auto", "--epochs", "2"],
+        tmp_path,
+        **env,
+    ).stdout
+    # the hook's step count continued from the checkpoint
+    first_step = next(k for k in range(3, 10 * steps, 3) if k > steps)
+    assert re.findall(r"^grad norm step (\d+):", second, re.M)[0] == str(first_step)
+
+    run([*train, "--config", str(config), "--name", "straight", "--epochs", "2"], tmp_path, **env)
+    a = torch.load(runs / "resumed" / "checkpoints" / "last.pt", weights_only=True)
+    b = torch.load(runs / "straight" / "checkpoints" / "last.pt", weights_only=True)
+    assert a["model"].keys() == b["model"].keys()
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert a["handlers"]["grad_norm_monitor"] == b["handlers"]["grad_norm_monitor"]
+    assert a["plugin_handlers"]["grad_norm_monitor"] == "example"
+    assert (runs / "resumed" / "metrics.jsonl").read_text() == (
+        runs / "straight" / "metrics.jsonl"
+    ).read_text()
+
+    shown = run(
+        ["-m", "m3sgg", "evaluate", "--checkpoint", str(runs / "resumed"), "--json"],
+        tmp_path,
+        **env,
+    )
+    metrics = json.loads(shown.stdout)
+    last = json.loads((runs / "resumed" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert metrics["relations/mean"] == last["metrics"]["relations/mean"]
+    assert metrics["with/R@20"] == last["metrics"]["with/R@20"]
+
+    without = [*train, "--config", str(resumed_config), "--set", "plugins=[]"]
+    without += ["--resume", "auto", "--epochs", "3"]
+    refused = subprocess.run(
+        [sys.executable, *without],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "TMPDIR": str(tmp_path), **env},
+        cwd=tmp_path,
+        timeout=600,
+    )
+    assert refused.returncode == 2
+    (line,) = refused.stderr.strip().splitlines()
+    assert "holds the state of handler 'grad_norm_monitor' of plugin 'example'" in line
+    dropped = run([*without, "--ignore-missing-plugins"], tmp_path, **env).stdout
+    assert "dropped the state of handler 'grad_norm_monitor'" in dropped
+    assert len((runs / "resumed" / "metrics.jsonl").read_text().splitlines()) == 3
 
 
 def test_04_resume_is_bitwise_identical(toy_cache: Path, tmp_path: Path):

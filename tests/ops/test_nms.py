@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 import torch
 
@@ -59,3 +61,25 @@ def test_equals_the_sequential_loop(seed: int) -> None:
     scores = torch.randint(0, 8, (n,), generator=gen).float()  # many ties
     for threshold in (0.1, 0.4, 0.7):
         assert nms(boxes, scores, threshold).tolist() == _greedy(boxes, scores, threshold)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_many_blocks_and_max_kept_equal_the_sequential_loop(
+    seed: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    nms_module = sys.modules["m3sgg.ops.nms"]  # the package's ``nms`` is the function
+    monkeypatch.setattr(nms_module, "BLOCK", 8)  # 70 boxes: nine blocks
+    gen = torch.Generator().manual_seed(100 + seed)
+    n = 70
+    xy = torch.rand(n, 2, generator=gen) * 100
+    wh = torch.rand(n, 2, generator=gen) * 40
+    boxes = torch.cat([xy, xy + wh], dim=1)
+    scores = torch.randint(0, 20, (n,), generator=gen).float()
+    for threshold in (0.2, 0.5):
+        expected = _greedy(boxes, scores, threshold)
+        assert nms(boxes, scores, threshold).tolist() == expected
+        # max_kept: the first k kept in score order (ties: lower index first), ascending.
+        by_score = sorted(expected, key=lambda i: (-float(scores[i]), i))
+        for k in (1, 7, len(expected), len(expected) + 5):
+            assert nms(boxes, scores, threshold, max_kept=k).tolist() == sorted(by_score[:k])
+    assert nms(boxes, scores, 0.5, max_kept=0).tolist() == []

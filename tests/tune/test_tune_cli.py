@@ -163,3 +163,66 @@ def test_two_workers_share_one_study_without_a_database_error(toy_cache: Path, t
     owners = {t.system_attrs["m3sgg:owner"]["pid"] for t in study.trials}
     assert len(owners) == 2  # both processes ran trials
     assert len({tuple(t.params.items()) for t in study.trials}) == 4  # no repeated draws
+
+
+def test_sigterm_stops_the_trial_cleanly_and_the_next_run_resumes_it(
+    toy_cache: Path, tmp_path: Path
+):
+    (tmp_path / "space.yaml").write_text(SPACE)
+    command = m3sgg(
+        "tune", "--study", "t", "--space", "space.yaml", "--output", "runs", "--n-trials", "2",
+        "--pruner", "none", "--seed", "2", "--set", "train.epochs=3", *SMALL, cwd=tmp_path,
+    )  # fmt: skip
+    study_dir = tmp_path / "runs" / "t"
+    process = subprocess.Popen(
+        command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    target = study_dir / "trial-0000" / "checkpoints" / "last.pt"
+    deadline = time.monotonic() + 600
+    while not target.exists():
+        assert process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    process.send_signal(signal.SIGTERM)
+    out, err = process.communicate(timeout=600)
+    assert process.returncode == 130, (out, err)
+    assert re.search(
+        r"^trial 0 interrupted: stopped by SIGTERM at epoch \d, iteration \d+", out, re.M
+    )
+    study = load(tmp_path, "t")
+    assert [t.state.name for t in study.trials] == ["FAIL", "WAITING"]  # killed, retry queued
+    assert study.trials[0].user_attrs["m3sgg:killed"] is True
+    stopped = evaluations(study_dir / "trial-0000")
+
+    out = run(command, tmp_path).stdout
+    assert "trial 1 retries trial 0 from runs/t/trial-0001/checkpoints/last.pt" in out, out
+    study = load(tmp_path, "t")
+    assert [t.state.name for t in study.trials] == ["FAIL", "COMPLETE", "COMPLETE"]
+    values = evaluations(study_dir / "trial-0001")
+    assert len(values) == 3 and values[: len(stopped)] == stopped
+    assert study.trials[1].params == study.trials[0].params
+
+
+def test_two_separate_commands_share_one_study(toy_cache: Path, tmp_path: Path):
+    (tmp_path / "space.yaml").write_text(SPACE)
+
+    def command(seed: int) -> list[str]:
+        return m3sgg(
+            "tune", "--study", "c", "--space", "space.yaml", "--output", "runs", "--n-trials",
+            "4", "--pruner", "none", "--seed", str(seed), "--set", "train.epochs=1", *SMALL,
+            cwd=tmp_path,
+        )  # fmt: skip
+
+    processes = [
+        subprocess.Popen(command(s), cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True)
+        for s in (0, 100)
+    ]  # fmt: skip
+    outputs = [p.communicate(timeout=900) for p in processes]
+    for process, (out, err) in zip(processes, outputs, strict=True):
+        assert process.returncode == 0, (out, err)
+        assert "locked" not in err.lower() and "error" not in err.lower(), err
+    study = load(tmp_path, "c")  # SQLite: one command, one worker each
+    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 4
+    finished = [re.findall(r"^trial (\d+) complete", out, re.M) for out, _ in outputs]
+    assert sorted(int(n) for lines in finished for n in lines) == [0, 1, 2, 3]

@@ -11,7 +11,7 @@ from ignite.engine.events import RemovableEventHandle
 from m3sgg.engine.events import M3sggEvents
 from m3sgg.engine.handlers.base import Handler
 
-__all__ = ["ConsoleLogger", "headline"]
+__all__ = ["ConsoleLogger", "extra_values", "headline"]
 
 logger = logging.getLogger("m3sgg")
 
@@ -30,6 +30,19 @@ def headline(metrics: dict[str, Any], k: int = 20) -> str:
     return " | ".join(parts)
 
 
+def extra_values(metrics: dict[str, Any], names: tuple[str, ...]) -> str:
+    """``name/key 0.1234 …`` for the scalar results of the metrics ``names`` (register_metric)."""
+    parts = []
+    for key, value in metrics.items():
+        if key.split("/", 1)[0] not in names:
+            continue
+        if hasattr(value, "numel") and value.numel() == 1:
+            value = value.item()
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            parts.append(f"{key} {value:.4f}")
+    return " ".join(parts)
+
+
 class ConsoleLogger(Handler):
     """Log training losses at ITERATION_COMPLETED(every=N) and headline metrics at
     EVALUATION_COMPLETED, through the ``m3sgg`` logger (the CLI prints it to stdout).
@@ -40,9 +53,11 @@ class ConsoleLogger(Handler):
     name = "console"
     priority = 900
 
-    def __init__(self, optimizer: Any = None, every: int = 10):
+    def __init__(self, optimizer: Any = None, every: int = 10, extra: tuple[str, ...] = ()):
         self.optimizer = optimizer
         self.every = every
+        #: metrics added with register_metric: their scalar results follow the headline
+        self.extra = tuple(extra)
 
     def events(self) -> list[Any]:
         return [Events.ITERATION_COMPLETED(every=self.every), M3sggEvents.EVALUATION_COMPLETED]
@@ -76,10 +91,12 @@ class ConsoleLogger(Handler):
 
     def log_evaluation(self, engine: Engine) -> None:
         state = engine.state
+        text = headline(state.eval_metrics)
+        extra = extra_values(state.eval_metrics, self.extra)
         logger.info(
             "evaluation %d (epoch %d, iteration %d): %s",
             state.eval_count,
             state.epoch,
             state.iteration,
-            headline(state.eval_metrics),
+            f"{text} | {extra}" if text and extra else text or extra,
         )

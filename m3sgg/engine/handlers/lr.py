@@ -40,10 +40,18 @@ class LRPlateau(Handler):
         patience: int = 1,
         factor: float = 0.5,
         min_lr: float = 1e-7,
+        threshold: float = 1e-4,
+        threshold_mode: str = "rel",
     ):
         self.metric = metric
         self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-            optimizer, mode="max", patience=patience, factor=factor, min_lr=min_lr
+            optimizer,
+            mode="max",
+            patience=patience,
+            factor=factor,
+            min_lr=min_lr,
+            threshold=threshold,
+            threshold_mode=threshold_mode,
         )
 
     def events(self) -> list[Any]:
