@@ -16,7 +16,9 @@ detector backbone at every step. This module computes them once from the frame i
 5. with ``detections`` (sgdet), the ``det`` section gets the detected boxes the same way (see
    the layout below).
 
-``object_dim`` and ``union_dim`` of the store both equal the backbone's channel count ``C``;
+``object_dim`` and ``union_channels`` of the store both equal the backbone's channel count ``C``
+(the union maps are the ``pool_size`` x ``pool_size`` RoIAlign bins, not averaged; STTran needs
+7x7); the ``gt`` section has no class distributions (a plain backbone has no classifier);
 features are stored as float16 by default (``dtype``). Images are read with Pillow (a dependency
 of this command only; a clear error says so when it is missing). A missing or unreadable image
 is an error naming the file, unless ``skip_missing_frames`` leaves missing ones out (then read
@@ -102,7 +104,13 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import numpy as np
 
 from m3sgg.data.action_genome import ANNOTATION_FILES, SPLITS, ActionGenome
-from m3sgg.data.features import FEATURE_DTYPES, FeatureStoreWriter, FrameFeatures
+from m3sgg.data.features import (
+    FEATURE_DTYPES,
+    UNION_DIAGONAL,
+    FeatureStoreWriter,
+    FrameFeatures,
+    union_pairs,
+)
 from m3sgg.data.safe_pickle import load_pickle
 from m3sgg.errors import ConfigError, DataError
 from m3sgg.vocab import AG_OBJECT_CLASSES, NUM_AG_CLASSES
@@ -582,7 +590,7 @@ class ExtractionResult:
     Attributes:
         path: the store folder.
         frames: frames written.
-        object_dim, union_dim: feature widths (the backbone's channel count).
+        object_dim, union_channels: feature widths (the backbone's channel count).
         gt_boxes, gt_pairs: rows of the ``gt`` section.
         det_boxes, det_pairs: rows of the ``det`` section (0 without detections).
         seconds: wall time.
@@ -591,7 +599,7 @@ class ExtractionResult:
     path: Path
     frames: int
     object_dim: int
-    union_dim: int
+    union_channels: int
     gt_boxes: int
     gt_pairs: int
     det_boxes: int
@@ -743,19 +751,22 @@ def extract_features(
             with torch.inference_mode():
                 fmap = model(x)
                 _check_feature_map(fmap, name, len(batch), x.shape[2], x.shape[3], stride_value)
-                vectors = _pool_features(fmap, plans, **pool)
+                pooled = _pool_features(fmap, plans, **pool)
             channels = int(fmap.shape[1])
             if writer is None:
                 writer = FeatureStoreWriter(
                     out_path,
                     object_dim=channels,
-                    union_dim=channels,
-                    num_classes=NUM_AG_CLASSES if dets is not None else None,
+                    union_channels=channels,
+                    union_size=pool_size,
+                    num_classes=NUM_AG_CLASSES,
+                    sections=("gt", "det") if dets is not None else ("gt",),
+                    gt_class_dists=False,
                     dtype=dtype,
                     overwrite=overwrite,
                 )
-            for (frame, _), sections in zip(batch, _frame_features(plans, vectors), strict=True):
-                writer.add_frame(frame.key, *sections)
+            for (frame, _), sections in zip(batch, _frame_features(plans, pooled), strict=True):
+                writer.add_frame(frame.key, *sections[:2])
                 counts["frames"] += 1
                 for section, prefix in zip(sections, ("gt", "det"), strict=False):
                     counts[f"{prefix}_boxes"] += len(section.boxes)
@@ -780,7 +791,7 @@ def extract_features(
         path=out_path,
         frames=counts["frames"],
         object_dim=channels,
-        union_dim=channels,
+        union_channels=channels,
         gt_boxes=counts["gt_boxes"],
         gt_pairs=counts["gt_pairs"],
         det_boxes=counts["det_boxes"],
@@ -839,7 +850,7 @@ def _pool_features(
     sampling_ratio: int,
     stride: float,
 ) -> np.ndarray:
-    """One RoIAlign call over every roi of the batch; bins averaged → float32 ``(R, C)``."""
+    """One RoIAlign call over every roi of the batch → float32 ``(R, C, pool, pool)`` maps."""
     import torch
 
     from m3sgg.ops.roi_align import roi_align
@@ -860,28 +871,35 @@ def _pool_features(
         sampling_ratio=sampling_ratio,
         aligned=True,
     )
-    return pooled.float().mean(dim=(2, 3)).cpu().numpy()
+    return pooled.float().cpu().numpy()
 
 
-def _frame_features(plans: list[list[_Part]], vectors: np.ndarray) -> list[list[FrameFeatures]]:
-    """Cut the pooled rows back into each frame's sections (boxes first, then unions)."""
+def _frame_features(plans: list[list[_Part]], pooled: np.ndarray) -> list[list[FrameFeatures]]:
+    """Cut the pooled rows back into each frame's sections: the boxes (bins averaged into one
+    vector each), then the union table (the maps as pooled)."""
     out: list[list[FrameFeatures]] = []
     row = 0
     for plan in plans:
         sections = []
         for part in plan:
-            k, p = len(part.boxes), len(part.pairs)
+            k, u = len(part.boxes), len(part.rois) - len(part.boxes)
+            dists = part.class_dists
+            if dists is not None:  # the store keeps the distribution over classes 1..36
+                rest = dists[:, 1:].astype(np.float64)
+                dists = (rest / np.maximum(rest.sum(axis=1, keepdims=True), 1e-12)).astype(
+                    np.float32
+                )
             sections.append(
                 FrameFeatures(
                     boxes=part.boxes,
-                    box_features=vectors[row : row + k],
+                    box_features=pooled[row : row + k].mean(axis=(2, 3)),
                     pairs=part.pairs,
-                    union_features=vectors[row + k : row + k + p],
+                    union_maps=pooled[row + k : row + k + u],
+                    class_dists=dists,
                     scores=part.scores,
-                    class_dists=part.class_dists,
                 )
             )
-            row += k + p
+            row += k + u
         out.append(sections)
     return out
 
@@ -891,7 +909,7 @@ class _Part(NamedTuple):
 
     boxes: np.ndarray  # float32 (k, 4), annotation pixels (what the store keeps)
     pairs: np.ndarray  # int64 (p, 2)
-    rois: np.ndarray  # float32 (k + p, 4), image pixels: the boxes, then the pairs' unions
+    rois: np.ndarray  # float32 (k + u, 4), image pixels: the boxes, then the union table's boxes
     scores: np.ndarray | None
     class_dists: np.ndarray | None
 
@@ -909,17 +927,22 @@ def _plan_frame(
     def part(
         boxes: np.ndarray,
         pairs: np.ndarray,
+        section: str,
         scores: np.ndarray | None = None,
         dists: np.ndarray | None = None,
     ) -> _Part:
-        rois = np.concatenate([boxes, _union_boxes(boxes, pairs)]).reshape(-1, 4) * scale
+        _, first, second = union_pairs(np.array([len(boxes)]), UNION_DIAGONAL[section])
+        table = np.stack([first, second], axis=1)
+        rois = np.concatenate([boxes, _union_boxes(boxes, table)]).reshape(-1, 4) * scale
         return _Part(boxes, pairs, rois.astype(np.float32), scores, dists)
 
-    parts = [part(frame.boxes, _person_pairs(len(frame.boxes)))]
+    parts = [part(frame.boxes, _person_pairs(len(frame.boxes)), "gt")]
     if dets is not None:
         det = dets[frame.key]
         order, pairs = _arrange(det)
-        parts.append(part(det.boxes[order], pairs, det.scores[order], det.class_dists[order]))
+        parts.append(
+            part(det.boxes[order], pairs, "det", det.scores[order], det.class_dists[order])
+        )
     return parts
 
 

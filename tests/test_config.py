@@ -34,10 +34,10 @@ def test_yaml_and_toml_files_and_overrides(tmp_path: Path):
 
 
 def test_model_options_merge_over_the_toy_preset_only_on_toy_data():
-    toy = load_config(None, ["model.options.d_model=96"])
-    assert toy.model_options()["d_model"] == 96 and toy.model_options()["proj_dim"] == 64
-    real = load_config(None, ["data.path=/data/ag", "model.options.d_model=96"])
-    assert real.model_options() == {"d_model": 96}
+    toy = load_config(None, ["model.options.ff_dim=96"])
+    assert toy.model_options()["ff_dim"] == 96 and toy.model_options()["proj_dim"] == 32
+    real = load_config(None, ["data.path=/data/ag", "model.options.ff_dim=96"])
+    assert real.model_options() == {"ff_dim": 96}
 
 
 @pytest.mark.parametrize(

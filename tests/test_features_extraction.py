@@ -134,7 +134,7 @@ def _one_line(err: pytest.ExceptionInfo) -> str:
 
 def test_reader_accepts_the_store(toy_root: Path, store: Path) -> None:
     fs = FeatureStore(store)
-    assert (fs.object_dim, fs.union_dim, fs.dtype) == (256, 256, "float32")
+    assert (fs.object_dim, fs.union_channels, fs.union_size, fs.dtype) == (256, 256, 7, "float32")
     assert not fs.has_detections
     for split in ("train", "test"):
         ds = ActionGenome(toy_root, split, features=store)
@@ -155,7 +155,8 @@ def test_reader_accepts_the_store(toy_root: Path, store: Path) -> None:
             person_rows = feats.pair_idx[:, 0]
             assert (feats.boxes[person_rows, 0] == feats.im_idx).all()
             assert (_frame_classes(sample)[person_rows] == 1).all()
-            assert np.isfinite(feats.union_features).all()
+            assert np.isfinite(feats.union_maps).all()
+            assert feats.union_maps.shape == (feats.union_offsets[-1], 256, 7, 7)
 
 
 def test_store_holds_exactly_the_kept_frames(toy_root: Path, store: Path) -> None:
@@ -196,8 +197,10 @@ def test_object_features_predict_the_class(toy_root: Path, store: Path) -> None:
 def test_union_features_differ_from_object_features(toy_root: Path, store: Path) -> None:
     sample = ActionGenome(toy_root, "train", features=store)[0]
     feats = sample.features
-    objects = feats.box_features[feats.pair_idx[:, 1]]
-    assert not np.allclose(feats.union_features, objects, atol=1e-3)
+    # The first union row of each frame is (person, first object): not the object's feature.
+    first = feats.union_maps[feats.union_offsets[:-1]].mean(axis=(2, 3))
+    objects = feats.box_features[np.cumsum(feats.box_counts()) - feats.box_counts() + 1]
+    assert not np.allclose(first, objects, atol=1e-3)
 
 
 def test_float16_default_matches_float32_and_batching_does_not_matter(
@@ -212,7 +215,9 @@ def test_float16_default_matches_float32_and_batching_does_not_matter(
     for key in f16.keys:
         a, b = f16.frame(key), f32.frame(key)
         np.testing.assert_allclose(a.box_features, b.box_features, rtol=2e-3, atol=2e-3)
-        np.testing.assert_allclose(a.union_features, b.union_features, rtol=2e-3, atol=2e-3)
+        np.testing.assert_allclose(
+            a.union_maps.astype(np.float32), b.union_maps, rtol=2e-3, atol=2e-3
+        )
         np.testing.assert_array_equal(a.pairs, b.pairs)
     assert result.frames == len(f16) == len(ActionGenome(toy_root, "train").frame_keys())
 
@@ -252,7 +257,7 @@ def test_custom_backbone_instance_and_factory(
     result = extract_features(
         toy_root, tmp_path / "patch", backbone=f"{backbones_module}:PATCHIFY", splits=["test"]
     )
-    assert (result.object_dim, result.union_dim) == (16, 16)
+    assert (result.object_dim, result.union_channels) == (16, 16)
     ActionGenome(toy_root, "test", features=tmp_path / "patch")
 
     result = extract_features(
@@ -378,7 +383,8 @@ def _toy_detections(root: Path) -> dict[str, dict]:
         frames[key] = {
             "boxes": f.boxes[rows].tolist(),
             "scores": f.scores[rows].tolist(),
-            "class_dists": f.class_dists[rows].tolist(),
+            # the file holds 37 classes (background first); the store keeps classes 1..36
+            "class_dists": np.c_[np.zeros(len(rows)), f.class_dists][rows].tolist(),
         }
     return frames
 
@@ -415,7 +421,8 @@ def test_detections_from_json(toy_root: Path, tmp_path: Path) -> None:
         pairs += len(det.pairs)
     assert (result.det_boxes, result.det_pairs) == (boxes, pairs)
     sample = ActionGenome(toy_root, "test", features=out)[0]
-    assert sample.det is not None and sample.det.class_dists.shape[1] == NUM_AG_CLASSES
+    assert sample.det is not None and sample.det.class_dists.shape[1] == NUM_AG_CLASSES - 1
+    np.testing.assert_allclose(sample.det.class_dists.sum(axis=1), 1.0, rtol=1e-5)
 
 
 def test_detections_from_npz_with_labels(toy_root: Path, tmp_path: Path) -> None:

@@ -50,7 +50,7 @@ from typing import Any
 
 import numpy as np
 
-from m3sgg.data.features import FeatureStore, VideoFeatures
+from m3sgg.data.features import FeatureStore, VideoFeatures, union_counts, union_pairs
 from m3sgg.data.safe_pickle import load_pickle
 from m3sgg.data.structures import VideoGT
 from m3sgg.errors import ConfigError, DataError
@@ -109,8 +109,11 @@ class VideoSample:
         gt: the video's ground truth (kept frames, visible objects, relations).
         features: the feature store's ``"gt"`` section for the video's frames (person box first,
             then the visible objects of each frame), or ``None`` without a store.
-        det: the store's ``"det"`` section (detections, for sgdet), or ``None`` when the store
-            has none or no store is used.
+        det: the store's ``"det"`` section (detections, for sgdet evaluation), or ``None`` when
+            the store has none or no store is used.
+        det_train: the store's ``"det_train"`` section (sgdet training inputs), or ``None``;
+            its ``pair_targets`` index the frame's objects as kept in ``gt`` (after the
+            small-box filter).
     """
 
     index: int
@@ -118,6 +121,7 @@ class VideoSample:
     gt: VideoGT
     features: VideoFeatures | None = None
     det: VideoFeatures | None = None
+    det_train: VideoFeatures | None = None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -536,20 +540,33 @@ def _diagnose_frame(objects_path: Path, key: str, objs: Any) -> None:
 
 
 def _select_boxes(feats: VideoFeatures, rows: np.ndarray) -> VideoFeatures:
-    """Keep boxes ``rows`` (sorted) of a video's features and the pairs among them."""
+    """Keep boxes ``rows`` (sorted) of a video's features, the pairs among them and the union
+    table rows of the kept boxes (still in union_index order: kept boxes keep their order)."""
     new_index = np.full(feats.num_boxes, -1, dtype=np.int64)
     new_index[rows] = np.arange(len(rows))
     mapped = new_index[feats.pair_idx]
     keep = (mapped >= 0).all(axis=1)
+    counts = feats.box_counts()
+    frame, first, second = union_pairs(counts, feats.union_diagonal)
+    box_start = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+    kept_box = np.zeros(feats.num_boxes, dtype=bool)
+    kept_box[rows] = True
+    keep_union = kept_box[box_start[frame] + first] & kept_box[box_start[frame] + second]
+    new_counts = np.bincount(feats.boxes[rows, 0].astype(np.int64), minlength=len(counts))
     return replace(
         feats,
         boxes=feats.boxes[rows],
         box_features=feats.box_features[rows],
         pair_idx=mapped[keep],
         im_idx=feats.im_idx[keep],
-        union_features=feats.union_features[keep],
-        scores=None if feats.scores is None else feats.scores[rows],
+        union_maps=feats.union_maps[keep_union],
+        union_offsets=np.concatenate(
+            [[0], np.cumsum(union_counts(new_counts, feats.union_diagonal))]
+        ).astype(np.int64),
         class_dists=None if feats.class_dists is None else feats.class_dists[rows],
+        scores=None if feats.scores is None else feats.scores[rows],
+        labels=None if feats.labels is None else feats.labels[rows],
+        pair_targets=None if feats.pair_targets is None else feats.pair_targets[keep],
     )
 
 
@@ -720,12 +737,50 @@ class ActionGenome:
             raise IndexError(f"video index {index} out of range for {n} videos")
         index = int(index) % n
         gt = self.video_gt(index)
-        features = det = None
+        features = det = det_train = None
         if self.store is not None:
             features = self._store_section(index, "gt")
-            if self.store.has_detections:
+            if "det" in self.store.sections:
                 det = self.store.video(gt.frame_keys, section="det")
-        return VideoSample(index=index, video_id=gt.video_id, gt=gt, features=features, det=det)
+            if "det_train" in self.store.sections:
+                det_train = self._det_train(index, gt)
+        return VideoSample(
+            index=index,
+            video_id=gt.video_id,
+            gt=gt,
+            features=features,
+            det=det,
+            det_train=det_train,
+        )
+
+    def _det_train(self, index: int, gt: VideoGT) -> VideoFeatures:
+        """The ``det_train`` rows of video ``index``; with the small-box filter, pair targets
+        are renumbered among the kept objects and pairs naming a dropped object are left out."""
+        assert self.store is not None
+        feats = self.store.video(gt.frame_keys, section="det_train")
+        if not self.filter_small_boxes or feats.pair_targets is None:
+            return feats
+        f0, f1 = int(self._video_offsets[index]), int(self._video_offsets[index + 1])
+        o0, o1 = int(self._obj_offsets[f0]), int(self._obj_offsets[f1])
+        visible = self._visible_counts[f0:f1]
+        vis_start = np.concatenate([[0], np.cumsum(visible)]).astype(np.int64)
+        renumber = np.full(int(vis_start[-1]), -1, dtype=np.int64)
+        obj_counts = np.diff(self._obj_offsets[f0 : f1 + 1])
+        kept_frame = np.repeat(np.arange(f1 - f0), obj_counts)
+        renumber[vis_start[kept_frame] + self._obj_rank[o0:o1]] = (
+            np.arange(o1 - o0) - (self._obj_offsets[f0:f1] - o0)[kept_frame]
+        )
+        targets = feats.pair_targets
+        in_range = targets < visible[feats.im_idx]
+        new = np.full_like(targets, -1)
+        new[in_range] = renumber[vis_start[feats.im_idx[in_range]] + targets[in_range]]
+        keep = new >= 0
+        return replace(
+            feats,
+            pair_idx=feats.pair_idx[keep],
+            im_idx=feats.im_idx[keep],
+            pair_targets=new[keep],
+        )
 
     def video_gt(self, index: int) -> VideoGT:
         """The ground truth of video ``index`` (no features)."""

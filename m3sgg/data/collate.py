@@ -49,6 +49,7 @@ import numpy as np
 import torch
 
 from m3sgg.data.batch_fields import ExtraFields
+from m3sgg.data.features import union_index
 from m3sgg.data.structures import VideoGT
 from m3sgg.errors import DataError
 from m3sgg.vocab import GROUP_SIZES, PREDICATE_OFFSETS
@@ -66,7 +67,7 @@ __all__ = [
     "split_predictions",
 ]
 
-Section = Literal["gt", "det"]
+Section = Literal["gt", "det", "det_train"]
 
 #: Prediction keys with one row per box (cut by ``box_offsets``).
 BOX_PREDICTION_KEYS: tuple[str, ...] = ("boxes", "labels", "scores", "pred_labels", "pred_scores")
@@ -107,18 +108,25 @@ class Batch(ExtraFields):
             detector's arg-max class (background excluded) for ``det``.
         scores: float32 ``[N]``: 1 for GT boxes, detection scores for ``det``.
         box_features: float32 ``[N, object_dim]``.
-        class_dists: float32 ``[N, C]`` detector class probabilities (``det``), else ``None``.
+        class_dists: float32 ``[N, C - 1]`` the detector's class probabilities over classes
+            ``1..C-1`` (``det``, ``det_train``; ``gt`` when the store has them), else ``None``.
         object_targets: int64 ``[N]`` GT class of each box (``gt``: equal to ``labels``; ``det``:
-            the class of the assigned GT box or ``-1``).
+            the class of the assigned GT box or ``-1``; ``det_train``: the stored assigned
+            class, 0 for none).
         pair_idx: int64 ``[P, 2]`` (subject, object) batch-level box indices.
         im_idx: int64 ``[P]`` batch-level frame of each pair.
         pair_video: int64 ``[P]`` video of each pair.
-        union_features: float32 ``[P, union_dim]``.
+        union_maps: ``[U, C, S, S]`` (the store's dtype): every frame's union table, back to
+            back; :meth:`union_rows` finds the row of any box pair of a frame.
         attention: int64 ``[P]`` attention label (0..2) of each pair, ``-1`` when none.
         spatial: float32 ``[P, 6]`` multi-hot spatial labels.
         contacting: float32 ``[P, 17]`` multi-hot contacting labels.
         relation_mask: bool ``[P]``: the pair has relation targets.
         frame_video: int64 ``[F]`` video of each frame.
+        frame_box_offsets: int64 ``[F + 1]`` boxes of batch frame ``f``:
+            ``frame_box_offsets[f]:frame_box_offsets[f + 1]``.
+        frame_union_offsets: int64 ``[F + 1]`` union-table rows of batch frame ``f``.
+        union_diagonal: whether the union tables pair each box with itself (``det``).
         frame_offsets, box_offsets, pair_offsets: ``V + 1`` ints each.
         extras: fields plugins add (:func:`m3sgg.data.batch_fields.register_batch_field`);
             tensors among them move with the batch.
@@ -138,12 +146,15 @@ class Batch(ExtraFields):
     pair_idx: torch.Tensor
     im_idx: torch.Tensor
     pair_video: torch.Tensor
-    union_features: torch.Tensor
+    union_maps: torch.Tensor
     attention: torch.Tensor
     spatial: torch.Tensor
     contacting: torch.Tensor
     relation_mask: torch.Tensor
     frame_video: torch.Tensor
+    frame_box_offsets: torch.Tensor
+    frame_union_offsets: torch.Tensor
+    union_diagonal: bool
     frame_offsets: tuple[int, ...]
     box_offsets: tuple[int, ...]
     pair_offsets: tuple[int, ...]
@@ -160,12 +171,14 @@ class Batch(ExtraFields):
         "pair_idx",
         "im_idx",
         "pair_video",
-        "union_features",
+        "union_maps",
         "attention",
         "spatial",
         "contacting",
         "relation_mask",
         "frame_video",
+        "frame_box_offsets",
+        "frame_union_offsets",
     )
 
     @property
@@ -206,6 +219,17 @@ class Batch(ExtraFields):
     def __len__(self) -> int:
         return self.num_videos
 
+    def union_rows(self, pair_idx: torch.Tensor) -> torch.Tensor:
+        """Rows of ``union_maps`` holding the union boxes of ``pair_idx`` ``[P, 2]`` (batch-level
+        box indices; both boxes of a pair in the same frame, distinct unless
+        ``union_diagonal``). Vectorized; no device synchronisation."""
+        frame = self.boxes[pair_idx[:, 0], 0].long()
+        start = self.frame_box_offsets[frame]
+        count = self.frame_box_offsets[frame + 1] - start
+        local = pair_idx - start[:, None]
+        row = union_index(local[:, 0], local[:, 1], count, self.union_diagonal)
+        return self.frame_union_offsets[frame] + row
+
 
 @dataclass(frozen=True)
 class _Part:
@@ -233,8 +257,8 @@ def collate(samples: Sequence[VideoSample], section: Section = "gt") -> Batch:
         ValueError: no samples or an unknown section.
         DataError: a sample lacks the section, or its features disagree with its ground truth.
     """
-    if section not in ("gt", "det"):
-        raise ValueError(f"section must be 'gt' or 'det', got {section!r}")
+    if section not in ("gt", "det", "det_train"):
+        raise ValueError(f"section must be 'gt', 'det' or 'det_train', got {section!r}")
     if not samples:
         raise ValueError("collate needs at least one sample")
     parts = [_video_part(sample, section) for sample in samples]
@@ -258,8 +282,11 @@ def collate(samples: Sequence[VideoSample], section: Section = "gt") -> Batch:
     pair_idx = cat("pair_idx").astype(np.int64).reshape(-1, 2) + box_off[:-1][pair_video][:, None]
     im_idx = cat("im_idx").astype(np.int64) + frame_off[:-1][pair_video]
     class_dists = None
-    if section == "det":
+    if all(p.features.class_dists is not None for p in parts):
         class_dists = _tensor(cat("class_dists"), np.float32)
+    frame_boxes = np.concatenate([p.features.box_counts() for p in parts])
+    frame_unions = np.concatenate([np.diff(p.features.union_offsets) for p in parts])
+    union_maps = np.concatenate([p.features.union_maps for p in parts], axis=0)
 
     return Batch(
         section=section,
@@ -276,12 +303,15 @@ def collate(samples: Sequence[VideoSample], section: Section = "gt") -> Batch:
         pair_idx=_tensor(pair_idx, np.int64),
         im_idx=_tensor(im_idx, np.int64),
         pair_video=_tensor(pair_video, np.int64),
-        union_features=_tensor(cat("union_features"), np.float32),
+        union_maps=torch.from_numpy(np.ascontiguousarray(union_maps)),
         attention=_tensor(cat("attention", "part"), np.int64),
         spatial=_tensor(cat("spatial", "part"), np.float32),
         contacting=_tensor(cat("contacting", "part"), np.float32),
         relation_mask=_tensor(cat("relation_mask", "part"), np.bool_),
         frame_video=_tensor(np.repeat(videos, num_frames), np.int64),
+        frame_box_offsets=_tensor(_offsets(frame_boxes), np.int64),
+        frame_union_offsets=_tensor(_offsets(frame_unions), np.int64),
+        union_diagonal=parts[0].features.union_diagonal,
         frame_offsets=tuple(int(x) for x in frame_off),
         box_offsets=tuple(int(x) for x in box_off),
         pair_offsets=tuple(int(x) for x in pair_off),
@@ -303,13 +333,21 @@ def split_predictions(
     from ``predictions`` are skipped; keys in neither list are left out. Tensors are detached and
     moved to ``device`` once, before cutting (``None`` keeps them where they are).
 
+    Pairs: a model may return pairs of its own (sgcls/sgdet evaluation forms them from its
+    labels), then ``predictions["pair_idx"]`` decides: each pair belongs to the video of its
+    subject box, and a video's pairs must be contiguous. Without ``pair_idx`` the batch's pairs
+    are meant.
+
     Raises:
-        ValueError: a listed prediction does not have one row per box (or pair).
+        ValueError: a listed prediction does not have one row per box (or pair), or the
+            predicted pairs are not grouped by video.
     """
     moved: dict[str, torch.Tensor] = {}
+    own_pairs = "pair_idx" in predictions
+    num_pairs = predictions["pair_idx"].shape[0] if own_pairs else batch.num_pairs
     for keys, rows, what in (
         (box_keys, batch.num_boxes, "box"),
-        (pair_keys, batch.num_pairs, "pair"),
+        (pair_keys, num_pairs, "pair"),
     ):
         for key in keys:
             if key not in predictions:
@@ -325,19 +363,25 @@ def split_predictions(
     target = device if device is not None else batch.device
     frame_start = torch.tensor(batch.frame_offsets[:-1], dtype=torch.int64, device=target)
     box_start = torch.tensor(batch.box_offsets[:-1], dtype=torch.int64, device=target)
+    box_video = batch.box_video.to(target)
     if "boxes" in moved:
         boxes = moved["boxes"].clone()
-        box_video = batch.box_video.to(target)
         boxes[:, 0] -= frame_start[box_video].to(boxes.dtype)
         moved["boxes"] = boxes
-    pair_video = batch.pair_video.to(target)
+    if own_pairs:
+        pair_video = box_video[moved["pair_idx"][:, 0]]
+        if bool((pair_video[1:] < pair_video[:-1]).any()):
+            raise ValueError("predicted pairs must be grouped by video (by their subject box)")
+        pair_counts = torch.bincount(pair_video, minlength=batch.num_videos).tolist()
+    else:
+        pair_video = batch.pair_video.to(target)
+        pair_counts = np.diff(batch.pair_offsets).tolist()
     if "im_idx" in moved:
         moved["im_idx"] = moved["im_idx"] - frame_start[pair_video]
     if "pair_idx" in moved:
         moved["pair_idx"] = moved["pair_idx"] - box_start[pair_video][:, None]
 
     box_counts = np.diff(batch.box_offsets).tolist()
-    pair_counts = np.diff(batch.pair_offsets).tolist()
     pieces: dict[str, tuple[torch.Tensor, ...]] = {}
     for key, value in moved.items():
         counts = box_counts if key in box_keys else pair_counts
@@ -362,6 +406,10 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return iou
 
 
+def _offsets(counts: np.ndarray) -> np.ndarray:
+    return np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+
+
 def _tensor(array: np.ndarray, dtype: type) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(array, dtype=dtype))
 
@@ -384,7 +432,7 @@ def _object_labels(gt: VideoGT) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def _video_part(sample: VideoSample, section: str) -> _Part:
-    features = sample.features if section == "gt" else sample.det
+    features = {"gt": sample.features, "det": sample.det, "det_train": sample.det_train}[section]
     if features is None:
         raise DataError(
             sample.video_id,
@@ -403,6 +451,8 @@ def _video_part(sample: VideoSample, section: str) -> _Part:
         )
     if section == "gt":
         return _gt_part(sample.video_id, gt, features)
+    if section == "det_train":
+        return _det_train_part(sample.video_id, gt, features)
     return _det_part(sample.video_id, gt, features)
 
 
@@ -460,13 +510,13 @@ def _det_part(video_id: str, gt: VideoGT, features: VideoFeatures) -> _Part:
     dists = np.asarray(features.class_dists, dtype=np.float32)
     num_boxes, num_pairs = features.num_boxes, features.num_pairs
     if num_boxes:
-        labels = np.argmax(dists[:, 1:], axis=1).astype(np.int64) + 1
+        labels = np.argmax(dists, axis=1).astype(np.int64) + 1
     else:
         labels = np.zeros(0, dtype=np.int64)
     if features.scores is not None:
         scores = np.asarray(features.scores, dtype=np.float32)
     else:
-        scores = dists[np.arange(num_boxes), labels]
+        scores = dists[np.arange(num_boxes), labels - 1]
 
     num_frames = gt.num_frames
     gt_boxes = np.concatenate([gt.person_boxes.astype(np.float64), gt.obj_boxes], axis=0)
@@ -503,4 +553,39 @@ def _det_part(video_id: str, gt: VideoGT, features: VideoFeatures) -> _Part:
         spatial=spatial,
         contacting=contacting,
         relation_mask=has,
+    )
+
+
+def _det_train_part(video_id: str, gt: VideoGT, features: VideoFeatures) -> _Part:
+    """sgdet training inputs: stored assigned labels, pair targets name a GT object per pair."""
+    if features.labels is None or features.pair_targets is None:
+        raise DataError(
+            video_id, "the 'det_train' section has no labels/pair_targets", field="det_train"
+        )
+    obj_start = gt.object_offsets()
+    frame = features.im_idx
+    target = np.asarray(features.pair_targets, dtype=np.int64)
+    count = obj_start[frame + 1] - obj_start[frame]
+    bad = np.flatnonzero(target >= count)
+    if bad.size:
+        p = int(bad[0])
+        raise DataError(
+            video_id,
+            f"pair {p} names GT object {int(target[p])} of frame {int(frame[p])}, which has "
+            f"{int(count[p])} visible objects",
+            field="det_train.pair_targets",
+        )
+    pair_obj = obj_start[frame] + target
+    attention, spatial, contacting = _object_labels(gt)
+    labels = np.asarray(features.labels, dtype=np.int64)
+    scores = features.scores if features.scores is not None else np.ones(len(labels), np.float32)
+    return _Part(
+        features=features,
+        labels=labels,
+        scores=np.asarray(scores, dtype=np.float32),
+        object_targets=labels.copy(),
+        attention=attention[pair_obj],
+        spatial=spatial[pair_obj],
+        contacting=contacting[pair_obj],
+        relation_mask=np.ones(features.num_pairs, dtype=bool),
     )

@@ -1,29 +1,42 @@
-"""Precomputed detector features on disk: the ``m3sgg-features/1`` store.
+"""Precomputed detector features on disk: the ``m3sgg-features/2`` store.
 
 Why: the classic Action Genome loop runs a frozen Faster R-CNN on every frame at every step, which
 costs several times the relation model itself. m3sgg reads features computed once instead: per-box
-object features, per-pair union features, and (for sgdet) the detections themselves. Full Action
-Genome is 288k frames and about a million boxes, so a store is tens of GB: the writer streams every
-frame straight to disk and the reader memory-maps the arrays, so neither holds the features in RAM.
+object features, the detector's class distributions, a table of union-box feature maps for every
+box pair of a frame and (for sgdet) the detections themselves. Full Action Genome is 288k frames
+and about a million boxes, so a store is large: the writer streams every frame straight to disk and
+the reader memory-maps the arrays, so neither holds the features in RAM.
 
-Format (a folder; the full spec with examples is ``docs/feature_store.md``)::
+Format (a folder; the full spec with examples and disk costs is ``docs/feature_store.md``)::
 
     <store>/
       manifest.json    format, dims, storage dtype, counts, and dtype/shape/bytes/sha256 per file
       frames.json      frame keys ("50N4E.mp4/000682.png"), the row order of the offsets
       gt/              the frame's ground-truth boxes: person first, then visible objects
-        boxes.bin           (N, 4)          float32  xyxy pixels
-        box_offsets.bin     (F + 1,)        int64    boxes of frame f: [off[f], off[f + 1])
-        box_features.bin    (N, object_dim) float32 or float16 (the manifest's "dtype")
-        pairs.bin           (P, 2)          int64    frame-local (subject, object) box indices
-        pair_offsets.bin    (F + 1,)        int64    pairs of frame f: [off[f], off[f + 1])
-        union_features.bin  (P, union_dim)  float32 or float16
-      det/             optional, detections for sgdet: the same six files, plus
-        scores.bin          (N,)            float32
-        class_dists.bin     (N, num_classes) float32 class probabilities
+        boxes.bin           (N, 4)             float32  xyxy pixels
+        box_offsets.bin     (F + 1,)           int64    boxes of frame f: [off[f], off[f + 1])
+        box_features.bin    (N, object_dim)    float32 or float16 (the manifest's "dtype")
+        class_dists.bin     (N, num_classes-1) float32  detector distribution over classes 1..
+                                                        (optional in gt: "class_dists": true)
+        pairs.bin           (P, 2)             int64    frame-local (subject, object) indices
+        pair_offsets.bin    (F + 1,)           int64    pairs of frame f: [off[f], off[f + 1])
+        union_maps.bin      (U, C, S, S)       float32 or float16: the union table (below)
+      det/             optional, detections for sgdet evaluation: the files of gt/, plus
+        scores.bin          (N,)               float32
+      det_train/       optional, sgdet training inputs (detections + supplied GT boxes): det/'s
+        labels.bin          (N,)               int64    assigned class (0: none)
+        pair_targets.bin    (P,)               int64    GT object (frame-local, annotation order)
+
+The union table of a frame with ``k`` boxes holds one map per unordered box pair, rows in
+lexicographic order of ``(i, j)``: ``i < j`` in ``gt`` and ``det_train``, ``i <= j`` in ``det``
+(a box may be paired with a copy of itself in sgdet evaluation; the union of a box with itself is
+the box). :func:`union_index` gives the row of a pair. The union box of ``(i, j)`` is symmetric,
+so one table serves the stored pairs and any pairs a model forms.
 
 Every ``.bin`` is a raw little-endian C-order array whose dtype and shape the manifest lists. A
-frame may have no boxes or pairs in a section. Features stored as float16 are returned as float32.
+frame may have no boxes or pairs in a section. Features stored as float16 are returned as float32
+(box features); union maps are returned in their storage dtype (the model upcasts the rows it
+uses).
 
 Write with :class:`FeatureStoreWriter` (atomic: a temporary folder beside the target, renamed into
 place at :meth:`~FeatureStoreWriter.close`); read with :class:`FeatureStore`, which validates the
@@ -31,8 +44,8 @@ store at open and raises :class:`~m3sgg.errors.DataError` naming the file and fi
 
 Example::
 
-    with FeatureStoreWriter("feats", object_dim=2048, union_dim=2048) as writer:
-        writer.add_frame("50N4E.mp4/000682.png", FrameFeatures(boxes, box_feats, pairs, union))
+    with FeatureStoreWriter("feats", object_dim=2048, union_channels=1024) as writer:
+        writer.add_frame("50N4E.mp4/000682.png", FrameFeatures(boxes, feats, pairs, maps, dists))
     store = FeatureStore("feats")
     video = store.video(["50N4E.mp4/000682.png"])
 """
@@ -58,21 +71,67 @@ from m3sgg.errors import DataError
 
 __all__ = [
     "FORMAT",
+    "SECTIONS",
+    "UNION_DIAGONAL",
     "FeatureStore",
     "FeatureStoreWriter",
     "FrameFeatures",
     "VideoFeatures",
+    "union_counts",
+    "union_index",
+    "union_pairs",
 ]
 
-FORMAT = "m3sgg-features/1"
+FORMAT = "m3sgg-features/2"
 
 #: Storage dtypes allowed for the feature arrays.
 FEATURE_DTYPES = ("float32", "float16")
 #: Section folders, in the order they are written and validated.
-SECTIONS = ("gt", "det")
+SECTIONS = ("gt", "det", "det_train")
+#: Whether a section's union table pairs each box with itself too (``i <= j``) or not (``i < j``).
+UNION_DIAGONAL = {"gt": False, "det": True, "det_train": False}
 _MANIFEST = "manifest.json"
 _FRAMES = "frames.json"
 _CHUNK = 1 << 22  # bytes per read when hashing
+
+
+def union_counts(box_counts: Any, diagonal: bool) -> Any:
+    """Rows of the union table of frames with ``box_counts`` boxes (numpy or torch ints)."""
+    return box_counts * (box_counts - 1) // 2 + (box_counts if diagonal else 0)
+
+
+def union_index(first: Any, second: Any, num_boxes: Any, diagonal: bool) -> Any:
+    """Row of the unordered pair ``{first, second}`` in its frame's union table (frame-local
+    indices; ``num_boxes`` boxes in the frame). Works elementwise on numpy arrays and tensors.
+
+    Rows enumerate ``(i, j)`` lexicographically with ``i < j`` (``i <= j`` when ``diagonal``).
+    """
+    lo = (first + second - abs(first - second)) // 2  # min, for ints, arrays and tensors
+    hi = first + second - lo
+    if diagonal:
+        return lo * (2 * num_boxes - lo + 1) // 2 + (hi - lo)
+    return lo * (2 * num_boxes - lo - 1) // 2 + (hi - lo - 1)
+
+
+def union_pairs(
+    box_counts: np.ndarray, diagonal: bool
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every row of the union tables of frames with ``box_counts`` boxes, in storage order.
+
+    Returns:
+        ``(frame, i, j)`` int64 arrays, one entry per row: the frame (position in
+        ``box_counts``) and the frame-local box indices, ``i < j`` (``i <= j`` when diagonal).
+    """
+    counts = np.asarray(box_counts, dtype=np.int64)
+    frame_of_box = np.repeat(np.arange(len(counts), dtype=np.int64), counts)
+    starts = np.cumsum(counts) - counts
+    first = np.arange(len(frame_of_box), dtype=np.int64) - starts[frame_of_box]
+    run = counts[frame_of_box] - first - (0 if diagonal else 1)
+    total = int(run.sum())
+    row_first = np.repeat(first, run)
+    row_frame = np.repeat(frame_of_box, run)
+    step = np.arange(total, dtype=np.int64) - np.repeat(np.cumsum(run) - run, run)
+    return row_frame, row_first, row_first + step + (0 if diagonal else 1)
 
 
 def _array_specs(
@@ -81,28 +140,44 @@ def _array_specs(
     num_frames: int,
     num_boxes: int,
     num_pairs: int,
+    num_unions: int,
     object_dim: int,
-    union_dim: int,
-    num_classes: int | None,
+    union_channels: int,
+    union_size: int,
+    num_classes: int,
+    class_dists: bool,
     dtype: str,
 ) -> dict[str, tuple[tuple[int, ...], np.dtype, str]]:
     """File name → (shape, little-endian dtype, the manifest fields the shape comes from)."""
     f32, i64, feat = np.dtype("<f4"), np.dtype("<i8"), np.dtype(dtype).newbyteorder("<")
     n = f"sections.{section}.boxes={num_boxes}"
     p = f"sections.{section}.pairs={num_pairs}"
+    u = f"sections.{section}.unions={num_unions}"
     frames = f"num_frames={num_frames}"
+    side = f"union_channels={union_channels}, union_size={union_size}"
     specs = {
         "boxes": ((num_boxes, 4), f32, n),
         "box_offsets": ((num_frames + 1,), i64, frames),
         "box_features": ((num_boxes, object_dim), feat, f"{n}, object_dim={object_dim}"),
         "pairs": ((num_pairs, 2), i64, p),
         "pair_offsets": ((num_frames + 1,), i64, frames),
-        "union_features": ((num_pairs, union_dim), feat, f"{p}, union_dim={union_dim}"),
+        "union_maps": (
+            (num_unions, union_channels, union_size, union_size),
+            feat,
+            f"{u}, {side}",
+        ),
     }
-    if section == "det":
-        assert num_classes is not None
+    if class_dists:
+        specs["class_dists"] = (
+            (num_boxes, num_classes - 1),
+            f32,
+            f"{n}, num_classes={num_classes}",
+        )
+    if section != "gt":
         specs["scores"] = ((num_boxes,), f32, n)
-        specs["class_dists"] = ((num_boxes, num_classes), f32, f"{n}, num_classes={num_classes}")
+    if section == "det_train":
+        specs["labels"] = ((num_boxes,), i64, n)
+        specs["pair_targets"] = ((num_pairs,), i64, p)
     return specs
 
 
@@ -131,26 +206,35 @@ def _is_int(value: Any) -> bool:
 
 @dataclass(frozen=True, eq=False)
 class FrameFeatures:
-    """The features of one frame in one section (``gt`` or ``det``), as numpy arrays.
+    """The features of one frame in one section, as numpy arrays.
 
-    ``k`` is the frame's box count and ``p`` its pair count; either may be zero.
+    ``k`` is the frame's box count, ``p`` its pair count and ``u`` its union-table rows
+    (:func:`union_counts` of ``k``); any may be zero.
 
     Attributes:
         boxes: ``(k, 4)`` xyxy boxes in pixels. In ``gt`` the person comes first, then the
             visible objects in annotation order.
         box_features: ``(k, object_dim)`` per-box object features.
         pairs: ``(p, 2)`` integer (subject, object) indices into this frame's boxes.
-        union_features: ``(p, union_dim)`` features of each pair's union box.
-        scores: ``(k,)`` detection scores; ``det`` only.
-        class_dists: ``(k, num_classes)`` class probabilities; ``det`` only.
+        union_maps: ``(u, union_channels, union_size, union_size)`` feature maps of the union
+            box of every unordered box pair, rows in :func:`union_index` order.
+        class_dists: ``(k, num_classes - 1)`` the detector's class probabilities over classes
+            ``1..num_classes-1`` (person first); required in ``det`` and ``det_train``,
+            optional in ``gt`` (all frames or none).
+        scores: ``(k,)`` detection scores; ``det`` and ``det_train`` only.
+        labels: ``(k,)`` assigned class of each box (0: none); ``det_train`` only.
+        pair_targets: ``(p,)`` the GT object (frame-local index among the frame's visible
+            objects, annotation order) whose relations each pair carries; ``det_train`` only.
     """
 
     boxes: np.ndarray
     box_features: np.ndarray
     pairs: np.ndarray
-    union_features: np.ndarray
-    scores: np.ndarray | None = None
+    union_maps: np.ndarray
     class_dists: np.ndarray | None = None
+    scores: np.ndarray | None = None
+    labels: np.ndarray | None = None
+    pair_targets: np.ndarray | None = None
 
 
 @dataclass(frozen=True, eq=False)
@@ -163,9 +247,14 @@ class VideoFeatures:
         box_features: float32 ``(N, object_dim)``.
         pair_idx: int64 ``(P, 2)`` (subject, object) indices into ``boxes`` (video-level).
         im_idx: int64 ``(P,)`` frame index within the video of each pair.
-        union_features: float32 ``(P, union_dim)``.
-        scores: float32 ``(N,)`` for ``det``, else None.
-        class_dists: float32 ``(N, num_classes)`` for ``det``, else None.
+        union_maps: ``(U, C, S, S)`` in the storage dtype: the frames' union tables, back to back.
+        union_offsets: int64 ``(F + 1,)``: union rows of frame ``f`` are
+            ``union_offsets[f]:union_offsets[f + 1]``.
+        union_diagonal: whether the tables pair each box with itself (the section's rule).
+        class_dists: float32 ``(N, num_classes - 1)`` or None.
+        scores: float32 ``(N,)`` for ``det``/``det_train``, else None.
+        labels: int64 ``(N,)`` for ``det_train``, else None.
+        pair_targets: int64 ``(P,)`` for ``det_train``, else None.
     """
 
     frame_keys: tuple[str, ...]
@@ -173,9 +262,13 @@ class VideoFeatures:
     box_features: np.ndarray
     pair_idx: np.ndarray
     im_idx: np.ndarray
-    union_features: np.ndarray
-    scores: np.ndarray | None
-    class_dists: np.ndarray | None
+    union_maps: np.ndarray
+    union_offsets: np.ndarray
+    union_diagonal: bool
+    class_dists: np.ndarray | None = None
+    scores: np.ndarray | None = None
+    labels: np.ndarray | None = None
+    pair_targets: np.ndarray | None = None
 
     @property
     def num_frames(self) -> int:
@@ -188,6 +281,12 @@ class VideoFeatures:
     @property
     def num_pairs(self) -> int:
         return int(self.pair_idx.shape[0])
+
+    def box_counts(self) -> np.ndarray:
+        """int64 ``(F,)`` boxes per frame."""
+        return np.bincount(self.boxes[:, 0].astype(np.int64), minlength=self.num_frames)[
+            : self.num_frames
+        ]
 
 
 class _Sink:
@@ -224,24 +323,29 @@ class FeatureStoreWriter:
 
     Args:
         path: the store folder to create.
-        object_dim: width of the per-box features.
-        union_dim: width of the per-pair union features.
-        num_classes: width of the detections' class distributions. When given, every frame needs
-            a ``det`` section; when None the store has no detections.
-        dtype: storage dtype of the features, ``"float32"`` or ``"float16"`` (half the disk; the
-            reader upcasts to float32).
+        object_dim: width of the per-box features (2048 for the AG detector).
+        union_channels: channels of the union maps (1024 for the AG detector).
+        union_size: side of the union maps (7: RoIAlign 7x7).
+        num_classes: classes of the detector including background (37 for AG); class
+            distributions have ``num_classes - 1`` columns (classes ``1..``).
+        sections: the sections every frame has: ``"gt"`` and optionally ``"det"`` (sgdet
+            evaluation) and ``"det_train"`` (sgdet training).
+        gt_class_dists: whether the ``gt`` section carries ``class_dists`` (sgcls needs them).
+        dtype: storage dtype of the features and union maps, ``"float32"`` or ``"float16"``
+            (half the disk; the reader upcasts box features to float32).
         overwrite: replace an existing store at ``path`` (only a feature store or an empty
             folder is ever replaced). Otherwise an existing ``path`` is an error.
 
     Raises:
         DataError: ``path`` exists (and may not be replaced), or a frame is invalid.
-        ValueError: a dimension or dtype argument is invalid.
+        ValueError: a dimension, section or dtype argument is invalid.
 
     Example::
 
-        with FeatureStoreWriter(out, object_dim=2048, union_dim=2048, num_classes=37) as w:
+        with FeatureStoreWriter(out, object_dim=2048, union_channels=1024,
+                                sections=("gt", "det")) as w:
             for key, gt, det in extract(frames):
-                w.add_frame(key, gt, det)
+                w.add_frame(key, gt, det=det)
     """
 
     def __init__(
@@ -249,16 +353,31 @@ class FeatureStoreWriter:
         path: str | os.PathLike[str],
         *,
         object_dim: int,
-        union_dim: int,
-        num_classes: int | None = None,
+        union_channels: int,
+        union_size: int = 7,
+        num_classes: int = 37,
+        sections: Sequence[str] = ("gt",),
+        gt_class_dists: bool = True,
         dtype: str = "float32",
         overwrite: bool = False,
     ):
-        for name, value in (("object_dim", object_dim), ("union_dim", union_dim)):
+        for name, value in (
+            ("object_dim", object_dim),
+            ("union_channels", union_channels),
+            ("union_size", union_size),
+        ):
             if not _is_int(value) or value <= 0:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
-        if num_classes is not None and (not _is_int(num_classes) or num_classes <= 0):
-            raise ValueError(f"num_classes must be a positive int or None, got {num_classes!r}")
+        if not _is_int(num_classes) or num_classes < 2:
+            raise ValueError(f"num_classes must be an int >= 2, got {num_classes!r}")
+        if isinstance(sections, str):
+            sections = (sections,)
+        unknown = [s for s in sections if s not in SECTIONS]
+        if unknown or "gt" not in sections or len(set(sections)) != len(sections):
+            raise ValueError(
+                f"sections must hold 'gt' and optionally 'det', 'det_train' (once each), "
+                f"got {list(sections)!r}"
+            )
         try:
             dtype_name = np.dtype(dtype).name
         except TypeError:
@@ -267,8 +386,11 @@ class FeatureStoreWriter:
             raise ValueError(f"dtype must be one of {FEATURE_DTYPES}, got {dtype!r}")
         self.path = Path(path)
         self.object_dim = object_dim
-        self.union_dim = union_dim
+        self.union_channels = union_channels
+        self.union_size = union_size
         self.num_classes = num_classes
+        self.sections = tuple(s for s in SECTIONS if s in sections)
+        self.gt_class_dists = bool(gt_class_dists)
         self.dtype = dtype_name
         self.overwrite = overwrite
         self._check_target()
@@ -278,13 +400,13 @@ class FeatureStoreWriter:
         )
         self._keys: list[str] = []
         self._key_set: set[str] = set()
-        self._counts = {s: {"boxes": 0, "pairs": 0} for s in self._sections}
+        self._counts = {s: {"boxes": 0, "pairs": 0, "unions": 0} for s in self.sections}
         self._sinks: dict[str, dict[str, _Sink]] = {}
         self._closed = False
         try:
-            for section in self._sections:
+            for section in self.sections:
                 (self._tmp / section).mkdir()
-                specs = self._specs(section, 0, 0, 0)
+                specs = self._specs(section, 0, 0, 0, 0)
                 self._sinks[section] = {n: _Sink(self._tmp / section / f"{n}.bin") for n in specs}
                 zero = np.zeros(1, dtype="<i8")
                 self._sinks[section]["box_offsets"].write(zero)
@@ -294,23 +416,25 @@ class FeatureStoreWriter:
             raise
 
     @property
-    def _sections(self) -> tuple[str, ...]:
-        return SECTIONS if self.num_classes is not None else SECTIONS[:1]
-
-    @property
     def num_frames(self) -> int:
         """Frames added so far."""
         return len(self._keys)
 
-    def _specs(self, section: str, f: int, n: int, p: int) -> dict[str, Any]:
+    def _has_dists(self, section: str) -> bool:
+        return section != "gt" or self.gt_class_dists
+
+    def _specs(self, section: str, f: int, n: int, p: int, u: int) -> dict[str, Any]:
         return _array_specs(
             section,
             num_frames=f,
             num_boxes=n,
             num_pairs=p,
+            num_unions=u,
             object_dim=self.object_dim,
-            union_dim=self.union_dim,
+            union_channels=self.union_channels,
+            union_size=self.union_size,
             num_classes=self.num_classes,
+            class_dists=self._has_dists(section),
             dtype=self.dtype,
         )
 
@@ -330,20 +454,26 @@ class FeatureStoreWriter:
 
     # -- adding frames -------------------------------------------------------------------------
 
-    def add_frame(self, key: str, gt: FrameFeatures, det: FrameFeatures | None = None) -> None:
+    def add_frame(
+        self,
+        key: str,
+        gt: FrameFeatures,
+        det: FrameFeatures | None = None,
+        det_train: FrameFeatures | None = None,
+    ) -> None:
         """Append one frame. Validates everything first; an invalid frame writes nothing.
 
         Args:
             key: the frame key, e.g. ``"50N4E.mp4/000682.png"``; unique in the store.
-            gt: features of the frame's ground-truth boxes (no ``scores``/``class_dists``).
-            det: detections with ``scores`` and ``class_dists``; required for every frame iff
-                the writer has ``num_classes``, forbidden otherwise.
+            gt: features of the frame's ground-truth boxes.
+            det: detections for sgdet evaluation; required iff the writer has ``"det"``.
+            det_train: sgdet training inputs; required iff the writer has ``"det_train"``.
 
         Raises:
             DataError: wrong shape or dtype, NaN/inf values (or values beyond float16's range
                 with ``dtype="float16"``), pair index out of range, class probabilities outside
-                [0, 1], duplicate key, or ``det`` missing/unexpected. The error names the store,
-                the frame and the array.
+                [0, 1], duplicate key, or a section missing/unexpected. The error names the
+                store, the frame and the array.
             RuntimeError: the writer is already closed.
         """
         if self._closed:
@@ -354,25 +484,23 @@ class FeatureStoreWriter:
             )
         if key in self._key_set:
             raise DataError(self.path, f"duplicate frame key {key!r}", field="frames")
-        if self.num_classes is None and det is not None:
-            raise DataError(
-                self.path,
-                "det given but the writer has no num_classes (a store without detections)",
-                field=f"frame {key!r} det",
-            )
-        if self.num_classes is not None and det is None:
-            raise DataError(
-                self.path,
-                f"det is required for every frame (num_classes={self.num_classes})",
-                field=f"frame {key!r} det",
-            )
-        prepared = {"gt": self._prepare(key, "gt", gt)}
-        if det is not None:
-            prepared["det"] = self._prepare(key, "det", det)
+        given = {"gt": gt, "det": det, "det_train": det_train}
+        prepared: dict[str, dict[str, np.ndarray]] = {}
+        for section, ff in given.items():
+            if (ff is None) == (section in self.sections):
+                why = (
+                    f"is required for every frame (the writer's sections {list(self.sections)})"
+                    if ff is None
+                    else f"given but the writer's sections are {list(self.sections)}"
+                )
+                raise DataError(self.path, f"{section} {why}", field=f"frame {key!r} {section}")
+            if ff is not None:
+                prepared[section] = self._prepare(key, section, ff)
         for section, arrays in prepared.items():
             sinks, counts = self._sinks[section], self._counts[section]
             counts["boxes"] += arrays["boxes"].shape[0]
             counts["pairs"] += arrays["pairs"].shape[0]
+            counts["unions"] += arrays["union_maps"].shape[0]
             for name, array in arrays.items():
                 sinks[name].write(array)
             sinks["box_offsets"].write(np.array([counts["boxes"]], dtype="<i8"))
@@ -385,10 +513,20 @@ class FeatureStoreWriter:
         where = f"frame {key!r} {section}"
         if not isinstance(ff, FrameFeatures):
             raise TypeError(f"{where}: expected FrameFeatures, got {type(ff).__name__}")
-        is_det = section == "det"
-        for name in ("scores", "class_dists"):
-            if (getattr(ff, name) is None) == is_det:
-                message = "is required in det" if is_det else "belongs to the det section only"
+        wanted = {
+            "class_dists": self._has_dists(section),
+            "scores": section != "gt",
+            "labels": section == "det_train",
+            "pair_targets": section == "det_train",
+        }
+        for name, needed in wanted.items():
+            if (getattr(ff, name) is None) == needed:
+                message = (
+                    f"is required in {section}"
+                    if needed
+                    else f"does not belong to {section}"
+                    + (" (the writer has gt_class_dists=False)" if name == "class_dists" else "")
+                )
                 raise DataError(self.path, message, field=f"{where}.{name}")
         feat = np.dtype(self.dtype).newbyteorder("<")
         f32 = np.dtype("<f4")
@@ -413,13 +551,16 @@ class FeatureStoreWriter:
                 )
             return converted
 
+        def index(name: str, value: Any, shape: tuple[int | None, ...]) -> np.ndarray:
+            return self._checked(where, name, value, shape, kinds="iu").astype("<i8")
+
         boxes = real("boxes", ff.boxes, (None, 4), f32)
         k = boxes.shape[0]
         out = {
             "boxes": boxes,
             "box_features": real("box_features", ff.box_features, (k, self.object_dim), feat),
         }
-        pairs = self._checked(where, "pairs", ff.pairs, (None, 2), kinds="iu")
+        pairs = index("pairs", ff.pairs, (None, 2))
         bad = (pairs < 0) | (pairs >= k)
         if bad.any():
             row, col = np.argwhere(bad)[0]
@@ -429,13 +570,13 @@ class FeatureStoreWriter:
                 f"{pairs[row, col]} is outside the frame's {k} boxes",
                 field=f"{where}.pairs",
             )
-        out["pairs"] = pairs.astype("<i8")
+        out["pairs"] = pairs
         p = pairs.shape[0]
-        out["union_features"] = real("union_features", ff.union_features, (p, self.union_dim), feat)
-        if is_det:
-            assert self.num_classes is not None
-            out["scores"] = real("scores", ff.scores, (k,), f32)
-            dists = real("class_dists", ff.class_dists, (k, self.num_classes), f32)
+        u = int(union_counts(k, UNION_DIAGONAL[section]))
+        c, s = self.union_channels, self.union_size
+        out["union_maps"] = real("union_maps", ff.union_maps, (u, c, s, s), feat)
+        if self._has_dists(section):
+            dists = real("class_dists", ff.class_dists, (k, self.num_classes - 1), f32)
             if dists.size and (dists.min() < 0 or dists.max() > 1 + 1e-5):
                 raise DataError(
                     self.path,
@@ -444,6 +585,26 @@ class FeatureStoreWriter:
                     field=f"{where}.class_dists",
                 )
             out["class_dists"] = dists
+        if section != "gt":
+            out["scores"] = real("scores", ff.scores, (k,), f32)
+        if section == "det_train":
+            labels = index("labels", ff.labels, (k,))
+            if labels.size and (labels.min() < 0 or labels.max() >= self.num_classes):
+                raise DataError(
+                    self.path,
+                    f"labels must lie in 0..{self.num_classes - 1}, found "
+                    f"[{labels.min()}, {labels.max()}]",
+                    field=f"{where}.labels",
+                )
+            out["labels"] = labels
+            targets = index("pair_targets", ff.pair_targets, (p,))
+            if targets.size and targets.min() < 0:
+                raise DataError(
+                    self.path,
+                    f"pair targets must be >= 0, found {targets.min()}",
+                    field=f"{where}.pair_targets",
+                )
+            out["pair_targets"] = targets
         return out
 
     def _checked(
@@ -526,9 +687,16 @@ class FeatureStoreWriter:
         files: dict[str, Any] = {}
         sections: dict[str, Any] = {}
         for section, sinks in self._sinks.items():
-            n, p = self._counts[section]["boxes"], self._counts[section]["pairs"]
-            sections[section] = {"boxes": n, "pairs": p}
-            for name, (shape, dtype, _) in self._specs(section, self.num_frames, n, p).items():
+            counts = self._counts[section]
+            n, p, u = counts["boxes"], counts["pairs"], counts["unions"]
+            sections[section] = {
+                "boxes": n,
+                "pairs": p,
+                "unions": u,
+                "union_diagonal": UNION_DIAGONAL[section],
+                "class_dists": self._has_dists(section),
+            }
+            for name, (shape, dtype, _) in self._specs(section, self.num_frames, n, p, u).items():
                 sink = sinks[name]
                 assert sink.nbytes == math.prod(shape) * dtype.itemsize, (name, sink.nbytes)
                 files[f"{section}/{name}.bin"] = {
@@ -540,7 +708,8 @@ class FeatureStoreWriter:
         return {
             "format": FORMAT,
             "object_dim": self.object_dim,
-            "union_dim": self.union_dim,
+            "union_channels": self.union_channels,
+            "union_size": self.union_size,
             "num_classes": self.num_classes,
             "dtype": self.dtype,
             "num_frames": self.num_frames,
@@ -574,32 +743,32 @@ class FeatureStoreWriter:
     def __repr__(self) -> str:
         return (
             f"FeatureStoreWriter('{self.path}', frames={self.num_frames}, object_dim="
-            f"{self.object_dim}, union_dim={self.union_dim}, num_classes={self.num_classes}, "
-            f"dtype={self.dtype!r})"
+            f"{self.object_dim}, union_channels={self.union_channels}, union_size="
+            f"{self.union_size}, sections={list(self.sections)}, dtype={self.dtype!r})"
         )
 
 
 class FeatureStore:
-    """Read a ``m3sgg-features/1`` store through memory maps.
+    """Read a ``m3sgg-features/2`` store through memory maps.
 
-    Opening validates the store (cheaply: sizes, dims, offsets and pair indices, without reading
-    the features) and raises :class:`~m3sgg.errors.DataError` naming the file and field of the
-    first problem. Frame keys map to rows through a dict built once. Memory maps open lazily and
-    are not pickled (a store sent to a DataLoader worker reopens its files there).
+    Opening validates the store (cheaply: sizes, dims, offsets, union counts and pair indices,
+    without reading the features) and raises :class:`~m3sgg.errors.DataError` naming the file and
+    field of the first problem. Frame keys map to rows through a dict built once. Memory maps
+    open lazily and are not pickled (a store sent to a DataLoader worker reopens its files there).
 
     Args:
         path: the store folder.
         verify: also check the sha256 of every file (reads the whole store).
 
     Attributes:
-        path, manifest, object_dim, union_dim, num_classes (None without detections),
-        dtype (storage dtype of the features), keys (frame keys in row order), has_detections.
+        path, manifest, object_dim, union_channels, union_size, num_classes, dtype (storage dtype
+        of the features), keys (frame keys in row order), sections (those present).
 
     Example::
 
         store = FeatureStore("feats")
         store.require(dataset.frame_keys, source="annotations/frame_list.txt")
-        video = store.video(keys_of_one_video, section="det" if sgdet else "gt")
+        video = store.video(keys_of_one_video, section="gt")
     """
 
     def __init__(self, path: str | os.PathLike[str], *, verify: bool = False):
@@ -611,32 +780,47 @@ class FeatureStore:
         self.manifest = self._read_manifest()
         m = self.manifest
         self.object_dim: int = m["object_dim"]
-        self.union_dim: int = m["union_dim"]
-        self.num_classes: int | None = m["num_classes"]
+        self.union_channels: int = m["union_channels"]
+        self.union_size: int = m["union_size"]
+        self.num_classes: int = m["num_classes"]
         self.dtype: str = m["dtype"]
-        self.has_detections: bool = self.num_classes is not None
+        self.sections: tuple[str, ...] = tuple(s for s in SECTIONS if s in m["sections"])
         self.keys: tuple[str, ...] = self._read_frames(m["num_frames"])
         self._row = {key: row for row, key in enumerate(self.keys)}
         self._specs: dict[str, dict[str, tuple[tuple[int, ...], np.dtype, str]]] = {}
-        self._offsets: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        self._offsets: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
         for section in self.sections:
+            counts = m["sections"][section]
             self._specs[section] = _array_specs(
                 section,
                 num_frames=len(self.keys),
-                num_boxes=m["sections"][section]["boxes"],
-                num_pairs=m["sections"][section]["pairs"],
+                num_boxes=counts["boxes"],
+                num_pairs=counts["pairs"],
+                num_unions=counts["unions"],
                 object_dim=self.object_dim,
-                union_dim=self.union_dim,
+                union_channels=self.union_channels,
+                union_size=self.union_size,
                 num_classes=self.num_classes,
+                class_dists=counts["class_dists"],
                 dtype=self.dtype,
             )
             for name, spec in self._specs[section].items():
                 self._check_file(section, name, *spec)
         for section in self.sections:
-            self._offsets[section] = (
-                self._check_offsets(section, "box_offsets"),
-                self._check_offsets(section, "pair_offsets"),
-            )
+            box_off = self._check_offsets(section, "box_offsets")
+            pair_off = self._check_offsets(section, "pair_offsets")
+            union_off = np.concatenate(
+                [[0], np.cumsum(union_counts(np.diff(box_off), UNION_DIAGONAL[section]))]
+            ).astype(np.int64)
+            if int(union_off[-1]) != m["sections"][section]["unions"]:
+                raise DataError(
+                    self.path / _MANIFEST,
+                    f"expected {int(union_off[-1])} union rows from {section}/box_offsets.bin "
+                    f"(one per box pair{' and box' if UNION_DIAGONAL[section] else ''} of each "
+                    f"frame), got {m['sections'][section]['unions']}",
+                    field=f"sections.{section}.unions",
+                )
+            self._offsets[section] = (box_off, pair_off, union_off)
             self._check_pairs(section)
         if verify:
             self.verify()
@@ -644,9 +828,13 @@ class FeatureStore:
     # -- opening and validation ---------------------------------------------------------------
 
     @property
-    def sections(self) -> tuple[str, ...]:
-        """``("gt",)`` or ``("gt", "det")``."""
-        return SECTIONS if self.has_detections else SECTIONS[:1]
+    def has_detections(self) -> bool:
+        """Whether the store has the ``det`` section (sgdet evaluation)."""
+        return "det" in self.sections
+
+    def has_class_dists(self, section: str = "gt") -> bool:
+        """Whether ``section`` carries the detector's class distributions."""
+        return section in self.sections and "class_dists" in self._specs[section]
 
     def _read_manifest(self) -> dict[str, Any]:
         path = self.path / _MANIFEST
@@ -663,17 +851,21 @@ class FeatureStore:
         if not isinstance(m, dict):
             raise DataError(path, f"expected a JSON object, got {type(m).__name__}")
         if m.get("format") != FORMAT:
-            raise DataError(path, f"expected {FORMAT!r}, got {m.get('format')!r}", field="format")
+            hint = ""
+            if m.get("format") == "m3sgg-features/1":
+                hint = " (a format-1 store has no union maps: extract the features again)"
+            raise DataError(
+                path, f"expected {FORMAT!r}, got {m.get('format')!r}{hint}", field="format"
+            )
 
         def need(field: str, ok: bool, wanted: str) -> None:
             if not ok:
                 got = m.get(field, "<missing>")
                 raise DataError(path, f"expected {wanted}, got {got!r}", field=field)
 
-        for field in ("object_dim", "union_dim"):
+        for field in ("object_dim", "union_channels", "union_size"):
             need(field, _is_int(m.get(field)) and m[field] > 0, "a positive int")
-        nc = m.get("num_classes", "<missing>")
-        need("num_classes", nc is None or (_is_int(nc) and nc > 0), "a positive int or null")
+        need("num_classes", _is_int(m.get("num_classes")) and m["num_classes"] >= 2, "an int >= 2")
         need("dtype", m.get("dtype") in FEATURE_DTYPES, f"one of {FEATURE_DTYPES}")
         need(
             "num_frames",
@@ -682,17 +874,14 @@ class FeatureStore:
         )
         need("files", isinstance(m.get("files"), dict), "an object")
         sections = m.get("sections")
-        need("sections", isinstance(sections, dict) and "gt" in sections, 'an object with "gt"')
-        if (nc is not None) != ("det" in sections):
-            raise DataError(
-                path,
-                f'"det" must be present iff num_classes is set (num_classes='
-                f"{nc}, sections {sorted(sections)})",
-                field="sections",
-            )
-        for section in SECTIONS[: 1 + ("det" in sections)]:
+        need(
+            "sections",
+            isinstance(sections, dict) and "gt" in sections and set(sections) <= set(SECTIONS),
+            f'an object with "gt" and optionally {list(SECTIONS[1:])}',
+        )
+        for section in sections:
             counts = sections[section]
-            for count in ("boxes", "pairs"):
+            for count in ("boxes", "pairs", "unions"):
                 value = counts.get(count) if isinstance(counts, dict) else None
                 if not _is_int(value) or value < 0:
                     raise DataError(
@@ -700,6 +889,20 @@ class FeatureStore:
                         f"expected a non-negative int, got {value!r}",
                         field=f"sections.{section}.{count}",
                     )
+            if counts.get("union_diagonal") is not UNION_DIAGONAL[section]:
+                raise DataError(
+                    path,
+                    f"expected {str(UNION_DIAGONAL[section]).lower()} (the format's rule), "
+                    f"got {counts.get('union_diagonal')!r}",
+                    field=f"sections.{section}.union_diagonal",
+                )
+            dists = counts.get("class_dists")
+            if not isinstance(dists, bool) or (section != "gt" and not dists):
+                raise DataError(
+                    path,
+                    f"expected {'a bool' if section == 'gt' else 'true'}, got {dists!r}",
+                    field=f"sections.{section}.class_dists",
+                )
         return m
 
     def _read_frames(self, num_frames: int) -> tuple[str, ...]:
@@ -793,7 +996,7 @@ class FeatureStore:
 
     def _check_pairs(self, section: str) -> None:
         """Every pair index lies within its own frame's boxes (one vectorized pass)."""
-        box_off, pair_off = self._offsets[section]
+        box_off, pair_off, _ = self._offsets[section]
         pairs = self.array("pairs", section)
         if not pairs.shape[0]:
             return
@@ -865,11 +1068,14 @@ class FeatureStore:
         if section not in SECTIONS:
             raise ValueError(f"section must be one of {SECTIONS}, got {section!r}")
         if section not in self._specs:
-            if section == "det" and not self.has_detections:
+            if section not in self.sections:
+                why = {
+                    "det": "detections (sgdet evaluation needs them)",
+                    "det_train": "sgdet training inputs (section det_train)",
+                    "gt": "ground-truth section",
+                }[section]
                 raise DataError(
-                    self.path / _MANIFEST,
-                    "this store has no detections (sgdet needs a store written with num_classes)",
-                    field="sections.det",
+                    self.path / _MANIFEST, f"this store has no {why}", field=f"sections.{section}"
                 )
             raise RuntimeError("feature store used before it finished opening")
 
@@ -885,20 +1091,19 @@ class FeatureStore:
         return rows
 
     def frame(self, key: str, section: str = "gt") -> FrameFeatures:
-        """One frame's features (numpy copies; features as float32)."""
+        """One frame's features (numpy copies; box features as float32, union maps stored)."""
         self._check_section(section)
-        row = int(self._rows([key])[0])
-        box_off, pair_off = self._offsets[section]
-        b = slice(int(box_off[row]), int(box_off[row + 1]))
-        p = slice(int(pair_off[row]), int(pair_off[row + 1]))
-        det = section == "det"
+        video = self.video([key], section)
+        pairs = video.pair_idx
         return FrameFeatures(
-            boxes=np.array(self.array("boxes", section)[b]),
-            box_features=np.array(self.array("box_features", section)[b], dtype=np.float32),
-            pairs=np.array(self.array("pairs", section)[p]),
-            union_features=np.array(self.array("union_features", section)[p], dtype=np.float32),
-            scores=np.array(self.array("scores", section)[b]) if det else None,
-            class_dists=np.array(self.array("class_dists", section)[b]) if det else None,
+            boxes=video.boxes[:, 1:].copy(),
+            box_features=video.box_features,
+            pairs=pairs,
+            union_maps=video.union_maps,
+            class_dists=video.class_dists,
+            scores=video.scores,
+            labels=video.labels,
+            pair_targets=video.pair_targets,
         )
 
     def video(self, keys: Sequence[str], section: str = "gt") -> VideoFeatures:
@@ -910,9 +1115,10 @@ class FeatureStore:
         """
         self._check_section(section)
         rows = self._rows(keys)
-        box_off, pair_off = self._offsets[section]
+        box_off, pair_off, union_off = self._offsets[section]
         box_idx, box_counts = _gather_index(box_off[rows], box_off[rows + 1])
         pair_idx, pair_counts = _gather_index(pair_off[rows], pair_off[rows + 1])
+        union_idx, union_rows = _gather_index(union_off[rows], union_off[rows + 1])
         frame_of_box = np.repeat(np.arange(len(rows)), box_counts)
         frame_of_pair = np.repeat(np.arange(len(rows)), pair_counts)
         box_base = np.cumsum(box_counts) - box_counts
@@ -921,16 +1127,28 @@ class FeatureStore:
         boxes[:, 1:] = self.array("boxes", section)[box_idx]
         pairs = np.asarray(self.array("pairs", section)[pair_idx], dtype=np.int64)
         pairs = pairs + box_base[frame_of_pair][:, None]
-        det = section == "det"
+        specs = self._specs[section]
+
+        def per_box(name: str) -> np.ndarray | None:
+            return np.array(self.array(name, section)[box_idx]) if name in specs else None
+
         return VideoFeatures(
             frame_keys=tuple(keys),
             boxes=boxes,
             box_features=_as_float32(self.array("box_features", section)[box_idx]),
             pair_idx=pairs,
             im_idx=frame_of_pair.astype(np.int64),
-            union_features=_as_float32(self.array("union_features", section)[pair_idx]),
-            scores=np.array(self.array("scores", section)[box_idx]) if det else None,
-            class_dists=np.array(self.array("class_dists", section)[box_idx]) if det else None,
+            union_maps=np.array(self.array("union_maps", section)[union_idx]),
+            union_offsets=np.concatenate([[0], np.cumsum(union_rows)]).astype(np.int64),
+            union_diagonal=UNION_DIAGONAL[section],
+            class_dists=per_box("class_dists"),
+            scores=per_box("scores"),
+            labels=per_box("labels"),
+            pair_targets=(
+                np.array(self.array("pair_targets", section)[pair_idx])
+                if "pair_targets" in specs
+                else None
+            ),
         )
 
     def require(self, keys: Iterable[str], source: str | os.PathLike[str]) -> None:
@@ -958,8 +1176,8 @@ class FeatureStore:
     def __repr__(self) -> str:
         return (
             f"FeatureStore('{self.path}', frames={len(self)}, object_dim={self.object_dim}, "
-            f"union_dim={self.union_dim}, num_classes={self.num_classes}, "
-            f"dtype={self.dtype!r})"
+            f"union_channels={self.union_channels}, union_size={self.union_size}, "
+            f"sections={list(self.sections)}, dtype={self.dtype!r})"
         )
 
 

@@ -31,7 +31,7 @@ __all__ = [
 ]
 
 #: bump when the toy generators change what they write, so stale caches are not reused
-TOY_VERSION = 1
+TOY_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -161,7 +161,7 @@ def _ag_split(batch: Any, predictions: Any) -> list[tuple[Any, Any]]:
 
 def _ag_model_inputs(dataset: Any) -> dict[str, Any]:
     store = dataset.store
-    return {"object_dim": store.object_dim, "union_dim": store.union_dim}
+    return {"object_dim": store.object_dim, "union_channels": store.union_channels}
 
 
 def _ag_toy(folder: Path, config: Config) -> Path:

@@ -18,14 +18,15 @@ and with two person rows, short videos that the protocol drops (at most 2 usable
 splits, multi-label spatial and contacting relations (empty lists included), a few boxes under
 16 pixels (for the small-box filter) and frames listed in shuffled order.
 
-Learnable signal: each object class has a fixed random prototype vector and each predicate
-another. An object's feature is its class prototype plus Gaussian noise; a person-object pair's
-union feature is the sum of the prototypes of its attention, spatial and contacting labels plus
-noise. The noise is larger than the signal (per entry 2.5x the prototypes' std for objects, 3x for
-unions), so a linear probe on 300 videos reaches about 66% class accuracy (majority class: 15%)
-and 93% attention accuracy (prior: 51%): well above chance, not trivial. Predicates follow
-per-class priors (random, fixed by the seed: each class has a few likely predicates) and persist
-across a video's frames, so they correlate with classes and time as in the real data.
+Learnable signal: each object class has a fixed random prototype vector and each predicate a
+prototype union map ``[union_channels, 7, 7]``. An object's feature is its class prototype plus
+Gaussian noise; a person-object pair's union map is the sum of the prototypes of its attention,
+spatial and contacting labels plus noise; other box pairs' union maps are noise. The noise is
+larger than the signal (per entry 2.5x the prototypes' std for objects, 3x for unions). Class
+distributions (the store's ``class_dists``) are a noisy softmax peaked on the true class.
+Predicates follow per-class priors (random, fixed by the seed: each class has a few likely
+predicates) and persist across a video's frames, so they correlate with classes and time as in
+the real data.
 
 The same seed gives byte-identical files.
 """
@@ -42,7 +43,7 @@ from typing import Any
 import numpy as np
 
 from m3sgg.data.action_genome import ANNOTATION_FILES
-from m3sgg.data.features import FeatureStoreWriter, FrameFeatures
+from m3sgg.data.features import FeatureStoreWriter, FrameFeatures, union_pairs
 from m3sgg.errors import DataError
 from m3sgg.vocab import (
     AG_ATTENTION,
@@ -96,7 +97,7 @@ class _Frame:
 class _World:
     """The seed's fixed randomness: class frequencies, predicate priors, feature prototypes."""
 
-    def __init__(self, seed: int, object_dim: int, union_dim: int):
+    def __init__(self, seed: int, object_dim: int, union_channels: int, union_size: int):
         rng = np.random.default_rng([seed, 0])
         n_obj = NUM_AG_CLASSES - 2
         ranks = rng.permutation(n_obj)
@@ -109,7 +110,9 @@ class _World:
         )
         feat_rng = np.random.default_rng([seed, 1])
         self.class_proto = feat_rng.standard_normal((NUM_AG_CLASSES, object_dim))
-        self.pred_proto = feat_rng.standard_normal((NUM_AG_PREDICATES, union_dim))
+        self.pred_proto = feat_rng.standard_normal(
+            (NUM_AG_PREDICATES, union_channels, union_size, union_size)
+        )
 
     @staticmethod
     def _sparse_priors(
@@ -143,7 +146,8 @@ def make_toy_action_genome(
     videos: int | None = 24,
     seed: int = 0,
     object_dim: int = 64,
-    union_dim: int = 64,
+    union_channels: int = 8,
+    union_size: int = 7,
     with_detections: bool = True,
     overwrite: bool = False,
     config: ToyConfig | None = None,
@@ -156,8 +160,9 @@ def make_toy_action_genome(
             protocol and is dropped by the reader); None means the default, 24.
         seed: all randomness derives from it; the same seed gives byte-identical files.
         object_dim: width of the per-box features in the store.
-        union_dim: width of the per-pair union features.
-        with_detections: also write the store's ``det`` section (for sgdet).
+        union_channels: channels of the union maps ``[union_channels, union_size, union_size]``.
+        union_size: side of the union maps (7: what STTran's union branch expects).
+        with_detections: also write the store's ``det`` and ``det_train`` sections (sgdet).
         overwrite: replace the toy files of an existing dataset at ``out_dir`` (other files
             there are left alone). Otherwise a non-empty ``out_dir`` is an error.
         config: noise levels and detector behaviour (:class:`ToyConfig`).
@@ -175,14 +180,19 @@ def make_toy_action_genome(
         ds = ActionGenome(root, "train", features=root / "features")
     """
     videos = 24 if videos is None else videos
-    for name, value in (("videos", videos), ("object_dim", object_dim), ("union_dim", union_dim)):
+    for name, value in (
+        ("videos", videos),
+        ("object_dim", object_dim),
+        ("union_channels", union_channels),
+        ("union_size", union_size),
+    ):
         if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
             raise ValueError(f"{name} must be a positive int, got {value!r}")
     config = config or ToyConfig()
     out = Path(out_dir)
     _prepare_folder(out, overwrite)
 
-    world = _World(seed, object_dim, union_dim)
+    world = _World(seed, object_dim, union_channels, union_size)
     frames, persons, objects = _generate_annotations(world, videos, seed)
     ann = out / "annotations"
     ann.mkdir(parents=True)
@@ -199,7 +209,9 @@ def make_toy_action_genome(
         "".join(key + "\n" for key in sorted(objects)), encoding="utf-8"
     )
     _write_features(out / "features", world, frames, seed, config, with_detections, overwrite)
-    (out / "README.txt").write_text(_readme(videos, seed, object_dim, union_dim, with_detections))
+    (out / "README.txt").write_text(
+        _readme(videos, seed, object_dim, union_channels, union_size, with_detections)
+    )
     return out
 
 
@@ -366,21 +378,40 @@ def _write_features(
 
     ``gt``: the person box, then the frame's visible objects in annotation order; pairs (0, j)
     for every object j. ``det`` (optional): the person, then the detected objects (jittered GT
-    boxes, some missed) and false positives; pairs (0, j) likewise.
+    boxes, some missed) and false positives; pairs (0, j) likewise. ``det_train``: ``det``'s
+    boxes with their assigned classes (0 for false positives), then the missed GT objects
+    supplied (score 1); pairs (0, m) for every GT object, found or supplied.
     """
     gt_rng = np.random.default_rng([seed, 3])
     det_rng = np.random.default_rng([seed, 4])
-    object_dim, union_dim = world.class_proto.shape[1], world.pred_proto.shape[1]
+    object_dim = world.class_proto.shape[1]
+    union_shape = world.pred_proto.shape[1:]
 
     def obj_features(rng: np.random.Generator, classes: list[int]) -> np.ndarray:
         noise = rng.normal(0.0, config.feature_noise, size=(len(classes), object_dim))
         return (world.class_proto[classes] + noise).astype(np.float32)
 
-    def union_features(rng: np.random.Generator, labels: list[list[int]]) -> np.ndarray:
-        out = rng.normal(0.0, config.union_noise, size=(len(labels), union_dim))
-        for j, preds in enumerate(labels):
-            out[j] += world.pred_proto[preds].sum(axis=0)
+    def union_maps(
+        rng: np.random.Generator, labels: list[list[int] | None], diagonal: bool
+    ) -> np.ndarray:
+        """The union table of a frame whose box ``m`` has relation ``labels[m]`` with box 0."""
+        k = len(labels)
+        _, first, second = union_pairs(np.array([k]), diagonal)
+        out = rng.normal(0.0, config.union_noise, size=(len(first), *union_shape))
+        for row in np.flatnonzero((first == 0) & (second > 0)).tolist():
+            preds = labels[int(second[row])]
+            if preds:
+                out[row] += world.pred_proto[preds].sum(axis=0)
         return out.astype(np.float32)
+
+    def class_dists(rng: np.random.Generator, classes: list[int]) -> np.ndarray:
+        n = len(classes)
+        logits = rng.normal(0.0, 1.0, size=(n, NUM_AG_CLASSES - 1))
+        logits[np.arange(n), np.asarray(classes, dtype=np.int64) - 1] += rng.uniform(
+            2.0, 6.0, size=n
+        )
+        dists = np.exp(logits - logits.max(axis=1, keepdims=True))
+        return (dists / dists.sum(axis=1, keepdims=True)).astype(np.float32)
 
     def pairs(n: int) -> np.ndarray:
         return np.stack([np.zeros(n, np.int64), np.arange(1, n + 1, dtype=np.int64)], axis=1)
@@ -388,10 +419,13 @@ def _write_features(
     writer = FeatureStoreWriter(
         path,
         object_dim=object_dim,
-        union_dim=union_dim,
-        num_classes=NUM_AG_CLASSES if with_detections else None,
+        union_channels=int(union_shape[0]),
+        union_size=int(union_shape[1]),
+        num_classes=NUM_AG_CLASSES,
+        sections=("gt", "det", "det_train") if with_detections else ("gt",),
         overwrite=overwrite,
     )
+    tools = (obj_features, union_maps, class_dists)
     with writer:
         for frame in sorted(frames, key=lambda f: f.key):
             if not len(frame.person):
@@ -399,15 +433,19 @@ def _write_features(
             person = frame.person[0].astype(np.float64)
             classes = [1] + [cls for cls, _, _ in frame.visible]
             boxes = np.array([person] + [_xyxy(b) for _, b, _ in frame.visible], np.float32)
-            labels = [lab for _, _, lab in frame.visible]
+            labels: list[list[int] | None] = [None] + [lab for _, _, lab in frame.visible]
             gt = FrameFeatures(
                 boxes=boxes.reshape(-1, 4),
                 box_features=obj_features(gt_rng, classes),
-                pairs=pairs(len(labels)),
-                union_features=union_features(gt_rng, labels),
+                pairs=pairs(len(labels) - 1),
+                union_maps=union_maps(gt_rng, labels, diagonal=False),
+                class_dists=class_dists(gt_rng, classes),
             )
-            det = _detections(det_rng, world, frame, config, obj_features, union_features, pairs)
-            writer.add_frame(frame.key, gt, det if with_detections else None)
+            if not with_detections:
+                writer.add_frame(frame.key, gt)
+                continue
+            det, det_train = _detections(det_rng, world, frame, config, tools, pairs)
+            writer.add_frame(frame.key, gt, det=det, det_train=det_train)
 
 
 def _detections(
@@ -415,50 +453,82 @@ def _detections(
     world: _World,
     frame: _Frame,
     config: ToyConfig,
-    obj_features: Any,
-    union_features: Any,
+    tools: tuple[Any, Any, Any],
     pairs: Any,
-) -> FrameFeatures:
-    """The toy detector's output for one frame (person always found, first)."""
+) -> tuple[FrameFeatures, FrameFeatures]:
+    """The toy detector's output for one frame (person always found, first), and the sgdet
+    training inputs built from it (assigned labels, missed GT objects supplied)."""
+    obj_features, union_maps, class_dists = tools
     width, height = frame.size
     boxes = [frame.person[0].astype(np.float64)]
     true_classes = [1]
-    labels: list[list[int]] = []
-    for cls, box, lab in frame.visible:
+    labels: list[list[int] | None] = [None]
+    found: list[int] = []  # GT object of each found detection (after the person)
+    missed: list[int] = []
+    for g, (cls, box, lab) in enumerate(frame.visible):
         if rng.random() < config.detection_miss:
+            missed.append(g)
             continue
         x, y, w, h = box
         dx, dy, dw, dh = rng.normal(0, 0.06, size=4) * (w, h, w, h)
         boxes.append(np.array([x + dx, y + dy, x + w + dx + dw, y + h + dy + dh]))
         true_classes.append(cls)
         labels.append(lab)
+        found.append(g)
     for _ in range(int(rng.poisson(config.false_positives))):
         x, y, w, h = _base_box(rng, width, height)
         boxes.append(np.array([x, y, x + w, y + h]))
         true_classes.append(int(2 + rng.choice(NUM_AG_CLASSES - 2, p=world.class_p)))
-        labels.append([])  # no relation: union features are noise only
+        labels.append([])  # no relation: union maps are noise only
     n = len(boxes)
     arr = np.array(boxes, dtype=np.float64)
     arr[:, 0::2] = arr[:, 0::2].clip(0, width)
     arr[:, 1::2] = arr[:, 1::2].clip(0, height)
-    logits = rng.normal(0.0, 1.0, size=(n, NUM_AG_CLASSES))
-    logits[np.arange(n), true_classes] += rng.uniform(3.0, 7.0, size=n)
-    logits[:, 0] -= 2.0  # background rarely wins
-    dists = np.exp(logits - logits.max(axis=1, keepdims=True))
-    dists /= dists.sum(axis=1, keepdims=True)
-    scores = dists.max(axis=1) * rng.uniform(0.7, 1.0, size=n)
-    return FrameFeatures(
+    dists = class_dists(rng, true_classes)
+    scores = (dists.max(axis=1) * rng.uniform(0.7, 1.0, size=n)).astype(np.float32)
+    features = obj_features(rng, true_classes)
+    det = FrameFeatures(
         boxes=arr.astype(np.float32),
-        box_features=obj_features(rng, true_classes),
+        box_features=features,
         pairs=pairs(n - 1),
-        union_features=union_features(rng, labels),
-        scores=scores.astype(np.float32),
-        class_dists=dists.astype(np.float32),
+        union_maps=union_maps(rng, labels, diagonal=True),
+        class_dists=dists,
+        scores=scores,
     )
+    # Training inputs: detections keep their boxes; matched ones take their GT class.
+    assigned = np.zeros(n, dtype=np.int64)
+    assigned[: 1 + len(found)] = true_classes[: 1 + len(found)]
+    supplied = [frame.visible[g] for g in missed]
+    sup_classes = [cls for cls, _, _ in supplied]
+    train_boxes = np.concatenate(
+        [arr, np.array([_xyxy(b) for _, b, _ in supplied], np.float64).reshape(-1, 4)]
+    )
+    train_labels = labels + [lab for _, _, lab in supplied]
+    targets = np.array(found + missed, dtype=np.int64)
+    objects = np.concatenate([np.arange(1, 1 + len(found)), np.arange(n, n + len(missed))]).astype(
+        np.int64
+    )
+    det_train = FrameFeatures(
+        boxes=train_boxes.astype(np.float32),
+        box_features=np.concatenate([features, obj_features(rng, sup_classes)]),
+        pairs=np.stack([np.zeros_like(objects), objects], axis=1),
+        union_maps=union_maps(rng, train_labels, diagonal=False),
+        class_dists=np.concatenate([dists, class_dists(rng, sup_classes)]),
+        scores=np.concatenate([scores, np.ones(len(missed), np.float32)]),
+        labels=np.concatenate([assigned, np.asarray(sup_classes, dtype=np.int64)]),
+        pair_targets=targets,
+    )
+    return det, det_train
 
 
-def _readme(videos: int, seed: int, object_dim: int, union_dim: int, with_det: bool) -> str:
-    det = "with a 'det' section (toy detections for sgdet)" if with_det else "without detections"
+def _readme(
+    videos: int, seed: int, object_dim: int, union_channels: int, union_size: int, with_det: bool
+) -> str:
+    det = (
+        "with 'det' and 'det_train' sections (toy detections for sgdet)"
+        if with_det
+        else "without detections"
+    )
     return f"""m3sgg toy Action Genome dataset
 ================================
 
@@ -469,10 +539,11 @@ drawn from per-class priors, for tests, examples and smoke runs.
 annotations/  exactly the real AG formats: squashed names in the text files, readable names in
               the pickles, xywh object boxes, xyxy person boxes, invisible objects, frames
               without a person, short videos the protocol drops, train and test splits.
-features/     an m3sgg feature store (object_dim={object_dim}, union_dim={union_dim}) {det}.
+features/     an m3sgg feature store (object_dim={object_dim}, union maps
+              {union_channels}x{union_size}x{union_size}) {det}.
               Every frame with a person box. Object features = class prototype + noise; union
-              features = sum of the pair's predicate prototypes + noise, so classes and
-              predicates are learnable but not trivially.
+              maps of person-object pairs = sum of the pair's predicate prototypes + noise,
+              so classes and predicates are learnable but not trivially.
 
 Read it with:  m3sgg.data.action_genome.ActionGenome(root, "train", features=root / "features")
 Regenerate:    m3sgg toy-data <out> --seed {seed} --videos {videos} --overwrite

@@ -111,6 +111,9 @@ class Trainer:
         logger: where console lines go (default: the ``m3sgg`` logger).
         object_detector: optional frozen module turning a raw batch into model inputs under
             ``no_grad`` at every step (the classic online-detector path).
+        matcher: optional assignment module for a model that matches boxes (e.g.
+            :class:`~m3sgg.models.matching.HungarianMatcher` for DSG-DETR's tracker); it becomes
+            the model's ``matcher`` attribute, which the model must declare.
         evaluator: an :class:`~m3sgg.engine.evaluator.Evaluator`; built from ``dataloader_test``,
             ``metrics`` and ``split`` when omitted.
         metrics, split: what the evaluator needs when it is built here.
@@ -134,6 +137,7 @@ class Trainer:
         scheduler: Any = None,
         logger: logging.Logger | None = None,
         object_detector: torch.nn.Module | None = None,
+        matcher: torch.nn.Module | None = None,
         *,
         evaluator: Evaluator | None = None,
         metrics: dict[str, Any] | None = None,
@@ -145,6 +149,13 @@ class Trainer:
         self.device = (
             torch.device(device) if device is not None else resolve_device(config.run.device)
         )
+        if matcher is not None:
+            core = unwrap_model(model)
+            if not hasattr(core, "matcher"):
+                raise TypeError(
+                    f"{type(core).__name__} takes no matcher (it has no 'matcher' attribute)"
+                )
+            core.matcher = matcher
         self.model = model.to(self.device)
         #: the model itself, unwrapped from DistributedDataParallel and torch.compile
         self.core_model = unwrap_model(self.model)

@@ -14,15 +14,22 @@ __all__ = ["TOY_PRESETS", "toy_preset"]
 
 TOY_PRESETS: dict[str, dict[str, Any]] = {
     "sttran": {
-        "d_model": 64,
-        "proj_dim": 64,
-        "embed_dim": 32,
+        "proj_dim": 32,
+        "embed_dim": 16,
+        "conv_dim": 16,
         "heads": 4,
         "ff_dim": 128,
         "enc_layers": 1,
         "dec_layers": 1,
-        "mask_channels": 16,
-        "classifier_dim": 128,
+    },
+    "tempura": {
+        "proj_dim": 32,
+        "embed_dim": 16,
+        "conv_dim": 16,
+        "heads": 4,
+        "ff_dim": 128,
+        "enc_layers": 1,
+        "dec_layers": 1,
     },
     "easg_fc": {"hidden_dim": 128, "proj_dim": 128},
     "sttran_easg": {"d_model": 64, "proj_dim": 32, "embed_dim": 16},

@@ -197,7 +197,9 @@ def worker_loop(settings: TuneSettings, worker: int = 0) -> dict[str, Any]:
             killed = next(t for t in study.get_trials(deepcopy=False) if t.number == retry_of)
             earlier = dict(killed.intermediate_values)
             source = trial_folder(settings.study_dir, retry_of)
-            if source.is_dir() and not run_dir.exists():
+            # only a folder with a checkpoint is worth continuing (a fresh start would append
+            # to the killed run's metrics.jsonl)
+            if (source / "checkpoints" / "last.pt").is_file() and not run_dir.exists():
                 copy_run_folder(source, run_dir)
             last = run_dir / "checkpoints" / "last.pt"
             resume_from = last if last.is_file() else None

@@ -107,7 +107,15 @@ def make_sampler(name: str, seed: int | None, space: Any = None) -> Any:
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if name == "grid":
-        return optuna.samplers.GridSampler(space.grid(), seed=seed)
+
+        class Grid(optuna.samplers.GridSampler):
+            """Optuna's grid sampler without its ``study.stop()`` once the grid is covered:
+            that only works inside ``study.optimize``; the study stops at ``n_trials``."""
+
+            def after_trial(self, study: Any, trial: Any, state: Any, values: Any) -> None:
+                pass
+
+        return Grid(space.grid(), seed=seed)
     raise ConfigError(f"--sampler: must be one of 'tpe', 'random', 'grid', got {name!r}")
 
 

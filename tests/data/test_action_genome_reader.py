@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from m3sgg.data.action_genome import ActionGenome, VideoSample, read_class_file
-from m3sgg.data.features import FeatureStoreWriter, FrameFeatures
+from m3sgg.data.features import FeatureStoreWriter, FrameFeatures, union_pairs
 from m3sgg.errors import ConfigError, DataError
 from m3sgg.vocab import AG_OBJECT_CLASSES, AG_PREDICATES, squash
 
@@ -385,9 +385,10 @@ def write_store(
     skip: str | None = None,
     dim: int = 4,
 ) -> Path:
-    """A store matching ``ds`` (box features = box coordinates), optionally off by some boxes."""
+    """A store matching ``ds`` (box features = box coordinates; union map of boxes (i, j) of a
+    frame: channel 0 = 10 * i + j), optionally off by some boxes."""
     extra_boxes = extra_boxes or {}
-    with FeatureStoreWriter(path, object_dim=dim, union_dim=dim) as writer:
+    with FeatureStoreWriter(path, object_dim=dim, union_channels=1, union_size=1) as writer:
         for sample in ds:
             gt = sample.gt
             for f, key in enumerate(gt.frame_keys):
@@ -399,11 +400,11 @@ def write_store(
                 boxes = np.concatenate([boxes, np.zeros((extra_boxes.get(key, 0), 4))])
                 n = len(boxes) - 1
                 pairs = np.stack([np.zeros(n, int), np.arange(1, n + 1)], axis=1)
+                _, first, second = union_pairs(np.array([n + 1]), diagonal=False)
+                maps = (10 * first + second).astype(np.float32).reshape(-1, 1, 1, 1)
+                dists = np.full((n + 1, 36), 1 / 36, np.float32)
                 writer.add_frame(
-                    key,
-                    FrameFeatures(
-                        boxes, boxes.astype(np.float32), pairs, np.ones((n, dim), np.float32)
-                    ),
+                    key, FrameFeatures(boxes, boxes.astype(np.float32), pairs, maps, dists)
                 )
     return path
 
@@ -451,6 +452,9 @@ def test_features_follow_the_small_box_filter(ag, tmp_path):
     np.testing.assert_array_equal(feats.box_features[1::2], gt.obj_boxes)  # features = boxes
     np.testing.assert_array_equal(feats.pair_idx, [[0, 1], [2, 3], [4, 5]])
     assert feats.im_idx.tolist() == [0, 1, 2]
+    # Store boxes per frame: person 0, bag 1, bed 2, book 3; only (person, bed) = row "2" stays.
+    assert feats.union_maps.reshape(-1).tolist() == [2.0, 2.0, 2.0]
+    assert feats.union_offsets.tolist() == [0, 1, 2, 3]
 
 
 def test_image_size_from_the_first_frame_bbox_size(ag):

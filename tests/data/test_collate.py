@@ -19,7 +19,7 @@ from m3sgg.data.collate import (
     collate,
     split_predictions,
 )
-from m3sgg.data.features import VideoFeatures
+from m3sgg.data.features import VideoFeatures, union_counts, union_pairs
 from m3sgg.data.structures import VideoGT
 from m3sgg.errors import DataError
 
@@ -59,18 +59,27 @@ def make_sample(
         rel_obj=np.array(rel_obj, dtype=np.int64),
         rel_pred=np.array(rel_pred, dtype=np.int64),
     )
-    n, p = len(boxes), len(pairs)
+    n = len(boxes)
     features = VideoFeatures(
         frame_keys=keys,
         boxes=np.array(boxes, dtype=np.float32),
         box_features=(100 * index + np.arange(n * dim, dtype=np.float32)).reshape(n, dim),
         pair_idx=np.array(pairs, dtype=np.int64).reshape(-1, 2),
         im_idx=np.array(im_idx, dtype=np.int64),
-        union_features=(-100 * index - np.arange(p * 2, dtype=np.float32)).reshape(p, 2),
-        scores=None,
-        class_dists=None,
+        **_union_table(index, np.bincount(np.array(boxes)[:, 0].astype(int))),
     )
     return VideoSample(index, video_id, gt, features, None)
+
+
+def _union_table(index: int, counts: np.ndarray) -> dict:
+    """Union maps ``[U, 1, 1, 1]`` holding ``-(100 * index + 10 * i + j)`` for boxes (i, j)."""
+    _, first, second = union_pairs(counts, diagonal=False)
+    maps = -(100 * index + 10 * first + second).astype(np.float32)
+    return {
+        "union_maps": maps.reshape(-1, 1, 1, 1),
+        "union_offsets": np.concatenate([[0], np.cumsum(union_counts(counts, False))]),
+        "union_diagonal": False,
+    }
 
 
 P0 = [0, 0, 50, 100]
@@ -132,9 +141,15 @@ def test_gt_layout(two_videos: list[VideoSample]) -> None:
         np.concatenate([s.features.box_features for s in two_videos]),
     )
     np.testing.assert_array_equal(
-        batch.union_features.numpy(),
-        np.concatenate([s.features.union_features for s in two_videos]),
+        batch.union_maps.numpy(),
+        np.concatenate([s.features.union_maps for s in two_videos]),
     )
+    # Frames hold 3, 2 | 2, 2, 2 boxes: union rows (0,1) (0,2) (1,2) | (0,1) | (0,1) ...
+    assert batch.frame_box_offsets.tolist() == [0, 3, 5, 7, 9, 11]
+    assert batch.frame_union_offsets.tolist() == [0, 3, 4, 5, 6, 7]
+    assert batch.union_rows(batch.pair_idx).tolist() == [0, 1, 3, 4, 5, 6]
+    assert batch.union_rows(torch.tensor([[1, 2], [2, 1], [2, 0]])).tolist() == [2, 2, 1]
+    assert batch.union_maps[2].item() == -12.0  # video 0, boxes (1, 2) of frame 0
     assert batch.boxes.dtype == torch.float32 and batch.pair_idx.dtype == torch.int64
     assert batch.spatial.dtype == torch.float32 and batch.relation_mask.dtype == torch.bool
 
@@ -170,16 +185,18 @@ def test_gt_targets_agree_with_sttran_structure() -> None:
 
 def _with_det(sample: VideoSample, boxes: list[list[float]], pairs: list[list[int]]) -> VideoSample:
     n = len(boxes)
-    dists = np.full((n, 37), 0.01, dtype=np.float32)
-    dists[:, 0] = 0.5  # background is never the label
-    dists[np.arange(n), [1, 5, 7, 9, 1][:n]] = 0.4
+    dists = np.full((n, 36), 0.01, dtype=np.float32)
+    dists[np.arange(n), np.array([1, 5, 7, 9, 1][:n]) - 1] = 0.4
+    counts = np.bincount(np.array(boxes, dtype=np.int64)[:, 0], minlength=sample.gt.num_frames)
     det = VideoFeatures(
         frame_keys=sample.gt.frame_keys,
         boxes=np.array(boxes, dtype=np.float32),
         box_features=np.zeros((n, 3), dtype=np.float32),
         pair_idx=np.array(pairs, dtype=np.int64),
         im_idx=np.array(boxes, dtype=np.int64)[np.array(pairs)[:, 0], 0],
-        union_features=np.zeros((len(pairs), 2), dtype=np.float32),
+        union_maps=np.zeros((int(union_counts(counts, True).sum()), 1, 1, 1), np.float32),
+        union_offsets=np.concatenate([[0], np.cumsum(union_counts(counts, True))]),
+        union_diagonal=True,
         scores=np.linspace(0.9, 0.5, n).astype(np.float32),
         class_dists=dists,
     )
@@ -202,7 +219,7 @@ def test_det_assignment_by_iou(two_videos: list[VideoSample]) -> None:
     assert batch.section == "det"
     assert batch.labels.tolist() == [1, 5, 7, 9, 1]
     np.testing.assert_allclose(batch.scores.numpy(), np.linspace(0.9, 0.5, 5), rtol=1e-6)
-    assert batch.class_dists is not None and batch.class_dists.shape == (5, 37)
+    assert batch.class_dists is not None and batch.class_dists.shape == (5, 36)
     assert batch.object_targets.tolist() == [1, 5, -1, -1, 5]
     # Pair 3 is (frame-0 person, frame-1 box): its object matches frame 1's A; pair 4's object is
     # the person itself (assigned to a GT person, not an object): no targets.
@@ -278,7 +295,6 @@ def test_video_without_pairs(two_videos: list[VideoSample]) -> None:
         sample.det,
         pair_idx=np.zeros((0, 2), np.int64),
         im_idx=np.zeros(0, np.int64),
-        union_features=np.zeros((0, 2), np.float32),
     )
     other = _with_det(two_videos[1], [[0, *P0], [0, *BOX_C]], [[0, 1]])
     batch = collate([dataclasses.replace(sample, det=empty), other], section="det")
@@ -351,4 +367,4 @@ def test_dataloader_pinning_hook_uses_batch_pin_memory(
     result = pin_memory(batch)
     assert isinstance(result, Batch) and result is not batch
     assert torch.equal(result.pair_idx, batch.pair_idx) and result.gts is batch.gts
-    assert len(pinned) == 15  # every tensor field but class_dists (None in the gt section)
+    assert len(pinned) == 17  # every tensor field but class_dists (None in these samples)

@@ -11,31 +11,45 @@ import pytest
 
 from m3sgg.data.features import (
     FORMAT,
+    UNION_DIAGONAL,
     FeatureStore,
     FeatureStoreWriter,
     FrameFeatures,
     VideoFeatures,
+    union_counts,
+    union_index,
+    union_pairs,
 )
 from m3sgg.errors import DataError
 
-OBJ, UNION, CLASSES = 8, 6, 5
+OBJ, UC, SIDE, CLASSES = 8, 3, 2, 5
+DIMS = {"object_dim": OBJ, "union_channels": UC, "union_size": SIDE, "num_classes": CLASSES}
+ALL = ("gt", "det", "det_train")
 # (boxes, pairs) per frame: includes a frame with nothing and one with boxes but no pairs.
 LAYOUT = [(3, 2), (0, 0), (2, 0), (4, 5), (1, 1)]
 
 
-def make_frame(rng: np.random.Generator, k: int, p: int, det: bool = False) -> FrameFeatures:
+def make_frame(
+    rng: np.random.Generator, k: int, p: int, section: str = "gt", dists: bool = True
+) -> FrameFeatures:
     xy = rng.uniform(0, 300, (k, 2))
     boxes = np.concatenate([xy, xy + rng.uniform(1, 100, (k, 2))], axis=1)
     pairs = rng.integers(0, k, (p, 2)) if k else np.zeros((0, 2), dtype=np.int64)
     extra = {}
-    if det:
-        dists = rng.random((k, CLASSES))
-        extra = {"scores": rng.random(k), "class_dists": dists / dists.sum(1, keepdims=True)}
+    if dists or section != "gt":
+        d = rng.random((k, CLASSES - 1))
+        extra["class_dists"] = d / d.sum(1, keepdims=True)
+    if section != "gt":
+        extra["scores"] = rng.random(k)
+    if section == "det_train":
+        extra["labels"] = rng.integers(0, CLASSES, k)
+        extra["pair_targets"] = rng.integers(0, 3, p)
+    u = union_counts(k, UNION_DIAGONAL[section])
     return FrameFeatures(
         boxes=boxes,
         box_features=rng.standard_normal((k, OBJ)),
         pairs=pairs,
-        union_features=rng.standard_normal((p, UNION)),
+        union_maps=rng.standard_normal((u, UC, SIDE, SIDE)),
         **extra,
     )
 
@@ -46,21 +60,18 @@ def key(i: int) -> str:
 
 def write_store(
     path: Path, *, det: bool = False, dtype: str = "float32", seed: int = 0
-) -> dict[str, tuple[FrameFeatures, FrameFeatures | None]]:
+) -> dict[str, dict[str, FrameFeatures]]:
+    """Frames of ``LAYOUT``; with ``det`` also ``det`` (one more box) and ``det_train``."""
     rng = np.random.default_rng(seed)
     frames = {}
-    with FeatureStoreWriter(
-        path,
-        object_dim=OBJ,
-        union_dim=UNION,
-        num_classes=CLASSES if det else None,
-        dtype=dtype,
-    ) as writer:
+    with FeatureStoreWriter(path, **DIMS, sections=ALL if det else ("gt",), dtype=dtype) as writer:
         for i, (k, p) in enumerate(LAYOUT):
-            gt = make_frame(rng, k, p)
-            d = make_frame(rng, k + 1, p, det=True) if det else None
-            writer.add_frame(key(i), gt, d)
-            frames[key(i)] = (gt, d)
+            sections = {"gt": make_frame(rng, k, p)}
+            if det:
+                sections["det"] = make_frame(rng, k + 1, p, "det")
+                sections["det_train"] = make_frame(rng, k + 2, p, "det_train")
+            writer.add_frame(key(i), **sections)
+            frames[key(i)] = sections
     return frames
 
 
@@ -73,14 +84,17 @@ def assert_frame_equal(got: FrameFeatures, want: FrameFeatures, dtype: str) -> N
     np.testing.assert_array_equal(got.boxes, np.asarray(want.boxes, dtype=np.float32))
     np.testing.assert_array_equal(got.pairs, want.pairs)
     np.testing.assert_array_equal(got.box_features, stored(want.box_features, dtype))
-    np.testing.assert_array_equal(got.union_features, stored(want.union_features, dtype))
-    assert got.boxes.dtype == got.box_features.dtype == got.union_features.dtype == np.float32
-    assert got.pairs.dtype == np.int64
-    if want.scores is None:
-        assert got.scores is None and got.class_dists is None
-    else:
-        np.testing.assert_array_equal(got.scores, want.scores.astype(np.float32))
-        np.testing.assert_array_equal(got.class_dists, want.class_dists.astype(np.float32))
+    np.testing.assert_array_equal(got.union_maps, np.asarray(want.union_maps).astype(dtype))
+    assert got.boxes.dtype == got.box_features.dtype == np.float32
+    assert got.union_maps.dtype == np.dtype(dtype) and got.pairs.dtype == np.int64
+    for name in ("class_dists", "scores", "labels", "pair_targets"):
+        if getattr(want, name) is None:
+            assert getattr(got, name) is None, name
+        else:
+            wanted = np.asarray(getattr(want, name))
+            if wanted.dtype.kind == "f":
+                wanted = wanted.astype(np.float32)
+            np.testing.assert_array_equal(getattr(got, name), wanted)
 
 
 @pytest.fixture
@@ -111,39 +125,65 @@ def test_round_trip(tmp_path: Path, dtype: str, det: bool) -> None:
 
     assert store.keys == tuple(frames)
     assert len(store) == len(LAYOUT) and key(0) in store and "nope" not in store
-    assert (store.object_dim, store.union_dim, store.dtype) == (OBJ, UNION, dtype)
-    assert store.has_detections is det
-    assert store.num_classes == (CLASSES if det else None)
+    assert (store.object_dim, store.union_channels, store.union_size) == (OBJ, UC, SIDE)
+    assert store.dtype == dtype and store.num_classes == CLASSES
+    assert store.has_detections is det and store.sections == (ALL if det else ("gt",))
     assert store.manifest["format"] == FORMAT
-    assert store.manifest["sections"]["gt"] == {"boxes": 10, "pairs": 8}
-    for k, (gt, d) in frames.items():
-        assert_frame_equal(store.frame(k), gt, dtype)
-        if det:
-            assert_frame_equal(store.frame(k, "det"), d, dtype)
+    # Union rows: k(k-1)/2 per frame of 3, 0, 2, 4, 1 boxes = 3 + 0 + 1 + 6 + 0.
+    assert store.manifest["sections"]["gt"] == {
+        "boxes": 10,
+        "pairs": 8,
+        "unions": 10,
+        "union_diagonal": False,
+        "class_dists": True,
+    }
+    if det:  # det: 4, 1, 3, 5, 2 boxes, k(k+1)/2 rows each (box with itself included)
+        assert store.manifest["sections"]["det"]["unions"] == 10 + 1 + 6 + 15 + 3
+    for k, sections in frames.items():
+        for section, ff in sections.items():
+            assert_frame_equal(store.frame(k, section), ff, dtype)
     if dtype == "float16":
         assert store.array("box_features").dtype == np.float16
         assert (tmp_path / "s" / "gt" / "box_features.bin").stat().st_size == 10 * OBJ * 2
 
 
 def test_empty_store_round_trip(tmp_path: Path) -> None:
-    FeatureStoreWriter(tmp_path / "s", object_dim=OBJ, union_dim=UNION).close()
+    FeatureStoreWriter(tmp_path / "s", **DIMS).close()
     store = FeatureStore(tmp_path / "s", verify=True)
     assert len(store) == 0
     video = store.video([])
     assert video.boxes.shape == (0, 5) and video.box_features.shape == (0, OBJ)
-    assert video.pair_idx.shape == (0, 2) and video.union_features.shape == (0, UNION)
+    assert video.pair_idx.shape == (0, 2) and video.union_maps.shape == (0, UC, SIDE, SIDE)
+
+
+def test_union_table_order() -> None:
+    """Rows enumerate (i, j) lexicographically; union_index finds them from either order."""
+    frame, first, second = union_pairs(np.array([3, 0, 1]), diagonal=False)
+    assert list(zip(frame, first, second, strict=True)) == [(0, 0, 1), (0, 0, 2), (0, 1, 2)]
+    frame, first, second = union_pairs(np.array([3, 0, 1]), diagonal=True)
+    assert list(zip(frame, first, second, strict=True)) == [
+        (0, 0, 0), (0, 0, 1), (0, 0, 2), (0, 1, 1), (0, 1, 2), (0, 2, 2), (2, 0, 0)
+    ]  # fmt: skip
+    # k = 4, i < j: (0,1) 0, (0,2) 1, (0,3) 2, (1,2) 3, (1,3) 4, (2,3) 5
+    assert union_index(np.array([1, 3, 2]), np.array([3, 1, 0]), 4, False).tolist() == [4, 4, 1]
+    # k = 4, i <= j: (0,0) 0 .. (0,3) 3, (1,1) 4, (1,2) 5, (1,3) 6, (2,2) 7, (2,3) 8, (3,3) 9
+    assert union_index(np.array([3, 2, 1]), np.array([3, 1, 1]), 4, True).tolist() == [9, 5, 4]
+    assert union_counts(np.array([0, 1, 2, 5]), False).tolist() == [0, 0, 1, 10]
+    assert union_counts(np.array([0, 1, 2, 5]), True).tolist() == [0, 1, 3, 15]
 
 
 def test_writer_accepts_integer_boxes_and_torch_tensors(tmp_path: Path) -> None:
     torch = pytest.importorskip("torch")
-    with FeatureStoreWriter(tmp_path / "s", object_dim=2, union_dim=3) as writer:
+    with FeatureStoreWriter(
+        tmp_path / "s", object_dim=2, union_channels=3, union_size=1, gt_class_dists=False
+    ) as writer:
         writer.add_frame(
             "a/1",
             FrameFeatures(
                 boxes=torch.tensor([[0, 0, 10, 10], [5, 5, 8, 9]]),
                 box_features=torch.ones(2, 2),
                 pairs=torch.tensor([[0, 1]]),
-                union_features=torch.zeros(1, 3),
+                union_maps=torch.zeros(1, 3, 1, 1),
             ),
         )
     frame = FeatureStore(tmp_path / "s").frame("a/1")
@@ -154,7 +194,7 @@ def test_writer_accepts_integer_boxes_and_torch_tensors(tmp_path: Path) -> None:
 # -- video ------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("section", ["gt", "det"])
+@pytest.mark.parametrize("section", ALL)
 @pytest.mark.parametrize(
     "rows",
     [[0, 1, 2, 3, 4], [1, 2, 3], [4, 0, 3], [3, 1], [1], []],
@@ -176,23 +216,29 @@ def test_video_concatenates_frames(store_path: Path, section: str, rows: list[in
         np.testing.assert_array_equal(video.box_features[own], frame.box_features)
         mine = video.im_idx == f
         np.testing.assert_array_equal(video.pair_idx[mine], frame.pairs + base[f])
-        np.testing.assert_array_equal(video.union_features[mine], frame.union_features)
+        rows = slice(video.union_offsets[f], video.union_offsets[f + 1])
+        np.testing.assert_array_equal(video.union_maps[rows], frame.union_maps)
         # Video-level indices point at boxes of the pair's own frame.
         assert (video.boxes[video.pair_idx[mine].ravel(), 0] == f).all()
-        if section == "det":
+        np.testing.assert_array_equal(video.class_dists[own], frame.class_dists)
+        if section != "gt":
             np.testing.assert_array_equal(video.scores[own], frame.scores)
-            np.testing.assert_array_equal(video.class_dists[own], frame.class_dists)
+        if section == "det_train":
+            np.testing.assert_array_equal(video.labels[own], frame.labels)
+            np.testing.assert_array_equal(video.pair_targets[mine], frame.pair_targets)
+    assert video.union_diagonal is UNION_DIAGONAL[section]
+    assert video.union_offsets[-1] == len(video.union_maps)
     assert (np.diff(video.boxes[:, 0]) >= 0).all() and (np.diff(video.im_idx) >= 0).all()
     assert video.boxes.dtype == np.float32
     assert video.pair_idx.dtype == video.im_idx.dtype == np.int64
     if section == "gt":
-        assert video.scores is None and video.class_dists is None
+        assert video.scores is None and video.labels is None
 
 
 def test_video_float16_is_upcast(tmp_path: Path) -> None:
     frames = write_store(tmp_path / "s", dtype="float16")
     video = FeatureStore(tmp_path / "s").video([key(0), key(3)])
-    want = np.concatenate([frames[key(0)][0].box_features, frames[key(3)][0].box_features])
+    want = np.concatenate([frames[key(0)]["gt"].box_features, frames[key(3)]["gt"].box_features])
     assert video.box_features.dtype == np.float32
     np.testing.assert_array_equal(video.box_features, stored(want, "float16"))
 
@@ -210,6 +256,8 @@ def test_det_section_of_store_without_detections(tmp_path: Path) -> None:
     store = FeatureStore(tmp_path / "s")
     with pytest.raises(DataError, match=r"manifest\.json: sections\.det: .*no detections"):
         store.video([key(0)], "det")
+    with pytest.raises(DataError, match=r"sections\.det_train: .*no sgdet training inputs"):
+        store.video([key(0)], "det_train")
     with pytest.raises(ValueError, match="section must be one of"):
         store.frame(key(0), "pred")
 
@@ -224,22 +272,24 @@ def test_reading_is_memory_mapped_and_results_are_copies(store_path: Path) -> No
     assert store.array("box_features", "det") is features  # opened once
     video = store.video([key(0), key(3)], "det")
     frame = store.frame(key(0), "det")
-    for result in (video.box_features, video.union_features, video.scores, frame.box_features):
+    for result in (video.box_features, video.union_maps, video.scores, frame.box_features):
         assert not isinstance(result, np.memmap)
         assert not np.shares_memory(result, features)
 
 
 def test_pickle_does_not_copy_the_arrays(tmp_path: Path) -> None:
     rng = np.random.default_rng(1)
-    with FeatureStoreWriter(tmp_path / "s", object_dim=512, union_dim=512) as writer:
+    with FeatureStoreWriter(
+        tmp_path / "s", object_dim=512, union_channels=64, union_size=2, gt_class_dists=False
+    ) as writer:
         for i in range(20):
             writer.add_frame(key(i), make_frame_dims(rng, 10, 20, 512))
     store = FeatureStore(tmp_path / "s")
     before = store.video([key(0)])
     data = pickle.dumps(store)
-    assert len(data) < 100_000  # the features alone are 30 * 512 * 4 * 20 bytes
+    assert len(data) < 100_000  # the features alone are (10 * 512 + 45 * 256) * 4 * 20 bytes
     clone = pickle.loads(data)
-    np.testing.assert_array_equal(clone.video([key(0)]).union_features, before.union_features)
+    np.testing.assert_array_equal(clone.video([key(0)]).union_maps, before.union_maps)
 
 
 def make_frame_dims(rng: np.random.Generator, k: int, p: int, dim: int) -> FrameFeatures:
@@ -247,7 +297,7 @@ def make_frame_dims(rng: np.random.Generator, k: int, p: int, dim: int) -> Frame
         boxes=np.tile([0.0, 0.0, 1.0, 1.0], (k, 1)),
         box_features=rng.standard_normal((k, dim)),
         pairs=rng.integers(0, k, (p, 2)),
-        union_features=rng.standard_normal((p, dim)),
+        union_maps=rng.standard_normal((k * (k - 1) // 2, 64, 2, 2)),
     )
 
 
@@ -258,7 +308,7 @@ def test_exception_inside_with_leaves_nothing(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     with (
         pytest.raises(RuntimeError, match="boom"),
-        FeatureStoreWriter(tmp_path / "s", object_dim=OBJ, union_dim=UNION) as writer,
+        FeatureStoreWriter(tmp_path / "s", **DIMS) as writer,
     ):
         writer.add_frame(key(0), make_frame(rng, 2, 1))
         raise RuntimeError("boom")
@@ -266,7 +316,7 @@ def test_exception_inside_with_leaves_nothing(tmp_path: Path) -> None:
 
 
 def test_store_appears_only_at_close(tmp_path: Path) -> None:
-    writer = FeatureStoreWriter(tmp_path / "s", object_dim=OBJ, union_dim=UNION)
+    writer = FeatureStoreWriter(tmp_path / "s", **DIMS)
     writer.add_frame(key(0), make_frame(np.random.default_rng(0), 2, 1))
     assert not (tmp_path / "s").exists()
     assert writer.close() == tmp_path / "s"
@@ -277,7 +327,7 @@ def test_store_appears_only_at_close(tmp_path: Path) -> None:
 
 
 def test_abort_discards(tmp_path: Path) -> None:
-    writer = FeatureStoreWriter(tmp_path / "s", object_dim=OBJ, union_dim=UNION)
+    writer = FeatureStoreWriter(tmp_path / "s", **DIMS)
     writer.add_frame(key(0), make_frame(np.random.default_rng(0), 2, 1))
     writer.abort()
     assert list(tmp_path.iterdir()) == []
@@ -287,7 +337,7 @@ def test_overwrite_rules(tmp_path: Path) -> None:
     path = tmp_path / "s"
     write_store(path, seed=0)
     with pytest.raises(DataError, match="already exists; pass overwrite=True"):
-        FeatureStoreWriter(path, object_dim=OBJ, union_dim=UNION)
+        FeatureStoreWriter(path, **DIMS)
     frames = write_store_overwrite(path)
     store = FeatureStore(path, verify=True)
     assert store.keys == ("new/1",) and store.num_classes == CLASSES
@@ -298,27 +348,25 @@ def test_overwrite_rules(tmp_path: Path) -> None:
     not_a_store.mkdir()
     (not_a_store / "thesis.tex").write_text("precious")
     with pytest.raises(DataError, match="not a feature store"):
-        FeatureStoreWriter(not_a_store, object_dim=OBJ, union_dim=UNION, overwrite=True)
+        FeatureStoreWriter(not_a_store, **DIMS, overwrite=True)
     assert (not_a_store / "thesis.tex").read_text() == "precious"
 
     empty = tmp_path / "empty"
     empty.mkdir()
-    FeatureStoreWriter(empty, object_dim=OBJ, union_dim=UNION, overwrite=True).close()
+    FeatureStoreWriter(empty, **DIMS, overwrite=True).close()
     assert len(FeatureStore(empty)) == 0
 
 
 def write_store_overwrite(path: Path) -> tuple[FrameFeatures, FrameFeatures]:
     rng = np.random.default_rng(5)
-    gt, det = make_frame(rng, 2, 2), make_frame(rng, 3, 1, det=True)
-    with FeatureStoreWriter(
-        path, object_dim=OBJ, union_dim=UNION, num_classes=CLASSES, overwrite=True
-    ) as writer:
+    gt, det = make_frame(rng, 2, 2), make_frame(rng, 3, 1, "det")
+    with FeatureStoreWriter(path, **DIMS, sections=("gt", "det"), overwrite=True) as writer:
         writer.add_frame("new/1", gt, det)
     return gt, det
 
 
 def test_target_created_meanwhile_is_not_replaced(tmp_path: Path) -> None:
-    writer = FeatureStoreWriter(tmp_path / "s", object_dim=OBJ, union_dim=UNION)
+    writer = FeatureStoreWriter(tmp_path / "s", **DIMS)
     (tmp_path / "s").mkdir()
     with pytest.raises(DataError, match="already exists"):
         writer.close()
@@ -339,14 +387,27 @@ def test_truncated_bin(store_path: Path) -> None:
 
 
 def test_manifest_dim_wrong(store_path: Path) -> None:
-    edit_manifest(store_path, union_dim=7)
-    with pytest.raises(DataError, match=r"union_features\.bin: shape: .*union_dim=7"):
+    edit_manifest(store_path, union_channels=7)
+    with pytest.raises(DataError, match=r"union_maps\.bin: shape: .*union_channels=7"):
         FeatureStore(store_path)
 
 
 def test_manifest_num_classes_wrong(store_path: Path) -> None:
     edit_manifest(store_path, num_classes=CLASSES + 1)
-    with pytest.raises(DataError, match=r"det/class_dists\.bin: shape: .*num_classes=6"):
+    with pytest.raises(DataError, match=r"gt/class_dists\.bin: shape: .*num_classes=6"):
+        FeatureStore(store_path)
+
+
+def test_manifest_union_count_wrong(store_path: Path) -> None:
+    """The union rows follow from the box offsets; a manifest disagreeing is named."""
+    manifest = json.loads((store_path / "manifest.json").read_text())
+    manifest["sections"]["gt"]["unions"] = 11
+    manifest["files"]["gt/union_maps.bin"]["shape"][0] = 11
+    manifest["files"]["gt/union_maps.bin"]["bytes"] += UC * SIDE * SIDE * 4
+    (store_path / "manifest.json").write_text(json.dumps(manifest))
+    target = store_path / "gt" / "union_maps.bin"
+    target.write_bytes(target.read_bytes() + bytes(UC * SIDE * SIDE * 4))
+    with pytest.raises(DataError, match=r"sections\.gt\.unions: expected 10 union rows"):
         FeatureStore(store_path)
 
 
@@ -398,12 +459,12 @@ def test_negative_pair_index(store_path: Path) -> None:
 
 
 def test_sha256_mismatch_needs_verify(store_path: Path) -> None:
-    target = store_path / "det" / "union_features.bin"
+    target = store_path / "det" / "union_maps.bin"
     data = bytearray(target.read_bytes())
     data[5] ^= 0xFF
     target.write_bytes(bytes(data))
     store = FeatureStore(store_path)  # sizes still fine: only a checksum can tell
-    with pytest.raises(DataError, match=r"det/union_features\.bin: sha256: mismatch"):
+    with pytest.raises(DataError, match=r"det/union_maps\.bin: sha256: mismatch"):
         FeatureStore(store_path, verify=True)
     with pytest.raises(DataError, match="sha256"):
         store.verify()
@@ -440,8 +501,8 @@ def test_missing_store(tmp_path: Path) -> None:
 
 
 def test_wrong_format_string(store_path: Path) -> None:
-    edit_manifest(store_path, format="m3sgg-features/2")
-    with pytest.raises(DataError, match=r"manifest\.json: format: expected 'm3sgg-features/1'"):
+    edit_manifest(store_path, format="m3sgg-features/1")
+    with pytest.raises(DataError, match=r"format: expected 'm3sgg-features/2'.*extract the feat"):
         FeatureStore(store_path)
 
 
@@ -451,8 +512,13 @@ def test_wrong_format_string(store_path: Path) -> None:
         ({"object_dim": 0}, "object_dim"),
         ({"dtype": "float64"}, "dtype"),
         ({"num_frames": "5"}, "num_frames"),
-        ({"num_classes": None}, "sections"),
+        ({"num_classes": None}, "num_classes"),
+        ({"sections": {"det": {}}}, "sections"),
         ({"sections": {"gt": {"boxes": -1, "pairs": 8}, "det": {}}}, "sections.gt.boxes"),
+        (
+            {"sections": {"gt": {"boxes": 1, "pairs": 1, "unions": 0, "union_diagonal": True}}},
+            "sections.gt.union_diagonal",
+        ),
     ],
 )
 def test_manifest_fields_validated(store_path: Path, changes: dict, field: str) -> None:
@@ -487,16 +553,14 @@ def replace(ff: FrameFeatures, **changes) -> FrameFeatures:
 
 @pytest.fixture
 def writer(tmp_path: Path):
-    with FeatureStoreWriter(
-        tmp_path / "s", object_dim=OBJ, union_dim=UNION, num_classes=CLASSES, dtype="float16"
-    ) as w:
+    with FeatureStoreWriter(tmp_path / "s", **DIMS, sections=("gt", "det"), dtype="float16") as w:
         yield w
 
 
 @pytest.fixture
 def gt_det() -> tuple[FrameFeatures, FrameFeatures]:
     rng = np.random.default_rng(3)
-    return make_frame(rng, 3, 2), make_frame(rng, 4, 3, det=True)
+    return make_frame(rng, 3, 2), make_frame(rng, 4, 3, "det")
 
 
 @pytest.mark.parametrize(
@@ -504,14 +568,15 @@ def gt_det() -> tuple[FrameFeatures, FrameFeatures]:
     [
         ("gt", {"box_features": np.zeros((3, OBJ + 1))}, r"gt\.box_features: shape \(3, 9\)"),
         ("gt", {"box_features": np.zeros((2, OBJ))}, r"gt\.box_features: shape \(2, 8\)"),
-        ("det", {"union_features": np.zeros((3, 2))}, r"det\.union_features: shape"),
+        ("det", {"union_maps": np.zeros((6, UC, SIDE, SIDE))}, r"det\.union_maps: shape \(6, "),
+        ("gt", {"union_maps": np.zeros((3, UC, 1, 1))}, r"gt\.union_maps: shape \(3, 3, 1, 1\)"),
         ("gt", {"boxes": np.zeros((3, 5))}, r"gt\.boxes: shape \(3, 5\), expected \(any, 4\)"),
         ("gt", {"box_features": np.full((3, OBJ), np.nan)}, r"gt\.box_features: non-finite"),
         ("det", {"boxes": np.full((4, 4), np.inf)}, r"det\.boxes: non-finite value inf"),
         (
             "gt",
-            {"union_features": np.full((2, UNION), 1e6)},
-            r"gt\.union_features: value 1e\+06 at \(0, 0\) overflows float16",
+            {"union_maps": np.full((3, UC, SIDE, SIDE), 1e6)},
+            r"gt\.union_maps: value 1e\+06 at \(0, 0, 0, 0\) overflows float16",
         ),
         ("gt", {"pairs": np.array([[0, 3], [1, 2]])}, r"gt\.pairs: pair 0 object index 3"),
         (
@@ -527,10 +592,12 @@ def gt_det() -> tuple[FrameFeatures, FrameFeatures]:
         ("det", {"scores": None}, r"det\.scores: is required in det"),
         (
             "det",
-            {"class_dists": np.full((4, CLASSES), 2.0)},
+            {"class_dists": np.full((4, CLASSES - 1), 2.0)},
             r"det\.class_dists: class probabilities must lie in \[0, 1\]",
         ),
-        ("gt", {"scores": np.ones(3)}, r"gt\.scores: belongs to the det section only"),
+        ("det", {"class_dists": np.full((4, CLASSES), 0.2)}, r"det\.class_dists: shape \(4, 5\)"),
+        ("gt", {"scores": np.ones(3)}, r"gt\.scores: does not belong to gt"),
+        ("det", {"labels": np.ones(4, int)}, r"det\.labels: does not belong to det"),
     ],
 )
 def test_writer_rejects_bad_arrays(writer, gt_det, section, changes, message) -> None:
@@ -547,6 +614,8 @@ def test_writer_rejects_bad_frames(writer, gt_det) -> None:
     gt, det = gt_det
     with pytest.raises(DataError, match=r"frame 'f/1' det: det is required"):
         writer.add_frame("f/1", gt)
+    with pytest.raises(DataError, match=r"frame 'f/1' det_train: det_train given but"):
+        writer.add_frame("f/1", gt, det, det_train=gt)
     writer.add_frame("f/1", gt, det)
     with pytest.raises(DataError, match=r"frames: duplicate frame key 'f/1'"):
         writer.add_frame("f/1", gt, det)
@@ -556,19 +625,39 @@ def test_writer_rejects_bad_frames(writer, gt_det) -> None:
         writer.add_frame("f/2", {"boxes": gt.boxes}, det)
 
 
-def test_writer_rejects_det_without_num_classes(tmp_path: Path, gt_det) -> None:
+def test_writer_rejects_sections_it_does_not_have(tmp_path: Path, gt_det) -> None:
     gt, det = gt_det
-    with FeatureStoreWriter(tmp_path / "s", object_dim=OBJ, union_dim=UNION) as writer:
-        with pytest.raises(DataError, match="det given but the writer has no num_classes"):
-            writer.add_frame("f/1", gt, det)
-        writer.add_frame("f/1", gt)
-    assert FeatureStore(tmp_path / "s").keys == ("f/1",)
+    with FeatureStoreWriter(tmp_path / "s", **DIMS, gt_class_dists=False) as writer:
+        with pytest.raises(DataError, match=r"det: det given but the writer's sections are"):
+            writer.add_frame("f/1", replace(gt, class_dists=None), det)
+        with pytest.raises(DataError, match=r"class_dists: does not belong .*gt_class_dists"):
+            writer.add_frame("f/1", gt)
+        writer.add_frame("f/1", replace(gt, class_dists=None))
+    store = FeatureStore(tmp_path / "s")
+    assert store.keys == ("f/1",) and not store.has_class_dists("gt")
+    assert store.video(["f/1"]).class_dists is None
+
+
+def test_det_train_rules(tmp_path: Path) -> None:
+    rng = np.random.default_rng(4)
+    gt, train = make_frame(rng, 2, 1), make_frame(rng, 3, 2, "det_train")
+    with FeatureStoreWriter(tmp_path / "s", **DIMS, sections=("gt", "det_train")) as writer:
+        with pytest.raises(DataError, match=r"det_train\.labels: labels must lie in 0\.\.4"):
+            writer.add_frame("f/1", gt, det_train=replace(train, labels=np.array([0, 5, 1])))
+        with pytest.raises(DataError, match=r"det_train\.pair_targets: .* >= 0"):
+            writer.add_frame("f/1", gt, det_train=replace(train, pair_targets=np.array([0, -1])))
+        with pytest.raises(DataError, match=r"det_train\.pair_targets: is required"):
+            writer.add_frame("f/1", gt, det_train=replace(train, pair_targets=None))
+        writer.add_frame("f/1", gt, det_train=train)
+    store = FeatureStore(tmp_path / "s", verify=True)
+    assert store.sections == ("gt", "det_train") and not store.has_detections
+    assert_frame_equal(store.frame("f/1", "det_train"), train, "float32")
 
 
 def test_rejected_frame_writes_nothing(tmp_path: Path, gt_det) -> None:
     gt, det = gt_det
     path = tmp_path / "s"
-    with FeatureStoreWriter(path, object_dim=OBJ, union_dim=UNION, num_classes=CLASSES) as w:
+    with FeatureStoreWriter(path, **DIMS, sections=("gt", "det")) as w:
         w.add_frame("f/1", gt, det)
         # gt is valid and checked first; the bad det must not leave gt rows behind.
         with pytest.raises(DataError):
@@ -576,7 +665,8 @@ def test_rejected_frame_writes_nothing(tmp_path: Path, gt_det) -> None:
         w.add_frame("f/3", gt, det)
     store = FeatureStore(path, verify=True)
     assert store.keys == ("f/1", "f/3")
-    assert store.manifest["sections"]["gt"] == {"boxes": 6, "pairs": 4}
+    assert store.manifest["sections"]["gt"]["boxes"] == 6
+    assert store.manifest["sections"]["gt"]["pairs"] == 4
     assert_frame_equal(store.frame("f/3"), gt, "float32")
 
 
@@ -584,14 +674,17 @@ def test_rejected_frame_writes_nothing(tmp_path: Path, gt_det) -> None:
     "kwargs",
     [
         {"object_dim": 0},
-        {"union_dim": 2.5},
-        {"num_classes": 0},
+        {"union_channels": 2.5},
+        {"union_size": 0},
+        {"num_classes": 1},
+        {"sections": ("det",)},
+        {"sections": ("gt", "pred")},
         {"dtype": "float64"},
         {"dtype": "nonsense"},
     ],
 )
 def test_writer_rejects_bad_arguments(tmp_path: Path, kwargs: dict) -> None:
-    args = {"object_dim": OBJ, "union_dim": UNION, **kwargs}
+    args = {**DIMS, **kwargs}
     with pytest.raises(ValueError):
         FeatureStoreWriter(tmp_path / "s", **args)
     assert list(tmp_path.iterdir()) == []

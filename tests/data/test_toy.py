@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from m3sgg.data.action_genome import ActionGenome
-from m3sgg.data.features import FeatureStore
+from m3sgg.data.features import FeatureStore, union_index
 from m3sgg.data.toy import make_toy_action_genome
 from m3sgg.errors import DataError
 from m3sgg.vocab import AG_OBJECT_CLASSES, AG_PREDICATES, squash
@@ -116,10 +116,23 @@ def test_store_matches_annotations(toy_root):
             pairs = feats.pair_idx[feats.im_idx == f]
             assert (pairs[:, 0] == rows[0]).all() and pairs[:, 1].tolist() == rows[1:].tolist()
         assert det is not None and det.frame_keys == gt.frame_keys
-        assert det.boxes[:, 0].min() == 0 and det.class_dists.shape[1] == len(AG_OBJECT_CLASSES)
+        assert det.boxes[:, 0].min() == 0
+        assert det.class_dists.shape[1] == len(AG_OBJECT_CLASSES) - 1  # classes 1..36
         np.testing.assert_allclose(det.class_dists.sum(axis=1), 1.0, rtol=1e-5)
+        np.testing.assert_allclose(feats.class_dists.sum(axis=1), 1.0, rtol=1e-5)
+        # det_train: every GT object of a frame is a pair (found or supplied), person first.
+        train = sample.det_train
+        assert train is not None and train.num_pairs == gt.num_objects
+        assert sorted(zip(train.im_idx, train.pair_targets, strict=True)) == [
+            (int(f), int(o - offsets[f])) for o, f in enumerate(gt.obj_frame)
+        ]
+        box_class = train.labels[train.pair_idx[:, 1]]
+        np.testing.assert_array_equal(
+            box_class, gt.obj_class[offsets[train.im_idx] + train.pair_targets]
+        )
     store = FeatureStore(toy_root / "features")
-    assert (store.object_dim, store.union_dim, store.num_classes) == (64, 64, 37)
+    assert (store.object_dim, store.union_channels, store.union_size) == (64, 8, 7)
+    assert store.num_classes == 37 and store.sections == ("gt", "det", "det_train")
 
 
 def test_detections_are_imperfect_but_informative(toy_root):
@@ -130,7 +143,7 @@ def test_detections_are_imperfect_but_informative(toy_root):
         n_gt += gt.num_objects
         n_det += det.num_boxes - gt.num_frames  # minus the person detection of each frame
         first = np.concatenate([[True], np.diff(det.boxes[:, 0]) > 0])
-        person_hits += int((det.class_dists[first].argmax(axis=1) == 1).sum())  # person first
+        person_hits += int((det.class_dists[first].argmax(axis=1) == 0).sum())  # person first
         frames += gt.num_frames
         for b in np.flatnonzero(~first):  # a detection overlapping a GT box: same class mostly
             f = int(det.boxes[b, 0])
@@ -139,7 +152,7 @@ def test_detections_are_imperfect_but_informative(toy_root):
                 o = np.flatnonzero(gt.obj_frame == f)[
                     np.abs(same - det.boxes[b, 1:]).max(1).argmin()
                 ]
-                hits += int(det.class_dists[b].argmax() == gt.obj_class[o])
+                hits += int(det.class_dists[b].argmax() + 1 == gt.obj_class[o])
     assert n_det != n_gt  # misses and false positives
     assert hits > 0.5 * n_gt and person_hits > 0.8 * frames
 
@@ -225,11 +238,12 @@ def test_options_and_overwrite(tmp_path):
     root = tmp_path / "small"
     t = time.perf_counter()
     make_toy_action_genome(
-        root, videos=6, seed=3, object_dim=16, union_dim=8, with_detections=False
+        root, videos=6, seed=3, object_dim=16, union_channels=4, with_detections=False
     )
     assert time.perf_counter() - t < 10
     manifest = json.loads((root / "features" / "manifest.json").read_text())
-    assert (manifest["object_dim"], manifest["union_dim"], manifest["num_classes"]) == (16, 8, None)
+    assert (manifest["object_dim"], manifest["union_channels"]) == (16, 4)
+    assert list(manifest["sections"]) == ["gt"]
     sample = ActionGenome(root, "train", features=root / "features")[0]
     assert sample.det is None and sample.features.box_features.shape[1] == 16
     with pytest.raises(DataError, match="not empty"):
@@ -265,7 +279,15 @@ def test_features_carry_signal(tmp_path):
         for s in ActionGenome(root, split, features=root / "features"):
             xs.append(s.features.box_features[s.features.pair_idx[:, 1]])
             ys.append(s.gt.obj_class)
-            us.append(s.features.union_features)
+            feats = s.features
+            counts = feats.box_counts()
+            rows = feats.union_offsets[feats.im_idx] + union_index(
+                feats.pair_idx[:, 0] - (np.cumsum(counts) - counts)[feats.im_idx],
+                feats.pair_idx[:, 1] - (np.cumsum(counts) - counts)[feats.im_idx],
+                counts[feats.im_idx],
+                False,
+            )
+            us.append(feats.union_maps[rows].reshape(len(rows), -1))
             multi = np.zeros((s.gt.num_objects, 26))
             multi[s.gt.rel_obj, s.gt.rel_pred] = 1
             ps.append(multi)
@@ -293,4 +315,4 @@ def test_dataset_pickles_for_worker_processes(toy_root):
     a, b = ds[2], clone[2]
     assert a.gt.frame_keys == b.gt.frame_keys
     np.testing.assert_array_equal(a.gt.rel_pred, b.gt.rel_pred)
-    np.testing.assert_array_equal(a.features.union_features, b.features.union_features)
+    np.testing.assert_array_equal(a.features.union_maps, b.features.union_maps)

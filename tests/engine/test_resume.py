@@ -14,7 +14,7 @@ from m3sgg.engine.checkpoint import load_checkpoint
 
 REPO = Path(__file__).resolve().parents[2]
 SMALL = [
-    "--set", "data.toy_videos=16", "--set", "model.options.d_model=32",
+    "--set", "data.toy_videos=16",
     "--set", "model.options.heads=2", "--set", "model.options.ff_dim=32",
     "--set", "model.options.proj_dim=32", "--set", "model.options.embed_dim=16",
     "--set", "checkpoint.every_iters=4", "--epochs", "2",

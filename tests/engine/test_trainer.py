@@ -300,3 +300,16 @@ def small_config_args(tmp_path, name):
     from tests.conftest import SMALL_RUN
 
     return [*SMALL_RUN, f"run.output={tmp_path / 'runs'}", f"run.name={name}"]
+
+
+def test_a_matcher_goes_to_a_model_that_declares_one(small_config):
+    from m3sgg.models.matching import HungarianMatcher
+
+    trainer = Trainer.from_config(small_config("train.epochs=1"))
+    model, config, loader = trainer.model, trainer.config, trainer.dataloader_train
+    with pytest.raises(TypeError, match="STTran takes no matcher"):
+        Trainer(model, config, loader, matcher=HungarianMatcher())
+    model.matcher = None  # the attribute is how a model declares that it takes one
+    matcher = HungarianMatcher(cost_class=2.0)
+    assert Trainer(model, config, loader, matcher=matcher).core_model.matcher is matcher
+    assert Trainer(model, config, loader).core_model.matcher is matcher  # None keeps it

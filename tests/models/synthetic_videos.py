@@ -1,7 +1,7 @@
 """Synthetic Action Genome videos (VideoSample with gt and det feature sections) for model tests.
 
 The features carry signal: an object's box feature is a fixed random code of its class plus
-noise, a pair's union feature a fixed random code of its relation labels plus noise, so a model
+noise, a person-object union map a fixed random code of its relation labels plus noise, so a model
 can learn from them in a few steps. Widths are tiny (CPU tests).
 """
 
@@ -12,31 +12,28 @@ from collections.abc import Callable
 import numpy as np
 
 from m3sgg.data.action_genome import VideoSample
-from m3sgg.data.features import VideoFeatures
+from m3sgg.data.features import VideoFeatures, union_counts, union_pairs
 from m3sgg.data.structures import VideoGT
 
 OBJECT_DIM = 12
-UNION_DIM = 16
+UNION_CHANNELS = 6
 NUM_CLASSES = 37
-#: Small STTran widths (3 * 8 + 2 * 4 = 32 = d_model: the token needs no projection).
+#: Small STTran widths (token 3 * 8 + 2 * 4 = 32, divisible by the 4 heads).
 TINY = {
     "object_dim": OBJECT_DIM,
-    "union_dim": UNION_DIM,
-    "d_model": 32,
+    "union_channels": UNION_CHANNELS,
     "proj_dim": 8,
     "embed_dim": 4,
+    "conv_dim": 8,
     "heads": 4,
     "ff_dim": 32,
     "enc_layers": 1,
     "dec_layers": 2,
-    "window": 2,
-    "mask_channels": 4,
-    "classifier_dim": 16,
 }
 
 _CODES = np.random.default_rng(1234)
 CLASS_CODES = _CODES.normal(size=(NUM_CLASSES, OBJECT_DIM)).astype(np.float32)
-RELATION_CODES = _CODES.normal(size=(26, UNION_DIM)).astype(np.float32)
+RELATION_CODES = _CODES.normal(size=(26, UNION_CHANNELS * 49)).astype(np.float32)
 
 
 def _random_box(rng: np.random.Generator) -> np.ndarray:
@@ -95,7 +92,9 @@ def make_video(
         return CLASS_CODES[cls] + noise * rng.normal(size=(len(cls), OBJECT_DIM))
 
     def union_code(hot: np.ndarray) -> np.ndarray:
-        return hot @ RELATION_CODES + noise * rng.normal(size=(len(hot), UNION_DIM))
+        """Union maps ``[len(hot), C, 7, 7]`` of relations with multi-hot labels ``hot``."""
+        codes = hot @ RELATION_CODES + noise * rng.normal(size=(len(hot), UNION_CHANNELS * 49))
+        return codes.reshape(-1, UNION_CHANNELS, 7, 7)
 
     # gt section: per frame the person then its objects; pairs (person, object).
     frame_of_box = np.repeat(np.arange(frames), counts + 1)
@@ -113,9 +112,8 @@ def make_video(
         box_features=box_code(box_class).astype(np.float32),
         pair_idx=np.column_stack([starts[obj_frame], obj_box]).astype(np.int64),
         im_idx=obj_frame.astype(np.int64),
-        union_features=union_code(multi_hot).astype(np.float32),
-        scores=None,
-        class_dists=None,
+        **_union_table(counts + 1, multi_hot, union_code, rng, diagonal=False),
+        class_dists=_dists(rng, box_class),
     )
     det_features = _det_section(rng, gt, box_code, union_code, multi_hot) if det else None
     return VideoSample(index, video_id, gt, gt_features, det_features)
@@ -148,16 +146,44 @@ def _det_section(
                 o = offsets[f] + k - 1
                 hots.append(multi_hot[o] if o < offsets[f + 1] else np.zeros(26, np.float32))
     classes_arr = np.array(classes)
-    dists = np.full((len(classes), NUM_CLASSES), 0.01, dtype=np.float32)
-    dists[np.arange(len(classes)), classes_arr] = 0.6
-    dists /= dists.sum(axis=1, keepdims=True)
+    counts = np.diff(offsets) + 2
     return VideoFeatures(
         frame_keys=gt.frame_keys,
         boxes=np.array(boxes, dtype=np.float32),
         box_features=box_code(classes_arr).astype(np.float32),
         pair_idx=np.array(pairs, dtype=np.int64).reshape(-1, 2),
         im_idx=np.array(im_idx, dtype=np.int64),
-        union_features=union_code(np.array(hots).reshape(-1, 26)).astype(np.float32),
+        **_union_table(counts, np.array(hots).reshape(-1, 26), union_code, rng, diagonal=True),
+        class_dists=_dists(rng, classes_arr),
         scores=rng.uniform(0.5, 1.0, size=len(classes)).astype(np.float32),
-        class_dists=dists,
     )
+
+
+def _dists(rng: np.random.Generator, classes: np.ndarray) -> np.ndarray:
+    """Detector-like distributions over classes 1..36 peaked on ``classes``."""
+    dists = rng.uniform(0.0, 0.05, size=(len(classes), NUM_CLASSES - 1))
+    dists[np.arange(len(classes)), classes - 1] = 0.6
+    return (dists / dists.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+def _union_table(
+    counts: np.ndarray,
+    person_hot: np.ndarray,
+    union_code: Callable[[np.ndarray], np.ndarray],
+    rng: np.random.Generator,
+    *,
+    diagonal: bool,
+) -> dict:
+    """Union maps of every box pair of each frame (``counts`` boxes; box 0 the person): the
+    person's pair with box ``m`` codes ``person_hot`` of that object, other pairs are noise."""
+    frame, first, second = union_pairs(counts, diagonal)
+    hot = np.zeros((len(frame), 26), dtype=np.float32)
+    person_pair = (first == 0) & (second > 0)
+    obj_start = np.cumsum(counts - 1) - (counts - 1)
+    hot[person_pair] = person_hot[obj_start[frame[person_pair]] + second[person_pair] - 1]
+    maps = union_code(hot).astype(np.float32)
+    return {
+        "union_maps": maps,
+        "union_offsets": np.concatenate([[0], np.cumsum(union_counts(counts, diagonal))]),
+        "union_diagonal": diagonal,
+    }

@@ -19,11 +19,11 @@ DIM = 16
 @pytest.fixture(scope="module")
 def toy_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_toy_action_genome(
-        tmp_path_factory.mktemp("toy") / "ag", videos=10, seed=0, object_dim=DIM, union_dim=DIM
+        tmp_path_factory.mktemp("toy") / "ag", videos=10, seed=0, object_dim=DIM, union_channels=4
     )
 
 
-@pytest.mark.parametrize("mode", ["predcls", "sgdet"])
+@pytest.mark.parametrize("mode", ["predcls", "sgcls"])
 def test_few_steps_on_toy_data(toy_root: Path, mode: str) -> None:
     train = ActionGenome(toy_root, "train", features=toy_root / "features")
     test = ActionGenome(toy_root, "test", features=toy_root / "features")
@@ -32,15 +32,13 @@ def test_few_steps_on_toy_data(toy_root: Path, mode: str) -> None:
         "action_genome",
         mode,
         object_dim=DIM,
-        union_dim=DIM,
-        d_model=32,
+        union_channels=4,
         proj_dim=8,
         embed_dim=4,
+        conv_dim=4,
         heads=4,
         ff_dim=32,
         dec_layers=1,
-        mask_channels=4,
-        classifier_dim=16,
         dropout=0.0,
     )
     optimiser = torch.optim.Adam(model.parameters(), lr=3e-3)

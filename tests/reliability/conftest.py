@@ -36,13 +36,11 @@ RUN_SETTINGS: dict[str, Any] = {
     "checkpoint": {"every_iters": 3},
     "model": {  # every option given: the same model on the toy data and on a copy of it
         "options": {
-            "d_model": 32,
             "heads": 2,
             "ff_dim": 32,
             "proj_dim": 32,
             "embed_dim": 16,
-            "mask_channels": 8,
-            "classifier_dim": 32,
+            "conv_dim": 8,
             "enc_layers": 1,
             "dec_layers": 1,
         }

@@ -66,7 +66,7 @@ class Corpus:
         easg: the toy EASG dataset; never modified.
         config: the config file of the runs (``RUN_SETTINGS`` without plugins).
         run: a finished run made with ``config`` (the reference run's files), never modified.
-        d64: a checkpoint of the same model with ``d_model=64`` (other weight shapes).
+        d64: a checkpoint of the same model with ``proj_dim=16`` (other weight shapes).
         other_model: a checkpoint of the EASG model ``easg_fc``.
     """
 
@@ -680,7 +680,7 @@ def _drop_one_weight(corpus: Corpus, ckpt: dict) -> None:
 
 
 def _shapes_with_own_config(corpus: Corpus, ckpt: dict) -> Replace:
-    """The d_model=64 weights under this run's config (d_model=32): shapes that do not fit."""
+    """The proj_dim=16 weights under this run's config (proj_dim=32): shapes that do not fit."""
     other = _load(corpus.d64)
     other["config"] = ckpt["config"]
     return Replace(other)
@@ -709,7 +709,7 @@ CHECKPOINT_CASES = [
     ),
     checkpoint_case(
         "checkpoint-other-shapes", _copy_from("d64"), "model", evaluate=False
-    ),  # evaluate builds the d_model=64 model the file describes: nothing wrong there
+    ),  # evaluate builds the proj_dim=16 model the file describes: nothing wrong there
     checkpoint_case(
         "checkpoint-shapes-unlike-its-config", _resave(_shapes_with_own_config), "model"
     ),

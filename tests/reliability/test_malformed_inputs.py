@@ -50,7 +50,7 @@ def corpus(reference_run: Reference, tmp_path_factory: pytest.TempPathFactory) -
         easg=easg,
         config=config,
         run=reference_run.run,
-        d64=checkpoint("d64", config, ["model.options.d_model=64"]),
+        d64=checkpoint("d64", config, ["model.options.proj_dim=16"]),
         other_model=checkpoint("easg", None, EASG_TOY),
     )
     made.run = made.run_copy(root / "runs")
@@ -142,7 +142,7 @@ def test_malformed_file_through_a_real_process(case: Case, corpus: Corpus, tmp_p
 def test_a_refused_resume_leaves_the_run_config_alone(corpus: Corpus, run_cli: Callable) -> None:
     """``--resume auto`` with options that do not fit the run: refused, nothing rewritten."""
     invocation = Invocation(
-        [corpus.resume_args(corpus.run, "--set", "model.options.d_model=64")],
+        [corpus.resume_args(corpus.run, "--set", "model.options.proj_dim=16")],
         corpus.run / "checkpoints" / "last.pt",
         "model",
         corpus.run,

@@ -32,7 +32,7 @@ from hypothesis import strategies as st
 
 from m3sgg.data.action_genome import ActionGenome, VideoSample, clear_annotation_cache
 from m3sgg.data.collate import collate, split_predictions
-from m3sgg.data.features import VideoFeatures
+from m3sgg.data.features import VideoFeatures, union_counts
 from m3sgg.data.structures import VideoGT
 from m3sgg.metrics.action_genome import ActionGenomeRecallSuite
 from m3sgg.vocab import (
@@ -259,9 +259,9 @@ def make_video(index: int, shape: VideoShape, dim: int = 8) -> VideoSample:
         box_features=rng.standard_normal((n, dim)).astype(np.float32),
         pair_idx=np.asarray(pairs, dtype=np.int64).reshape(p, 2),
         im_idx=np.asarray(pair_frames, dtype=np.int64),
-        union_features=rng.standard_normal((p, dim)).astype(np.float32),
-        scores=None,
-        class_dists=None,
+        union_maps=rng.standard_normal((int(union_counts(counts + 1, False).sum()), 2, 1, 1)),
+        union_offsets=np.concatenate([[0], np.cumsum(union_counts(counts + 1, False))]),
+        union_diagonal=False,
     )
     return VideoSample(index=index, video_id=video_id, gt=gt, features=features)
 
@@ -298,6 +298,12 @@ def test_collate_then_split_gives_every_video_its_own_rows(
     # pairs of a video are contiguous, and index boxes and frames of that same video
     pair_video = batch.pair_video.numpy()
     assert (np.diff(pair_video) >= 0).all()
+    # each pair's union row lies in its own frame's table, one row per pair of the frame
+    rows = batch.union_rows(batch.pair_idx)
+    assert (rows >= batch.frame_union_offsets[batch.im_idx]).all()
+    assert (rows < batch.frame_union_offsets[batch.im_idx + 1]).all()
+    assert len(torch.unique(rows)) == batch.num_pairs
+    assert len(batch.union_maps) == batch.frame_union_offsets[-1]
     assert (batch.box_video.numpy()[batch.pair_idx.numpy()] == pair_video[:, None]).all()
     assert (batch.frame_video.numpy()[batch.im_idx.numpy()] == pair_video).all()
     assert batch.relation_mask.all() and (batch.attention >= 0).all()

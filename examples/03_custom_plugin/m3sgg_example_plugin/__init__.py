@@ -41,7 +41,7 @@ class PairProbe(nn.Module):
     supported_modes = frozenset({"predcls"})
     input_section = "gt"
 
-    def __init__(self, *, object_dim: int, union_dim: int, dataset: str, mode: str):
+    def __init__(self, *, object_dim: int, union_channels: int, dataset: str, mode: str):
         super().__init__()
         self.head = nn.Linear(2 * object_dim, 3 + 6 + 17)
 
