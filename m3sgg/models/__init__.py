@@ -1,7 +1,8 @@
 """Models: the registry, the model protocol, and the built-in models (registered on import).
 
-Built-in: ``"sttran"`` and ``"dsg_detr"`` (Action Genome: predcls, sgcls), ``"easg_fc"`` and
-``"sttran_easg"`` (EASG: edgecls, sgcls, easgcls). Plugins add models with
+Built-in: ``"sttran"`` and ``"dsg_detr"`` (Action Genome: predcls, sgcls), ``"tempura"`` (Action
+Genome: predcls), ``"easg_fc"`` and ``"sttran_easg"`` (EASG: edgecls, sgcls, easgcls). Plugins add
+models with
 :func:`register_model`; the engine builds any of them with :func:`build_model`.
 """
 
@@ -18,11 +19,13 @@ from m3sgg.models.registry import (
     unregister_model,
 )
 from m3sgg.models.sttran import STTran
+from m3sgg.models.tempura import TEMPURA
 
 __all__ = [
     "AG_PREDICTION_KEYS",
     "DSGDETR",
     "EASGFC",
+    "TEMPURA",
     "ModelProtocol",
     "ModelSpec",
     "STTran",

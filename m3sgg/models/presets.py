@@ -22,6 +22,15 @@ TOY_PRESETS: dict[str, dict[str, Any]] = {
         "enc_layers": 1,
         "dec_layers": 1,
     },
+    "tempura": {
+        "proj_dim": 32,
+        "embed_dim": 16,
+        "conv_dim": 16,
+        "heads": 4,
+        "ff_dim": 128,
+        "enc_layers": 1,
+        "dec_layers": 1,
+    },
     "dsg_detr": {
         "proj_dim": 32,
         "embed_dim": 16,

@@ -2,11 +2,16 @@
 
 - :mod:`.relation`: the relation token (projections, union branch, computed masks, embeddings);
 - :mod:`.transformer`: the spatial encoder and the two-frame-window temporal decoder;
-- :mod:`.model`: :class:`STTran` composing them, and its losses.
+- :mod:`.classifier`: the object classifier and the evaluation labelling (sgcls);
+- :mod:`.model`: :class:`STTran` composing them, and its losses;
+- :mod:`.convert`: the original's checkpoint layout; ``import_original("sttran", source,
+  mode=...)`` (registered here) returns our model with those weights.
 
 Models built on STTran import these modules (composition), never copy them.
 """
 
+from m3sgg.models.originals import register_original
+from m3sgg.models.sttran.convert import import_sttran, original_state_dict
 from m3sgg.models.sttran.model import STTran, per_video_mean
 from m3sgg.models.sttran.relation import (
     MASK_SIZE,
@@ -32,6 +37,10 @@ __all__ = [
     "SpatialEncoder",
     "TemporalDecoder",
     "class_word_vectors",
+    "import_sttran",
+    "original_state_dict",
     "per_video_mean",
     "union_masks",
 ]
+
+register_original("sttran", import_sttran)

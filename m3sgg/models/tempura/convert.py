@@ -1,0 +1,223 @@
+"""The original TEMPURA's checkpoints (github:sayaknag/unbiasedSGG) → ours.
+
+A checkpoint of the original's ``train.py`` is ``{"state_dict": ..., "object_memory": ...,
+"rel_memory": ...}``; ``rel_memory`` is ``{"attention": [3, 1936], "spatial": [6, 1936],
+"contacting": [17, 1936]}`` after the first epoch and ``[]`` before (its ``test.py`` never
+restores it; here it becomes the model's memory). The state dict's keys are STTran's
+(:func:`m3sgg.models.sttran.convert.key_map`) except:
+
+- the relation heads are mixtures: ``{a,s,c}_rel_compress.heads.{mu,var,pi}_{i}.{weight,bias}``,
+  fused into each head's ``proj`` (:func:`~m3sgg.models.tempura.gmm.gmm_state_from_original`);
+- the memory read-out: ``glocal_transformer.mem_attention.*`` (joint: one attention;
+  separate: one per group) and, with automated selection, ``glocal_transformer.selector.*``;
+- TEMPURA's object classifier (``intermediate`` + ``decoder_lin``, optional tracking encoder and
+  object memory): known, and dropped in predcls, where the original never uses it.
+
+An unknown, missing or mis-shaped key is refused with one line naming it
+(:class:`~m3sgg.errors.DataError`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+from m3sgg.errors import DataError
+from m3sgg.models.sttran.convert import convert_state_dict, load_original_state
+from m3sgg.models.sttran.convert import key_map as sttran_key_map
+from m3sgg.models.tempura.gmm import gmm_state_from_original
+from m3sgg.vocab import GROUP_SIZES
+
+__all__ = ["convert_original", "import_tempura", "key_map", "load_original"]
+
+_LINEAR = ("weight", "bias")
+_BATCHNORM = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
+_HEADS = ("a_rel_compress", "s_rel_compress", "c_rel_compress")
+_GROUPS = ("attention", "spatial", "contacting")
+#: the original's separate memory attentions, in the order of our groups
+_SEPARATE = ("attention", "spatial", "contacting")
+_TRACKING_LAYERS = 3
+
+
+def _classifier_keys(k: int) -> list[str]:
+    """Every key TEMPURA's ObjectClassifier may hold (below ``object_classifier.``)."""
+    keys = ["obj_embed.weight"]
+    keys += [f"pos_embed.0.{n}" for n in _BATCHNORM] + [f"pos_embed.1.{n}" for n in _LINEAR]
+    keys += [f"intermediate.0.{n}" for n in _LINEAR] + [f"intermediate.1.{n}" for n in _BATCHNORM]
+    keys += [f"decoder_lin.0.{n}" for n in _LINEAR]  # linear object head (the recipes)
+    keys += [  # mixture object head
+        f"decoder_lin.heads.{part}_{i}.{n}"
+        for part in ("mu", "var", "pi")
+        for i in range(1, k + 1)
+        for n in _LINEAR
+    ]
+    keys += ["positional_encoder.pe"]
+    for i in range(_TRACKING_LAYERS):
+        layer = f"encoder_tran.layers.{i}"
+        keys += [f"{layer}.self_attn.{n}" for n in ("in_proj_weight", "in_proj_bias")]
+        keys += [f"{layer}.self_attn.out_proj.{n}" for n in _LINEAR]
+        for part in ("linear1", "linear2", "norm1", "norm2"):
+            keys += [f"{layer}.{part}.{n}" for n in _LINEAR]
+    keys += ["mem_attention.in_proj_weight", "mem_attention.out_proj.weight"]
+    keys += [f"selector.{n}" for n in _LINEAR]
+    return keys
+
+
+def key_map(model: Any) -> dict[str, str | None]:
+    """Original key → our key for ``model`` (a :class:`~m3sgg.models.tempura.TEMPURA`);
+    ``None`` marks a known key the model drops. Head keys are the fused ``<head>.proj.*``."""
+    enc, dec = len(model.spatial.layers), len(model.temporal.layers)
+    table = {
+        key: target
+        for key, target in sttran_key_map(enc, dec, classifier=False).items()
+        if not key.startswith(("object_classifier.", *(f"{h}." for h in _HEADS)))
+    }
+    for head in _HEADS:
+        for name in _LINEAR:
+            table[f"{head}.proj.{name}"] = f"{head}.proj.{name}"
+    for key in _classifier_keys(model.k):
+        table[f"object_classifier.{key}"] = None
+    fusion = model.memory_fusion
+    if fusion is not None:
+        source = "glocal_transformer.mem_attention"
+        names = ("in_proj_weight", "out_proj.weight")
+        if fusion.groups is None:
+            for name in names:
+                table[f"{source}.{name}"] = f"memory_fusion.attention.{name}"
+        else:
+            for i, group in enumerate(_SEPARATE):
+                for name in names:
+                    table[f"{source}.{group}.{name}"] = f"memory_fusion.attention.{i}.{name}"
+        if fusion.selector is not None:
+            for name in _LINEAR:
+                table[f"glocal_transformer.selector.{name}"] = f"memory_fusion.selector.{name}"
+    return table
+
+
+def load_original(source: Any) -> tuple[dict[str, torch.Tensor], Any, str]:
+    """``(state_dict, rel_memory, where)`` from a path, a checkpoint mapping or a state dict."""
+    rel_memory: Any = []
+    where = "<state dict>"
+    if isinstance(source, Mapping) and "rel_memory" in source:
+        rel_memory = source["rel_memory"]
+    elif not isinstance(source, Mapping):  # a path: read once, keep the memory
+        import os
+
+        where = os.fspath(source)
+        try:
+            loaded = torch.load(where, map_location="cpu", weights_only=True)
+        except FileNotFoundError:
+            raise DataError(where, "no such file") from None
+        except Exception as err:
+            message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise DataError(where, f"cannot read as a torch checkpoint: {message}") from None
+        if isinstance(loaded, Mapping):
+            rel_memory = loaded.get("rel_memory", [])
+        source = loaded
+    state, _ = load_original_state(source)
+    return state, rel_memory, where
+
+
+def _memory(rel_memory: Any, model: Any, where: str) -> torch.Tensor | None:
+    """The checkpoint's memory as our [26, D] rows, or None when it has none."""
+    if rel_memory is None or (isinstance(rel_memory, list | tuple) and not rel_memory):
+        return None
+    if not isinstance(rel_memory, Mapping) or set(rel_memory) != set(_GROUPS):
+        raise DataError(
+            where, f"expected a dict with keys {list(_GROUPS)} or []", field="rel_memory"
+        )
+    if model.memory_fusion is None:
+        raise DataError(where, "the checkpoint has a memory, this model none", field="rel_memory")
+    width = model.memory_fusion.memory.shape[1]
+    parts = []
+    for group in _GROUPS:
+        part = torch.as_tensor(rel_memory[group]).float()
+        expected = (GROUP_SIZES[group], width)
+        if tuple(part.shape) != expected:
+            raise DataError(
+                where,
+                f"shape {tuple(part.shape)}, this model expects {expected}",
+                field=f"rel_memory.{group}",
+            )
+        parts.append(part)
+    return torch.cat(parts)
+
+
+def convert_original(source: Any, model: Any, where: str | None = None) -> dict[str, torch.Tensor]:
+    """A state dict for ``model`` from an original TEMPURA checkpoint (memory included).
+
+    Args:
+        source: a path, ``{"state_dict", "rel_memory", ...}`` or a bare state dict.
+        model: the :class:`~m3sgg.models.tempura.TEMPURA` to fill (its options must match the
+            checkpoint's: K, memory kind, selection, layer counts).
+        where: a name for messages (default: the path).
+
+    Raises:
+        DataError: unknown, missing or mis-shaped key, or a memory that does not fit.
+    """
+    state, rel_memory, origin = load_original(source)
+    where = where or origin
+    state = dict(state)
+    for head in _HEADS:
+        original_keys = [k for k in state if k.startswith(f"{head}.heads.")]
+        if not original_keys:
+            continue
+        try:
+            fused = gmm_state_from_original(state, f"{head}.", model.k)
+        except KeyError as err:
+            raise DataError(
+                where, "missing key of the original's layout", field=err.args[0]
+            ) from None
+        extra = sorted(
+            set(original_keys)
+            - {
+                f"{head}.heads.{p}_{i}.{n}"
+                for p in ("mu", "var", "pi")
+                for i in range(1, model.k + 1)
+                for n in _LINEAR
+            }
+        )
+        if extra:
+            raise DataError(where, f"unknown key (is K {model.k}?)", field=extra[0])
+        for key in original_keys:
+            del state[key]
+        for name, value in fused.items():
+            state[f"{head}.{name}"] = value
+    converted = convert_state_dict(state, _Buffers(model), key_map(model), where)
+    memory = _memory(rel_memory, model, where)
+    if model.memory_fusion is not None:
+        converted["memory_fusion.memory"] = (
+            memory if memory is not None else torch.zeros_like(model.memory_fusion.memory)
+        )
+        converted["memory_fusion.ready"] = torch.tensor(memory is not None)
+    return converted
+
+
+class _Buffers:
+    """``model`` seen without its memory buffers (they come from ``rel_memory``, not the
+    state dict)."""
+
+    def __init__(self, model: Any):
+        self.model = model
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {
+            k: v
+            for k, v in self.model.state_dict().items()
+            if k not in ("memory_fusion.memory", "memory_fusion.ready")
+        }
+
+
+def import_tempura(source: Any, **options: Any) -> Any:
+    """``import_original("tempura", source, **options)``: a :class:`TEMPURA` built with
+    ``options`` (``mode``, ``k``, ``memory``, ...: the checkpoint's settings; the widths default to
+    the paper's) with the original checkpoint's weights and memory loaded, in eval mode."""
+    from m3sgg.models.tempura.model import TEMPURA
+
+    options.setdefault("object_dim", 2048)  # the AG detector's widths
+    options.setdefault("union_channels", 1024)
+    model = TEMPURA(**options)
+    model.load_state_dict(convert_original(source, model))
+    return model.eval()

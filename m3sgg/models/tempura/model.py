@@ -1,0 +1,322 @@
+"""TEMPURA (Nag et al., CVPR 2023): STTran with mixture heads and a predicate memory.
+
+Built on STTran's modules by composition (:mod:`m3sgg.models.sttran`): the relation token
+(:class:`~m3sgg.models.sttran.relation.RelationFeatures`), the spatial encoder and the two-frame
+temporal decoder. TEMPURA adds (``lib/tempura.py``, ``lib/transformer.py`` of the original):
+
+- the predicate memory fused into the relation features, after the temporal decoder (``"late"``
+  fusion, the recipes) or between the encoder and the decoder (``"early"``):
+  ``lambda * f + (1 - lambda) * read(memory, f)`` (:class:`~.memory.MemoryFusion`); the memory
+  is rebuilt at the end of every epoch from the pre-fusion features ``f`` of the epoch's training
+  pairs (:mod:`.handlers`); epoch 0 trains without it;
+- mixture (GMM) heads (:class:`~.gmm.GMMHead`) returning **probabilities**: attention
+  (``attention_probabilities``, which the AG metric takes as given), spatial and contacting.
+
+Losses (``train.py``), per video, then averaged over videos: attention NLL on ``log(p + 1e-12)``,
+binary cross-entropy on the spatial and contacting probabilities (the recipes pass no ``-mlm``).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+
+from m3sgg.data.collate import Batch
+from m3sgg.errors import ConfigError
+from m3sgg.models.base import SceneGraphModel
+from m3sgg.models.registry import register_model
+from m3sgg.models.sttran.model import per_video_mean
+from m3sgg.models.sttran.relation import RelationFeatures, class_word_vectors
+from m3sgg.models.sttran.transformer import SpatialEncoder, TemporalDecoder
+from m3sgg.models.tempura.gmm import GMMHead
+from m3sgg.models.tempura.memory import WEIGHTINGS, MemoryAccumulator, MemoryFusion
+from m3sgg.vocab import AG_OBJECT_CLASSES, GROUP_SIZES, NUM_AG_CLASSES
+
+__all__ = ["TEMPURA", "TEMPURA_PREDICTION_KEYS"]
+
+DATASETS = frozenset({"action_genome"})
+MODES = frozenset({"predcls"})
+LOSS_NAMES = ("attention", "spatial", "contacting")
+GROUPS = ("attention", "spatial", "contacting")
+NUM_PREDICATES = sum(GROUP_SIZES[g] for g in GROUPS)
+
+#: What TEMPURA predicts for the AG metric: ``attention_probabilities`` instead of logits.
+TEMPURA_PREDICTION_KEYS: tuple[str, ...] = (
+    "boxes",
+    "labels",
+    "scores",
+    "pred_labels",
+    "pred_scores",
+    "im_idx",
+    "pair_idx",
+    "attention_probabilities",
+    "spatial_distribution",
+    "contacting_distribution",
+)
+
+
+@register_model("tempura", datasets=DATASETS, modes=MODES)
+class TEMPURA(SceneGraphModel):
+    """TEMPURA; see the module docstring.
+
+    Args:
+        object_dim: width of the box features (2048 for the AG detector; the store's).
+        union_channels: channels of the union maps (1024; the store's).
+        proj_dim: subject/object/union projection width (512), as STTran.
+        embed_dim: class embedding width (200); the token is ``3 * proj_dim + 2 * embed_dim``.
+        conv_dim: channels of the union branch (256).
+        heads: attention heads of the transformer (8); must divide the token width.
+        ff_dim: feed-forward width of the transformer layers (2048).
+        enc_layers: spatial encoder layers (1).
+        dec_layers: temporal decoder layers (3).
+        dropout: dropout of the transformer layers (0.1).
+        num_classes: object classes including background (37).
+        class_names: names for word-vector look-up (default: AG's).
+        word_vectors: optional GloVe-style text file initialising both class embeddings.
+        dataset: ``"action_genome"``.
+        mode: ``"predcls"``.
+        k: mixture components of the heads (the recipes: 6 PredCLS, 4 SGCLS/SGDET).
+        memory: ``"joint"`` (one attention over the 26 rows, the recipes), ``"separate"`` (one
+            per predicate group, read-outs averaged) or ``None`` (no memory, no handlers).
+        memory_weighting: ``"simple"`` (the recipes), ``"al"``, ``"ep"`` or ``"both"``.
+        fusion: ``"late"`` (after the temporal decoder, the recipes) or ``"early"``.
+        selection: ``"manual"`` (fixed ``lam``) or ``"automated"`` (learned per row).
+        lam: the features' weight in the fusion (0.5 PredCLS/SGDET, 0.3 SGCLS).
+        loss_weights: multipliers of the named losses; missing names weigh 1.
+
+    Example::
+
+        model = build_model("tempura", "action_genome", "predcls", object_dim=2048,
+                            union_channels=1024, k=6)
+        predictions = model(batch)  # attention_probabilities, spatial/contacting_distribution
+    """
+
+    prediction_keys: ClassVar[tuple[str, ...]] = TEMPURA_PREDICTION_KEYS
+    supported_datasets: ClassVar[frozenset[str]] = DATASETS
+    supported_modes: ClassVar[frozenset[str]] = MODES
+
+    def __init__(
+        self,
+        *,
+        object_dim: int,
+        union_channels: int,
+        dataset: str = "action_genome",
+        mode: str = "predcls",
+        proj_dim: int = 512,
+        embed_dim: int = 200,
+        conv_dim: int = 256,
+        heads: int = 8,
+        ff_dim: int = 2048,
+        enc_layers: int = 1,
+        dec_layers: int = 3,
+        dropout: float = 0.1,
+        num_classes: int = NUM_AG_CLASSES,
+        class_names: Sequence[str] | None = None,
+        word_vectors: str | os.PathLike[str] | None = None,
+        k: int = 4,
+        memory: str | None = "joint",
+        memory_weighting: str = "simple",
+        fusion: str = "late",
+        selection: str = "manual",
+        lam: float = 0.5,
+        loss_weights: Mapping[str, float] | None = None,
+    ) -> None:
+        if dataset not in DATASETS:
+            raise ConfigError(
+                f"tempura: dataset must be one of {sorted(DATASETS)}, got {dataset!r}"
+            )
+        if mode not in MODES:
+            raise ConfigError(f"tempura: mode must be one of {sorted(MODES)}, got {mode!r}")
+        super().__init__(mode)
+        if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+            raise ConfigError(f"tempura: k must be a positive integer, got {k!r}")
+        if memory not in ("joint", "separate", None):
+            raise ConfigError(
+                f"tempura: memory must be 'joint', 'separate' or null, got {memory!r}"
+            )
+        if memory_weighting not in WEIGHTINGS:
+            raise ConfigError(
+                f"tempura: memory_weighting must be one of {list(WEIGHTINGS)}, "
+                f"got {memory_weighting!r}"
+            )
+        if fusion not in ("late", "early"):
+            raise ConfigError(f"tempura: fusion must be 'late' or 'early', got {fusion!r}")
+        if selection not in ("manual", "automated"):
+            raise ConfigError(
+                f"tempura: selection must be 'manual' or 'automated', got {selection!r}"
+            )
+        if not 0.0 <= float(lam) <= 1.0:
+            raise ConfigError(f"tempura: lam must lie in [0, 1], got {lam!r}")
+        weights = dict(loss_weights or {})
+        unknown = sorted(set(weights) - set(LOSS_NAMES))
+        if unknown:
+            raise ConfigError(
+                f"tempura: unknown loss_weights {unknown}; the losses are {list(LOSS_NAMES)}"
+            )
+        token_dim = 3 * proj_dim + 2 * embed_dim
+        if token_dim % heads:
+            raise ConfigError(
+                f"tempura: the token width 3*proj_dim + 2*embed_dim = {token_dim} must be "
+                f"divisible by heads ({heads})"
+            )
+        names = tuple(class_names) if class_names is not None else AG_OBJECT_CLASSES
+        if len(names) != num_classes:
+            raise ConfigError(f"tempura: {len(names)} class_names for num_classes={num_classes}")
+
+        self.k = k
+        self.fusion = fusion
+        self.memory_weighting = memory_weighting
+        self.loss_weights = {name: float(weights.get(name, 1.0)) for name in LOSS_NAMES}
+        self.relation = RelationFeatures(
+            object_dim=object_dim,
+            union_channels=union_channels,
+            num_classes=num_classes,
+            proj_dim=proj_dim,
+            embed_dim=embed_dim,
+            conv_dim=conv_dim,
+        )
+        self.spatial = SpatialEncoder(token_dim, heads, ff_dim, dropout, enc_layers)
+        self.temporal = TemporalDecoder(token_dim, heads, ff_dim, dropout, dec_layers)
+        self.memory_fusion = (
+            MemoryFusion(
+                token_dim,
+                NUM_PREDICATES,
+                selection=selection,  # type: ignore[arg-type]
+                lam=lam,
+                groups=tuple(GROUP_SIZES[g] for g in GROUPS) if memory == "separate" else None,
+            )
+            if memory is not None
+            else None
+        )
+        self.a_rel_compress = GMMHead(token_dim, GROUP_SIZES["attention"], k, "softmax")
+        self.s_rel_compress = GMMHead(token_dim, GROUP_SIZES["spatial"], k, "sigmoid")
+        self.c_rel_compress = GMMHead(token_dim, GROUP_SIZES["contacting"], k, "sigmoid")
+        if word_vectors is not None:
+            vectors, missing = class_word_vectors(word_vectors, names, embed_dim)
+            known = torch.tensor([n != "__background__" and n not in missing for n in names])
+            with torch.no_grad():
+                for embedding in (self.relation.obj_embed, self.relation.obj_embed2):
+                    embedding.weight[known] = vectors[known]
+
+    def extra_repr(self) -> str:
+        memory = "none" if self.memory_fusion is None else self.memory_weighting
+        return f"mode={self.mode!r}, k={self.k}, memory={memory}, fusion={self.fusion!r}"
+
+    # -- the engine's seam -------------------------------------------------------------------
+
+    def train_handlers(self) -> list[Any]:
+        """The uncertainty pass and the memory rebuild (none without a memory)."""
+        if self.memory_fusion is None:
+            return []
+        from m3sgg.models.tempura.handlers import MemoryRebuild, UncertaintyPass
+
+        width = self.memory_fusion.memory.shape[1]
+        accumulator = MemoryAccumulator(NUM_PREDICATES, width, self.memory_weighting)  # type: ignore[arg-type]
+        return [UncertaintyPass(self, accumulator), MemoryRebuild(self, accumulator)]
+
+    def set_memory(self, memory: torch.Tensor) -> None:
+        """Install a predicate memory [26, token] (see :class:`~.memory.MemoryFusion`)."""
+        if self.memory_fusion is None:
+            raise ValueError("tempura: this model was built without a memory (memory=None)")
+        self.memory_fusion.set_memory(memory)
+
+    # -- forward -------------------------------------------------------------------------------
+
+    def _check_batch(self, batch: Batch) -> None:
+        if batch.section != self.input_section:
+            raise ConfigError(
+                f"tempura in {self.mode} needs batches collated with section="
+                f"{self.input_section!r}, got {batch.section!r}"
+            )
+
+    def _fuse(self, x: torch.Tensor) -> torch.Tensor:
+        return x if self.memory_fusion is None else self.memory_fusion(x)
+
+    def relation_context(
+        self, batch: Batch, labels: torch.Tensor, pair_idx: torch.Tensor, im_idx: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(context, features)`` [P, token] of the pairs: ``context`` is what the heads read
+        (memory fused), ``features`` the pre-fusion features the memory is built from."""
+        maps = batch.union_maps[batch.union_rows(pair_idx)]
+        tokens = self.relation(batch.box_features, batch.boxes[:, 1:], labels, pair_idx, maps)
+        frame_start = torch.tensor(batch.frame_offsets[:-1], device=tokens.device)
+        frame_start = frame_start[batch.frame_video]
+        x = self.spatial(tokens, im_idx, batch.num_frames)
+        if self.fusion == "early":
+            features = x
+            x = self._fuse(x)
+        x = self.temporal(x, im_idx, frame_start, batch.num_frames)
+        if self.fusion == "late":
+            features = x
+            x = self._fuse(x)
+        return x, features
+
+    def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """Predictions with batch-level indices (``docs/metrics.md``), attention as
+        ``attention_probabilities``; sampled mixtures in training, their means in evaluation."""
+        self._check_batch(batch)
+        x, _ = self.relation_context(batch, batch.labels, batch.pair_idx, batch.im_idx)
+        return {
+            "attention_probabilities": self.a_rel_compress(x).float(),
+            "spatial_distribution": self.s_rel_compress(x).float(),
+            "contacting_distribution": self.c_rel_compress(x).float(),
+            "boxes": batch.boxes,
+            "labels": batch.labels,
+            "scores": batch.scores,
+            "pred_labels": batch.labels,
+            "pred_scores": batch.scores,
+            "im_idx": batch.im_idx,
+            "pair_idx": batch.pair_idx,
+        }
+
+    def memory_inputs(
+        self, batch: Batch, uncertainty: bool
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """What the uncertainty pass adds to the memory sums, for the pairs with targets:
+        pre-fusion features [P, token], predicate targets [P, 26] (attention one-hot, spatial,
+        contacting) and, when ``uncertainty``, the heads' aleatoric and epistemic values [P, 26].
+        Runs the training-phase logic; the caller puts the model in eval mode (no grad)."""
+        keep = batch.relation_mask
+        x, features = self.relation_context(batch, batch.labels, batch.pair_idx, batch.im_idx)
+        x, features = x[keep], features[keep]
+        attention = F.one_hot(batch.attention[keep].clamp(min=0), GROUP_SIZES["attention"])
+        attention = attention * (batch.attention[keep] >= 0)[:, None]
+        targets = torch.cat(
+            [attention.bool(), batch.spatial[keep] > 0.5, batch.contacting[keep] > 0.5], dim=1
+        )
+        if not uncertainty:
+            return features.float(), targets, None, None
+        parts = [
+            head.uncertainty(x)
+            for head in (self.a_rel_compress, self.s_rel_compress, self.c_rel_compress)
+        ]
+        aleatoric = torch.cat([p[0] for p in parts], dim=1).float()
+        epistemic = torch.cat([p[1] for p in parts], dim=1).float()
+        return features.float(), targets, aleatoric, epistemic
+
+    # -- losses --------------------------------------------------------------------------------
+
+    def loss(
+        self, predictions: Mapping[str, torch.Tensor], batch: Batch
+    ) -> dict[str, torch.Tensor]:
+        """Weighted named losses ``attention`` (NLL of the mixture probabilities), ``spatial``
+        and ``contacting`` (BCE): each the mean over videos of the video's mean over its pairs
+        with targets."""
+        keep = batch.relation_mask
+        video = batch.pair_video[keep]
+        probs = predictions["attention_probabilities"][keep]
+        per_pair = {
+            "attention": -torch.log(probs + 1e-12).gather(1, batch.attention[keep][:, None])[:, 0]
+        }
+        for group in ("spatial", "contacting"):
+            p = predictions[f"{group}_distribution"][keep]
+            target = getattr(batch, group)[keep].to(p.dtype)
+            per_pair[group] = F.binary_cross_entropy(p, target, reduction="none").mean(dim=1)
+        return {
+            name: per_video_mean(value, video, batch.num_videos) * self.loss_weights[name]
+            for name, value in per_pair.items()
+        }

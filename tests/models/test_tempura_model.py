@@ -1,0 +1,201 @@
+"""TEMPURA on STTran's modules: outputs, losses by hand, batching, memory inputs, import."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from synthetic_videos import TINY, make_video
+
+from m3sgg.data.collate import collate
+from m3sgg.errors import ConfigError, DataError
+from m3sgg.models import build_model
+from m3sgg.models.tempura import TEMPURA
+from m3sgg.models.tempura.convert import convert_original, key_map
+
+
+def _model(**options) -> TEMPURA:
+    return build_model("tempura", "action_genome", "predcls", **{**TINY, "k": 3, **options})
+
+
+def _videos():
+    return [make_video(i, frames=n, max_objects=3, seed=20 + i) for i, n in enumerate((1, 3, 4))]
+
+
+def test_outputs_are_probabilities_sampled_in_training_only() -> None:
+    model = _model().eval()
+    batch = collate(_videos())
+    out = model(batch)
+    assert set(model.prediction_keys) <= set(out)
+    assert "attention_distribution" not in out  # the metric must not softmax again
+    torch.testing.assert_close(out["attention_probabilities"].sum(1), torch.ones(batch.num_pairs))
+    for key in ("spatial_distribution", "contacting_distribution"):
+        assert bool(((out[key] > 0) & (out[key] < 1)).all())
+    again = model(batch)
+    assert torch.equal(out["attention_probabilities"], again["attention_probabilities"])
+    model.train()
+    sampled = model(batch)["attention_probabilities"]
+    assert not torch.allclose(sampled, model.eval()(batch)["attention_probabilities"])
+
+
+def test_several_videos_per_batch_equal_one_at_a_time() -> None:
+    model = _model().eval()
+    videos = _videos()
+    model.set_memory(torch.randn(26, model.memory_fusion.memory.shape[1]))
+    batch = collate(videos)
+    together = model(batch)
+    for v, video in enumerate(videos):
+        alone = model(collate([video]))
+        p0, p1 = batch.pair_offsets[v], batch.pair_offsets[v + 1]
+        for key in ("attention_probabilities", "spatial_distribution", "contacting_distribution"):
+            torch.testing.assert_close(together[key][p0:p1], alone[key], rtol=1e-5, atol=1e-6)
+
+
+def test_losses_by_hand() -> None:
+    """Per video: mean over pairs of -log(p_a + 1e-12) and of the BCE row means; then the mean
+    over videos (written out with Python loops)."""
+    model = _model()
+    batch = collate(_videos())
+    torch.manual_seed(0)
+    p = batch.num_pairs
+    attention = torch.softmax(torch.randn(p, 3), 1)
+    spatial, contacting = torch.rand(p, 6), torch.rand(p, 17)
+    losses = model.loss(
+        {
+            "attention_probabilities": attention,
+            "spatial_distribution": spatial,
+            "contacting_distribution": contacting,
+        },
+        batch,
+    )
+    expected = {"attention": 0.0, "spatial": 0.0, "contacting": 0.0}
+    for v in range(batch.num_videos):
+        rows = range(batch.pair_offsets[v], batch.pair_offsets[v + 1])
+        a = [-math.log(float(attention[i, batch.attention[i]]) + 1e-12) for i in rows]
+        expected["attention"] += sum(a) / len(a) / batch.num_videos
+        for name, probs, target in (
+            ("spatial", spatial, batch.spatial),
+            ("contacting", contacting, batch.contacting),
+        ):
+            per_pair = []
+            for i in rows:
+                terms = [
+                    -(t * math.log(float(q)) + (1 - t) * math.log(1 - float(q)))
+                    for q, t in zip(probs[i].tolist(), target[i].tolist(), strict=True)
+                ]
+                per_pair.append(sum(terms) / len(terms))
+            expected[name] += sum(per_pair) / len(per_pair) / batch.num_videos
+    for name, value in expected.items():
+        assert float(losses[name]) == pytest.approx(value, rel=1e-5)
+
+
+def test_memory_inputs_are_the_pre_fusion_features_and_targets() -> None:
+    model = _model().eval()
+    batch = collate(_videos())
+    with torch.no_grad():
+        before, targets, al, ep = model.memory_inputs(batch, uncertainty=True)
+        model.set_memory(torch.randn(26, before.shape[1]) * 3)
+        after, _, _, _ = model.memory_inputs(batch, uncertainty=False)
+        fused, features = model.relation_context(batch, batch.labels, batch.pair_idx, batch.im_idx)
+    torch.testing.assert_close(before, after)  # late fusion: the memory comes after them
+    torch.testing.assert_close(features, after)
+    assert not torch.allclose(fused, features)
+    assert torch.equal(targets[:, :3].float().argmax(1), batch.attention)
+    assert torch.equal(targets[:, 3:9].float(), batch.spatial)
+    assert torch.equal(targets[:, 9:].float(), batch.contacting)
+    assert al.shape == ep.shape == (batch.num_pairs, 26)
+    assert bool((al > 0).all()) and bool((ep >= 0).all())
+
+
+def test_handlers_follow_the_memory_option() -> None:
+    names = [h.name for h in _model().train_handlers()]
+    assert names == ["uncertainty_pass", "memory_rebuild"]
+    assert _model(memory=None).train_handlers() == []
+    with pytest.raises(ValueError, match="without a memory"):
+        _model(memory=None).set_memory(torch.zeros(26, 32))
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [("k", 0), ("memory", "both"), ("memory_weighting", "mean"), ("fusion", "middle"), ("lam", 2)],
+)
+def test_bad_options(option: str, value: object) -> None:
+    with pytest.raises(ConfigError, match=option):
+        _model(**{option: value})
+
+
+def _original_layout(model: TEMPURA) -> dict:
+    """Our weights written in the original's layout (the inverse of the import)."""
+    state = model.state_dict()
+    original = {}
+    for source, target in key_map(model).items():
+        if target is None or target.split(".")[1] == "proj":  # a head's fused layer
+            continue
+        original[source] = state[target].clone()
+    for head in ("a_rel_compress", "s_rel_compress", "c_rel_compress"):
+        gmm = getattr(model, head)
+        for part in ("mu", "var", "pi"):
+            for i in range(model.k):
+                rows = gmm.fused_index(part, i)
+                original[f"{head}.heads.{part}_{i + 1}.weight"] = state[f"{head}.proj.weight"][rows]
+                original[f"{head}.heads.{part}_{i + 1}.bias"] = state[f"{head}.proj.bias"][rows]
+    memory = state["memory_fusion.memory"]
+    rel_memory = {"attention": memory[:3], "spatial": memory[3:9], "contacting": memory[9:]}
+    return {"state_dict": original, "object_memory": [], "rel_memory": rel_memory}
+
+
+def test_import_round_trip_with_memory(tmp_path) -> None:
+    source = _model()
+    source.set_memory(torch.randn(26, source.memory_fusion.memory.shape[1]))
+    path = tmp_path / "best_Mrecall_model.tar"
+    torch.save(_original_layout(source), path)
+    target = _model()
+    target.load_state_dict(convert_original(path, target))
+    assert target.memory_fusion.is_ready
+    for key, value in source.state_dict().items():
+        assert torch.equal(target.state_dict()[key], value), key
+    # a checkpoint from epoch 0 has no memory: the model starts without one
+    early = _original_layout(source)
+    early["rel_memory"] = []
+    fresh = _model()
+    fresh.load_state_dict(convert_original(early, fresh))
+    assert not fresh.memory_fusion.is_ready
+
+
+def test_import_refuses_unknown_missing_and_misshaped_keys() -> None:
+    model = _model()
+    good = _original_layout(model)
+    unknown = {
+        **good,
+        "state_dict": {**good["state_dict"], "glocal_transformer.extra": torch.ones(1)},
+    }
+    with pytest.raises(DataError, match=r"glocal_transformer\.extra"):
+        convert_original(unknown, model)
+    missing = {**good, "state_dict": dict(good["state_dict"])}
+    del missing["state_dict"]["a_rel_compress.heads.var_2.bias"]
+    with pytest.raises(DataError, match=r"a_rel_compress\.heads\.var_2\.bias"):
+        convert_original(missing, model)
+    shaped = {**good, "rel_memory": {**good["rel_memory"], "spatial": torch.zeros(5, 2)}}
+    with pytest.raises(DataError, match="rel_memory"):
+        convert_original(shaped, model)
+    with pytest.raises(DataError, match="unknown key"):
+        convert_original(good, _model(k=2))  # the checkpoint has K = 3
+
+
+def test_import_original_registry(tmp_path) -> None:
+    from m3sgg.models import import_original, original_importers
+
+    source = _model()
+    source.set_memory(torch.randn(26, source.memory_fusion.memory.shape[1]))
+    path = tmp_path / "best_Mrecall_model.tar"
+    torch.save(_original_layout(source), path)
+    assert "tempura" in original_importers()
+    model = import_original("tempura", path, **{**TINY, "k": 3})
+    assert not model.training
+    batch = collate(_videos())
+    torch.testing.assert_close(model(batch), source.eval()(batch))
+    with pytest.raises(ConfigError, match="no importer of original"):
+        import_original("nonexistent", path)
+    with pytest.raises(DataError, match="no such file"):
+        import_original("tempura", tmp_path / "missing.tar", **TINY)
