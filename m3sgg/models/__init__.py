@@ -1,9 +1,9 @@
 """Models: the registry, the model protocol, and the built-in models (registered on import).
 
-Built-in: ``"sttran"`` and ``"dsg_detr"`` (Action Genome: predcls, sgcls), ``"tempura"`` (Action
-Genome: predcls), ``"easg_fc"`` and ``"sttran_easg"`` (EASG: edgecls, sgcls, easgcls). Plugins add
-models with
-:func:`register_model`; the engine builds any of them with :func:`build_model`.
+Built-in: ``"sttran"``, ``"stket"`` and ``"dsg_detr"`` (Action Genome: predcls, sgcls),
+``"tempura"`` (Action Genome: predcls), ``"easg_fc"`` and ``"sttran_easg"`` (EASG: edgecls,
+sgcls, easgcls). Plugins add models with :func:`register_model`; the engine builds any of them
+with :func:`build_model`.
 """
 
 from m3sgg.models.base import AG_PREDICTION_KEYS, ModelProtocol, SceneGraphModel
@@ -18,6 +18,7 @@ from m3sgg.models.registry import (
     register_model,
     unregister_model,
 )
+from m3sgg.models.stket.model import STKET
 from m3sgg.models.sttran import STTran
 from m3sgg.models.tempura import TEMPURA
 
@@ -25,6 +26,7 @@ __all__ = [
     "AG_PREDICTION_KEYS",
     "DSGDETR",
     "EASGFC",
+    "STKET",
     "TEMPURA",
     "ModelProtocol",
     "ModelSpec",
