@@ -232,6 +232,57 @@ def _cmd_build_priors(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_import_checkpoint(args: argparse.Namespace) -> int:
+    import time
+
+    from m3sgg.config import config_to_dict, load_config
+    from m3sgg.engine.checkpoint import FORMAT, atomic_save, versions
+    from m3sgg.errors import ConfigError
+    from m3sgg.models import import_original
+
+    options: dict[str, object] = {}
+    for item in args.option or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--option {item!r}: expected KEY=VALUE")
+        try:
+            options[key] = json.loads(value)
+        except json.JSONDecodeError:
+            options[key] = value
+    model = import_original(args.source_model, str(args.source), mode=args.mode, **options)
+    recorded = getattr(model, "config_options", None)
+    if not isinstance(recorded, dict):
+        raise ConfigError(
+            f"import-checkpoint: the {args.source_model!r} importer does not say which model "
+            "options it used (model.config_options), so no config can be written"
+        )
+    overrides = [f"model.name={json.dumps(args.source_model)}", f"data.mode={args.mode}"]
+    overrides += [f"model.options.{k}={json.dumps(v)}" for k, v in recorded.items()]
+    config = load_config(None, overrides)
+    atomic_save(
+        {
+            "format": FORMAT,
+            "manifest": {
+                "versions": versions(),
+                "dataset": config.data.dataset,
+                "mode": config.data.mode,
+                "model": config.model_name,
+                "world_size": 1,
+                "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                "imported_from": str(args.source),
+            },
+            "config": config_to_dict(config),
+            "model": model.state_dict(),
+        },
+        args.output,
+    )
+    print(
+        f"wrote {args.output}: {args.source_model} {args.mode} with the weights of {args.source}; "
+        f"evaluate with: m3sgg evaluate --checkpoint {args.output} --data-path ..."
+    )
+    return 0
+
+
 def _format_stats(dataset: str, split: str, stats: dict) -> str:
     """Human-readable summary: totals first, then each histogram sorted by count."""
     lines = [f"{dataset} ({split} split) after the protocol's filtering:"]
@@ -404,6 +455,28 @@ def build_parser() -> argparse.ArgumentParser:
     )
     priors.add_argument("--min-box-size", type=float, default=16.0)
     priors.set_defaults(func=_cmd_build_priors)
+
+    imports = commands.add_parser(
+        "import-checkpoint",
+        help="convert an original author's checkpoint into an m3sgg checkpoint",
+    )
+    imports.add_argument(
+        "--from",
+        dest="source_model",
+        required=True,
+        metavar="MODEL",
+        help="the model whose original checkpoint SOURCE is (e.g. sttran)",
+    )
+    imports.add_argument("source", type=Path, metavar="SOURCE", help="the original's checkpoint")
+    imports.add_argument("--output", type=Path, required=True, help="the m3sgg checkpoint to write")
+    imports.add_argument("--mode", default="predcls", help="predcls (default), sgcls, ...")
+    imports.add_argument(
+        "--option",
+        action="append",
+        metavar="KEY=VALUE",
+        help="a model option the checkpoint cannot tell (e.g. heads=8); JSON values",
+    )
+    imports.set_defaults(func=_cmd_import_checkpoint)
     return parser
 
 

@@ -1082,6 +1082,27 @@ def write_toy_frames(
 
 
 def _cmd_extract_features(args: argparse.Namespace) -> int:
+    if args.detector == "ag-faster-rcnn":
+        from m3sgg.detection.ag_extraction import extract_with_detector
+
+        if args.weights is None:
+            raise ConfigError("--detector ag-faster-rcnn needs --weights faster_rcnn_ag.pth")
+        extract_with_detector(
+            args.data_path,
+            args.out,
+            args.weights,
+            mode=args.mode,
+            splits=args.splits,
+            device=args.device,
+            precision=args.precision,
+            dtype=args.dtype,
+            batch_frames=args.batch_frames,
+            workers=args.workers,
+            skip_missing_frames=args.skip_missing_frames,
+            overwrite=args.overwrite,
+            progress=lambda line: print(line, flush=True),
+        )
+        return 0
     extract_features(
         args.data_path,
         args.out,
@@ -1166,4 +1187,27 @@ def register_commands(subparsers: argparse._SubParsersAction) -> None:
         "--progress-every", type=_positive_int, default=200, help="frames per progress line"
     )
     cmd.add_argument("--overwrite", action="store_true", help="replace an existing store")
+    ag = cmd.add_argument_group(
+        "the Action Genome detector (STTran's faster_rcnn_ag.pth, in plain torch; docs/detector.md)"
+    )
+    ag.add_argument(
+        "--detector",
+        choices=["backbone", "ag-faster-rcnn"],
+        default="backbone",
+        help="backbone: --backbone + RoIAlign (default); ag-faster-rcnn: STTran's exact features",
+    )
+    ag.add_argument("--weights", type=Path, default=None, help="faster_rcnn_ag.pth")
+    ag.add_argument(
+        "--mode",
+        choices=["predcls", "sgcls", "sgdet"],
+        default="predcls",
+        help="sections to write: predcls gt; sgcls gt + class distributions; sgdet also det and "
+        "det_train (default predcls)",
+    )
+    ag.add_argument(
+        "--precision",
+        choices=["float32", "bfloat16", "float16"],
+        default="float32",
+        help="network precision (autocast, CUDA only; box arithmetic stays float32)",
+    )
     cmd.set_defaults(func=_cmd_extract_features)

@@ -7,7 +7,13 @@
 * :mod:`~m3sgg.detection.image`: STTran's frame preprocessing (BGR means, 600-pixel short side,
   OpenCV's bilinear resize);
 * :mod:`~m3sgg.detection.modes`: what STTran's detector wrapper gives per mode (GT box features,
-  class distributions, union maps, sgdet detections).
+  class distributions, union maps, sgdet detections);
+* :mod:`~m3sgg.detection.assign`: sgdet training inputs (detections matched to the ground truth,
+  missed boxes supplied);
+* :mod:`~m3sgg.detection.extract`, :mod:`~m3sgg.detection.spool`: per-frame records of the
+  feature store's sections, and a resumable extraction over many videos.
+
+docs/detector.md has the comparison with the original and the speed figures.
 """
 
 from m3sgg.detection.faster_rcnn import ActionGenomeDetector, DetectorConfig, DetectorOutput

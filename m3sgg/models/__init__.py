@@ -1,8 +1,8 @@
 """Models: the registry, the model protocol, and the built-in models (registered on import).
 
-Built-in: ``"sttran"`` (Action Genome: predcls, sgcls), ``"tempura"`` (AG: predcls, sgcls),
-``"easg_fc"`` and ``"sttran_easg"`` (EASG: edgecls, sgcls, easgcls). Plugins add models with
-:func:`register_model`; the engine builds any of them with :func:`build_model`.
+Built-in: ``"sttran"`` and ``"tempura"`` (Action Genome: predcls, sgcls), ``"stket"`` (Action
+Genome: predcls), ``"easg_fc"`` and ``"sttran_easg"`` (EASG: edgecls, sgcls, easgcls). Plugins
+add models with :func:`register_model`; the engine builds any of them with :func:`build_model`.
 """
 
 from m3sgg.models.base import AG_PREDICTION_KEYS, ModelProtocol, SceneGraphModel
@@ -16,12 +16,14 @@ from m3sgg.models.registry import (
     register_model,
     unregister_model,
 )
+from m3sgg.models.stket.model import STKET
 from m3sgg.models.sttran import STTran
 from m3sgg.models.tempura import TEMPURA
 
 __all__ = [
     "AG_PREDICTION_KEYS",
     "EASGFC",
+    "STKET",
     "TEMPURA",
     "ModelProtocol",
     "ModelSpec",

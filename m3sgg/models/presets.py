@@ -22,6 +22,16 @@ TOY_PRESETS: dict[str, dict[str, Any]] = {
         "enc_layers": 1,
         "dec_layers": 1,
     },
+    "stket": {
+        "proj_dim": 32,
+        "embed_dim": 16,
+        "conv_dim": 16,
+        "heads": 4,
+        "ff_dim": 128,
+        "enc_layers": 1,
+        "dec_layers": 1,
+        "state_dims": [32, 32, 32],
+    },
     "tempura": {
         "proj_dim": 32,
         "embed_dim": 16,

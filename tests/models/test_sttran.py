@@ -390,3 +390,27 @@ def test_word_vector_errors(tmp_path: Path) -> None:
         make_model(word_vectors=short)
     with pytest.raises(DataError, match="cannot read word vectors"):
         make_model(word_vectors=tmp_path / "absent.txt")
+
+
+def test_paper_recipe_config() -> None:
+    """examples/configs/sttran_paper.yaml is the original train.py's recipe."""
+    from m3sgg.config import load_config
+
+    root = Path(__file__).resolve().parents[2]
+    config = load_config(root / "examples" / "configs" / "sttran_paper.yaml")
+    assert config.model_name == "sttran" and config.data.videos_per_batch == 1
+    assert (config.optim.optimizer, config.optim.lr, config.optim.weight_decay) == (
+        "adamw",
+        1e-5,
+        0.01,
+    )
+    assert config.optim.grad_clip == 5.0 and config.train.epochs == 10
+    schedule = config.schedule
+    assert (schedule.name, schedule.metric, schedule.patience, schedule.factor) == (
+        "plateau",
+        "with/R@20",
+        1,
+        0.5,
+    )
+    assert (schedule.threshold, schedule.threshold_mode, schedule.min_lr) == (1e-4, "abs", 1e-7)
+    assert config.model_options()["relation_loss"] == "margin"

@@ -18,7 +18,14 @@ from torch import nn
 
 from m3sgg.errors import DataError
 
-__all__ = ["CLASSIFIER_KEYS", "convert_state_dict", "key_map", "load_original_state"]
+__all__ = [
+    "CLASSIFIER_KEYS",
+    "convert_state_dict",
+    "import_sttran",
+    "key_map",
+    "load_original_state",
+    "original_state_dict",
+]
 
 _LINEAR = ("weight", "bias")
 _BATCHNORM = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
@@ -135,3 +142,67 @@ def convert_state_dict(
     if missing:
         raise DataError(where, "no original key fills this model's key", field=missing[0])
     return out
+
+
+def original_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """``model``'s weights in the original's key layout (the inverse of the key map; a predcls
+    model has no classifier keys). For tests and for exporting back."""
+    enc, dec = len(model.spatial.layers), len(model.temporal.layers)
+    table = key_map(enc, dec, classifier=getattr(model, "object_classifier", None) is not None)
+    ours = model.state_dict()
+    return {original: ours[target].clone() for original, target in table.items() if target}
+
+
+def _count(state: Mapping[str, torch.Tensor], prefix: str) -> int:
+    indices = {int(k[len(prefix) :].split(".")[0]) for k in state if k.startswith(prefix)}
+    return max(indices) + 1 if indices else 0
+
+
+def _shape(state: Mapping[str, torch.Tensor], key: str, where: str) -> tuple[int, ...]:
+    if key not in state:
+        raise DataError(where, "missing key of the original's layout", field=key)
+    return tuple(state[key].shape)
+
+
+def import_sttran(source: Any, *, mode: str = "predcls", **options: Any) -> nn.Module:
+    """Our :class:`~m3sgg.models.sttran.model.STTran` holding the original's weights.
+
+    The widths (box feature width, union channels, projections, embeddings, union-branch
+    channels, feed-forward width, layer counts, classifier widths) are read from the tensors'
+    shapes; ``heads`` (8) and the other constructor arguments may be given in ``options``. The
+    options used are kept as ``model.config_options`` (what ``m3sgg import-checkpoint`` writes
+    into the checkpoint's config).
+
+    Raises:
+        DataError: unreadable source, or a key unknown, missing or mis-shaped (one line).
+    """
+    from m3sgg.models.sttran.model import STTran
+
+    state, where = load_original_state(source)
+    proj, object_dim = _shape(state, "subj_fc.weight", where)
+    conv, union_channels = _shape(state, "union_func1.weight", where)[:2]
+    inferred: dict[str, Any] = {
+        "object_dim": object_dim,
+        "union_channels": union_channels,
+        "proj_dim": proj,
+        "embed_dim": _shape(state, "obj_embed.weight", where)[1],
+        "conv_dim": conv,
+        "num_classes": _shape(state, "obj_embed.weight", where)[0],
+        "enc_layers": _count(state, "glocal_transformer.local_attention.layers."),
+        "dec_layers": _count(state, "glocal_transformer.global_attention.layers."),
+    }
+    layers = "glocal_transformer.global_attention.layers.0.linear1.weight"
+    if layers in state:
+        inferred["ff_dim"] = int(state[layers].shape[0])
+    if mode != "predcls":
+        hidden, _ = _shape(state, "object_classifier.decoder_lin.0.weight", where)
+        inferred["classifier_dim"] = hidden
+        inferred["pos_dim"] = _shape(state, "object_classifier.pos_embed.1.weight", where)[0]
+    chosen = {**inferred, **options}
+    model = STTran(mode=mode, **chosen)
+    table = key_map(chosen["enc_layers"], chosen["dec_layers"], classifier=mode != "predcls")
+    model.load_state_dict(convert_state_dict(state, model, table, where))
+    model.config_options = {
+        k: v for k, v in chosen.items() if k not in ("object_dim", "union_channels")
+    }
+    return model

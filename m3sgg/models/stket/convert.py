@@ -1,0 +1,78 @@
+"""The original STKET's checkpoint layout (github:HCPLab-SYSU/STKET, ``lib/stket.py``) → ours.
+
+STKET keeps STTran's relation-token keys (``union_func1``, ``conv``, ``subj_fc``, ``obj_fc``,
+``vr_fc``, ``obj_embed``, ``obj_embed2``): their part of the table is STTran's
+(:func:`m3sgg.models.sttran.convert.key_map`). Its own keys keep their names except
+``initialPrior`` → ``initial_prior``, ``specificPrior`` → ``specific_prior`` and ``W_q/W_k/W_v``
+→ ``w_q/w_k/w_v``. Known keys this model drops: the pre-transformer heads
+``{a,s,c}_rel_compress`` (computed by the original, read by no loss and no evaluation) and, in
+predcls, the ``object_classifier``. An unknown, missing or mis-shaped key is a one-line error.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from m3sgg.models.sttran.convert import convert_state_dict, load_original_state
+from m3sgg.models.sttran.convert import key_map as sttran_key_map
+
+__all__ = ["import_stket", "key_map"]
+
+_LINEAR = ("weight", "bias")
+_ATTENTION = ("in_proj_weight", "in_proj_bias", "out_proj.weight", "out_proj.bias")
+
+
+def _layer(table: dict[str, str | None], prefix: str, norms: tuple[str, ...]) -> None:
+    for name in _ATTENTION:
+        table[f"{prefix}.self_attn.{name}"] = f"{prefix}.self_attn.{name}"
+    for part in ("linear1", "linear2", *norms):
+        for name in _LINEAR:
+            table[f"{prefix}.{part}.{name}"] = f"{prefix}.{part}.{name}"
+    for original, ours in (("W_q", "w_q"), ("W_k", "w_k"), ("W_v", "w_v")):
+        for name in _LINEAR:
+            table[f"{prefix}.{original}.{name}"] = f"{prefix}.{ours}.{name}"
+
+
+def _state_fc(table: dict[str, str | None], module: str) -> None:
+    for index in range(4):
+        for name in _LINEAR:
+            table[f"{module}.state_fc.{index}.{name}"] = f"{module}.state_fc.{index}.{name}"
+
+
+def key_map(enc_layers: int, dec_layers: int) -> dict[str, str | None]:
+    """Original key → our key (``None``: a known key this predcls model drops)."""
+    table = {
+        key: (target if target is not None and target.startswith("relation.") else None)
+        for key, target in sttran_key_map(0, 0, classifier=False).items()
+    }
+    for i in range(enc_layers):
+        _layer(table, f"spatial_encoder.encoder.layers.{i}", ("norm1", "norm2"))
+    for i in range(dec_layers):
+        _layer(table, f"temporal_decoder.decoder.layers.{i}", ("norm3",))
+    for i in range(2):
+        _layer(table, f"ensemble_decoder.decoder.layers.{i}", ("norm3",))
+    table["spatial_encoder.initialPrior"] = "spatial_encoder.initial_prior"
+    table["temporal_decoder.initialPrior"] = "temporal_decoder.initial_prior"
+    table["temporal_decoder.specificPrior"] = "temporal_decoder.specific_prior"
+    _state_fc(table, "spatial_encoder")
+    _state_fc(table, "temporal_decoder")
+    for module in ("temporal_decoder", "ensemble_decoder"):
+        table[f"{module}.position_embedding.weight"] = f"{module}.position_embedding.weight"
+    for short in ("spa", "tem", "ens"):
+        for group in "asc":
+            for name in _LINEAR:
+                key = f"{short}_{group}_rel_compress.{name}"
+                table[key] = key
+    return table
+
+
+def import_stket(source: Any, model: nn.Module) -> dict[str, Any]:
+    """The original's checkpoint (path, ``{"state_dict": ...}`` or state dict) as a state dict
+    for ``model`` (an :class:`~m3sgg.models.stket.model.STKET`)."""
+    state, where = load_original_state(source)
+    table = key_map(
+        len(model.spatial_encoder.encoder.layers), len(model.temporal_decoder.decoder.layers)
+    )
+    return convert_state_dict(state, model, table, where)

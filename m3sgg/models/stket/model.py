@@ -1,0 +1,316 @@
+"""STKET (Pu et al., IEEE TIP 2024) on STTran's relation tokens: three heads and two prior heads.
+
+Composition:
+
+- :class:`~m3sgg.models.sttran.relation.RelationFeatures` (STTran's, imported): the relation token
+  of every pair;
+- :class:`~m3sgg.models.stket.decoders.SpatialPriorEncoder` → the *spatial* head
+  (``spa_{a,s,c}_rel_compress``) and, from its priors, the *spatial prior* head (same layers);
+- :class:`~m3sgg.models.stket.decoders.TemporalPriorDecoder` on the spatial features, its priors
+  chosen from the spatial head's contact probabilities → the *temporal* head
+  (``tem_{a,s,c}_rel_compress``) and the *temporal prior* head;
+- :class:`~m3sgg.models.stket.decoders.EnsembleDecoder` over key frames of ``(spatial +
+  temporal) / 2`` → the *ensemble* head (``ens_{a,s,c}_rel_compress``).
+
+Attention logits; spatial and contacting probabilities (sigmoid). The evaluator scores the three
+heads under ``"spatial/…"``, ``"temporal/…"``, ``"ensemble/…"`` keys; the plain keys are the
+``rank_head``'s (the original's scheduler watches the temporal head). The original also computes
+``{a,s,c}_rel_compress`` on the raw tokens, but no loss and no evaluation reads them: they are
+left out (and dropped on import).
+
+Losses (the original's ``train.py`` with ``-bce_loss`` and every prior loss): for each of the
+heads spatial, temporal, ensemble, spatial_prior and temporal_prior, cross-entropy on attention
+and binary cross-entropy on the spatial and contacting probabilities (``relation_loss="margin"``:
+multi-label margin on the probabilities), each the mean over videos of the video's mean (the
+original steps one video at a time), named ``"<head>_<group>"``.
+
+Which priors a relation uses follows the original's history rules (:mod:`.selection`): in
+training and in predcls evaluation the latest relation of an object label and frame holds its
+state; the contact threshold 1.0 selects ground-truth contacts (the original's test script).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from m3sgg.data.collate import Batch
+from m3sgg.errors import ConfigError
+from m3sgg.models.base import AG_PREDICTION_KEYS, SceneGraphModel
+from m3sgg.models.originals import register_original
+from m3sgg.models.registry import register_model
+from m3sgg.models.stket.decoders import EnsembleDecoder, SpatialPriorEncoder, TemporalPriorDecoder
+from m3sgg.models.stket.priors import load_priors
+from m3sgg.models.sttran.model import _index_targets, per_video_mean
+from m3sgg.models.sttran.relation import RelationFeatures
+from m3sgg.vocab import GROUP_SIZES, NUM_AG_CLASSES
+
+__all__ = ["HEADS", "PRIOR_HEADS", "STKET", "import_original_stket"]
+
+DATASETS = frozenset({"action_genome"})
+MODES = frozenset({"predcls"})
+HEADS = ("spatial", "temporal", "ensemble")
+PRIOR_HEADS = ("spatial_prior", "temporal_prior")
+GROUPS = ("attention", "spatial", "contacting")
+_SHORT = {"spatial": "spa", "temporal": "tem", "ensemble": "ens"}
+_DISTRIBUTIONS = tuple(f"{g}_distribution" for g in GROUPS)
+
+
+@register_model("stket", datasets=DATASETS, modes=MODES)
+class STKET(SceneGraphModel):
+    """STKET; see the module docstring.
+
+    Args:
+        object_dim, union_channels: feature widths of the store (2048, 1024 for AG).
+        priors: a prior file (``m3sgg build-priors``, or the original's ``TrainPrior.json``)
+            that initialises the prior tables, or ``"zeros"`` to start them at zero. Required:
+            there is no silent default.
+        proj_dim, embed_dim, conv_dim: STTran's token widths (512, 200, 256; token 1936).
+        heads, ff_dim: attention heads and feed-forward width of every layer (8, 2048).
+        enc_layers, dec_layers: spatial encoder and temporal decoder layers (2, 2).
+        window: key frames of the ensemble decoder (4).
+        contact_threshold: contact probability that selects a temporal prior (0.8; 1.0 uses
+            the ground-truth contacts).
+        spatial_prior, temporal_prior: add the priors to the attention (both on in the paper).
+        prior_losses: train the prior heads too (on in the paper).
+        rank_head: the head published under the plain metric keys ("temporal").
+        relation_loss: ``"bce"`` (the paper's recipe) or ``"margin"``.
+        state_dims: hidden widths of ``state_fc`` (128, 256, 512).
+        dropout: of every attention layer (0.1).
+        loss_weights: multipliers of the named losses; missing names weigh 1.
+    """
+
+    prediction_keys: ClassVar[tuple[str, ...]] = AG_PREDICTION_KEYS
+    supported_datasets: ClassVar[frozenset[str]] = DATASETS
+    supported_modes: ClassVar[frozenset[str]] = MODES
+    output_heads: tuple[str, ...] = HEADS
+
+    def __init__(
+        self,
+        *,
+        object_dim: int,
+        union_channels: int,
+        priors: str | os.PathLike[str] | None = None,
+        dataset: str = "action_genome",
+        mode: str = "predcls",
+        proj_dim: int = 512,
+        embed_dim: int = 200,
+        conv_dim: int = 256,
+        heads: int = 8,
+        ff_dim: int = 2048,
+        enc_layers: int = 2,
+        dec_layers: int = 2,
+        window: int = 4,
+        contact_threshold: float = 0.8,
+        spatial_prior: bool = True,
+        temporal_prior: bool = True,
+        prior_losses: bool = True,
+        rank_head: str = "temporal",
+        relation_loss: str = "bce",
+        state_dims: tuple[int, ...] | list[int] = (128, 256, 512),
+        dropout: float = 0.1,
+        loss_weights: Mapping[str, float] | None = None,
+    ) -> None:
+        if mode not in MODES:
+            raise ConfigError(f"stket: mode must be one of {sorted(MODES)}, got {mode!r}")
+        super().__init__(mode)
+        if priors is None:
+            raise ConfigError(
+                "stket: model.options.priors is required: a prior file written by "
+                "`m3sgg build-priors` (or the original's TrainPrior.json), or 'zeros'"
+            )
+        if rank_head not in HEADS:
+            raise ConfigError(f"stket: rank_head must be one of {list(HEADS)}, got {rank_head!r}")
+        if relation_loss not in ("bce", "margin"):
+            raise ConfigError(
+                f"stket: relation_loss must be 'bce' or 'margin', got {relation_loss!r}"
+            )
+        for key, value in (("enc_layers", enc_layers), ("dec_layers", dec_layers)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"stket: {key} must be a positive integer, got {value!r}")
+        if not isinstance(window, int) or isinstance(window, bool) or window < 2:
+            raise ConfigError(f"stket: window must be an integer >= 2, got {window!r}")
+        if not 0.0 < contact_threshold <= 1.0:
+            raise ConfigError(
+                f"stket: contact_threshold must lie in (0, 1], got {contact_threshold!r}"
+            )
+        token_dim = 3 * proj_dim + 2 * embed_dim
+        if token_dim % heads:
+            raise ConfigError(
+                f"stket: the token width 3*proj_dim + 2*embed_dim = {token_dim} must be "
+                f"divisible by heads ({heads})"
+            )
+        self.rank_head = rank_head
+        self.relation_loss = relation_loss
+        self.prior_losses = prior_losses
+        self.use_spatial_prior = spatial_prior
+        self.use_temporal_prior = temporal_prior
+        weights = dict(loss_weights or {})
+        unknown = sorted(set(weights) - set(self.loss_names()))
+        if unknown:
+            raise ConfigError(
+                f"stket: unknown loss_weights {unknown}; the losses are {list(self.loss_names())}"
+            )
+        self.loss_weights = {name: float(weights.get(name, 1.0)) for name in self.loss_names()}
+        state = tuple(int(d) for d in state_dims)
+
+        self.relation = RelationFeatures(
+            object_dim=object_dim,
+            union_channels=union_channels,
+            num_classes=NUM_AG_CLASSES,
+            proj_dim=proj_dim,
+            embed_dim=embed_dim,
+            conv_dim=conv_dim,
+        )
+        self.spatial_encoder = SpatialPriorEncoder(
+            token_dim,
+            heads,
+            ff_dim,
+            enc_layers,
+            dropout=dropout,
+            use_prior=spatial_prior,
+            state_dims=state,
+        )
+        self.temporal_decoder = TemporalPriorDecoder(
+            token_dim,
+            heads,
+            ff_dim,
+            dec_layers,
+            threshold=contact_threshold,
+            dropout=dropout,
+            use_prior=temporal_prior,
+            state_dims=state,
+        )
+        self.ensemble_decoder = EnsembleDecoder(
+            token_dim, heads, ff_dim, window=window, layers=2, dropout=dropout
+        )
+        for head in HEADS:
+            for group in GROUPS:
+                setattr(
+                    self,
+                    f"{_SHORT[head]}_{group[0]}_rel_compress",
+                    nn.Linear(token_dim, GROUP_SIZES[group]),
+                )
+        if str(priors) != "zeros":
+            self.load_priors(priors)
+
+    def load_priors(self, path: str | os.PathLike[str]) -> None:
+        """Set the prior tables (both modules' ``initial_prior``, the temporal decoder's
+        ``specific_prior``) from a prior file."""
+        tables = load_priors(path)
+        with torch.no_grad():
+            initial = torch.as_tensor(tables.initial, dtype=torch.float32)
+            self.spatial_encoder.initial_prior.copy_(initial)
+            self.temporal_decoder.initial_prior.copy_(initial)
+            self.temporal_decoder.specific_prior.copy_(
+                torch.as_tensor(tables.specific, dtype=torch.float32)
+            )
+
+    def loss_names(self) -> tuple[str, ...]:
+        heads = HEADS + (PRIOR_HEADS if self.prior_losses else ())
+        heads = tuple(
+            h
+            for h in heads
+            if (h != "spatial_prior" or self.use_spatial_prior)
+            and (h != "temporal_prior" or self.use_temporal_prior)
+        )
+        return tuple(f"{h}_{g}" for h in heads for g in GROUPS)
+
+    def _heads(self, x: torch.Tensor, short: str) -> dict[str, torch.Tensor]:
+        layers = [getattr(self, f"{short}_{g[0]}_rel_compress") for g in GROUPS]
+        return {
+            "attention_distribution": layers[0](x).float(),
+            "spatial_distribution": torch.sigmoid(layers[1](x).float()),
+            "contacting_distribution": torch.sigmoid(layers[2](x).float()),
+        }
+
+    def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """Predictions with batch-level indices: the metric keys (the rank head's), and
+        ``"<head>/<key>"`` for the heads spatial, temporal, ensemble, spatial_prior and
+        temporal_prior."""
+        if batch.section != self.input_section:
+            raise ConfigError(
+                f"stket in {self.mode} needs batches collated with section="
+                f"{self.input_section!r}, got {batch.section!r}"
+            )
+        labels, pair_idx, frame = batch.labels, batch.pair_idx, batch.im_idx
+        maps = batch.union_maps[batch.union_rows(pair_idx)]
+        tokens = self.relation(batch.box_features, batch.boxes[:, 1:], labels, pair_idx, maps)
+        label = labels[pair_idx[:, 1]]
+        scores = None  # predcls: the latest relation of a label and frame holds its state
+        out: dict[str, torch.Tensor] = {}
+
+        spatial, spatial_priors = self.spatial_encoder(tokens, frame, label)
+        heads = {"spatial": self._heads(spatial, "spa")}
+        if self.use_spatial_prior:
+            heads["spatial_prior"] = self._heads(spatial_priors, "spa")
+        temporal, temporal_priors = self.temporal_decoder(
+            spatial,
+            heads["spatial"]["contacting_distribution"],
+            frame,
+            label,
+            scores,
+            batch.frame_video,
+            batch.contacting,
+        )
+        heads["temporal"] = self._heads(temporal, "tem")
+        if self.use_temporal_prior:
+            heads["temporal_prior"] = self._heads(temporal_priors, "tem")
+        ensemble = self.ensemble_decoder(spatial, temporal, frame, label, scores, batch.frame_video)
+        heads["ensemble"] = self._heads(ensemble, "ens")
+        for head, values in heads.items():
+            out.update({f"{head}/{key}": value for key, value in values.items()})
+        out.update(heads[self.rank_head])
+        out.update(
+            boxes=batch.boxes,
+            labels=batch.labels,
+            scores=batch.scores,
+            pred_labels=batch.labels,
+            pred_scores=batch.scores,
+            im_idx=batch.im_idx,
+            pair_idx=batch.pair_idx,
+        )
+        return out
+
+    def loss(
+        self, predictions: Mapping[str, torch.Tensor], batch: Batch
+    ) -> dict[str, torch.Tensor]:
+        """Weighted named losses ``"<head>_<group>"`` (module docstring)."""
+        keep = batch.relation_mask
+        video = batch.pair_video[keep]
+        n = batch.num_videos
+        losses: dict[str, torch.Tensor] = {}
+        for name in self.loss_names():
+            head, _, group = name.rpartition("_")
+            scores = predictions[f"{head}/{group}_distribution"][keep]
+            if group == "attention":
+                per_pair = F.cross_entropy(scores, batch.attention[keep], reduction="none")
+            else:
+                target = getattr(batch, group)[keep].to(scores.dtype)
+                if self.relation_loss == "bce":
+                    per_pair = F.binary_cross_entropy(scores, target, reduction="none").mean(1)
+                else:
+                    per_pair = F.multilabel_margin_loss(
+                        scores, _index_targets(target), reduction="none"
+                    )
+            losses[name] = per_video_mean(per_pair, video, n) * self.loss_weights[name]
+        return losses
+
+
+def import_original_stket(source: object, **options: object) -> STKET:
+    """``import_original("stket", source, **options)``: an :class:`STKET` (``options`` are its
+    arguments, ``priors`` included; the original's feature widths by default) holding the
+    original checkpoint's weights (see :mod:`m3sgg.models.stket.convert`)."""
+    from m3sgg.models.stket.convert import import_stket
+
+    model = STKET(**{"object_dim": 2048, "union_channels": 1024, **options})  # type: ignore[arg-type]
+    model.load_state_dict(import_stket(source, model))
+    return model
+
+
+register_original("stket", import_original_stket)
