@@ -1,7 +1,7 @@
 """Models: the registry, the model protocol, and the built-in models (registered on import).
 
-Built-in: ``"sttran"`` and ``"tempura"`` (Action Genome: predcls, sgcls), ``"stket"`` (Action
-Genome: predcls), ``"easg_fc"`` and ``"sttran_easg"`` (EASG: edgecls, sgcls, easgcls). Plugins
+Built-in: ``"sttran"``, ``"stket"`` and ``"tempura"`` (Action Genome: predcls, sgcls),
+``"easg_fc"`` and ``"sttran_easg"`` (EASG: edgecls, sgcls, easgcls). Plugins
 add models with :func:`register_model`; the engine builds any of them with :func:`build_model`.
 """
 
