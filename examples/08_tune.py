@@ -23,7 +23,7 @@ from m3sgg.tune.report import export_best, show
 
 SPACE = """\
 optim.lr: {log_float: [1e-5, 3e-2]}
-model.options.d_model: {choice: [32, 64]}
+model.options.ff_dim: {choice: [64, 128]}
 """
 
 

@@ -1,6 +1,6 @@
 """Models: the registry, the model protocol, and the built-in models (registered on import).
 
-Built-in: ``"sttran"`` (Action Genome: predcls, sgcls), ``"tempura"`` and ``"stket"`` (Action
+Built-in: ``"sttran"`` and ``"stket"`` (Action Genome: predcls, sgcls), ``"tempura"`` (Action
 Genome: predcls), ``"easg_fc"`` and ``"sttran_easg"`` (EASG: edgecls, sgcls, easgcls). Plugins
 add models with :func:`register_model`; the engine builds any of them with :func:`build_model`.
 """

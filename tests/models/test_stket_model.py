@@ -222,7 +222,7 @@ def test_toy_training_lifts_every_head_above_untrained(small_config, toy_priors:
 def test_the_paper_recipe_loads_as_a_config():
     from m3sgg.config import load_config
 
-    config = load_config(REPO / "examples" / "stket_paper.yaml")
+    config = load_config(REPO / "examples" / "configs" / "stket_paper.yaml")
     assert config.model_name == "stket"
     assert (config.optim.lr, config.optim.weight_decay, config.train.epochs) == (2e-5, 0.01, 10)
     schedule = config.schedule
@@ -231,3 +231,45 @@ def test_the_paper_recipe_loads_as_a_config():
     assert (options["enc_layers"], options["dec_layers"], options["window"]) == (2, 2, 4)
     assert (options["contact_threshold"], options["relation_loss"]) == (0.8, "bce")
     assert options["rank_head"] == "temporal" and schedule.metric == "with/R@20"
+
+
+def test_sgcls_classifies_reforms_pairs_and_ranks_history_by_score(videos):
+    torch.manual_seed(4)
+    model = _model(mode="sgcls", classifier_dim=16, pos_dim=8)
+    batch = collate(videos)
+    out = model(batch)  # training: the given pairs, the object loss joins
+    losses = model.loss(out, batch)
+    assert "object" in losses and len(losses) == 16
+    sum(losses.values()).backward()
+    assert [n for n, p in model.named_parameters() if p.grad is None] == []
+    model.eval()
+    with torch.no_grad():
+        pred = model(batch)
+    assert pred["pred_labels"].shape == batch.labels.shape
+    pairs = pred["pair_idx"]
+    assert (pred["pred_labels"][pairs[:, 0]] == 1).all()  # re-formed: person, then object
+    assert torch.equal(pred["im_idx"], batch.boxes[pairs[:, 1], 0].long())
+    for head in HEADS:
+        assert pred[f"{head}/attention_distribution"].shape[0] == pairs.shape[0]
+    with pytest.raises(ConfigError, match="ground-truth contacts"):
+        _model(mode="sgcls", contact_threshold=1.0)
+
+
+def test_sgcls_import_keeps_the_object_classifier(videos):
+    torch.manual_seed(5)
+    source = _model(mode="sgcls", classifier_dim=16, pos_dim=8).eval()
+    with torch.no_grad():
+        for p in source.parameters():
+            p.normal_(0, 0.2)
+    table = key_map(2, 2, classifier=True)
+    ours = source.state_dict()
+    state = {k: ours[t].clone() for k, t in table.items() if t is not None}
+    assert any(k.startswith("object_classifier.") for k in state)
+    imported = import_original(
+        "stket", state, mode="sgcls", priors="zeros", classifier_dim=16, pos_dim=8, **SMALL
+    ).eval()
+    batch = collate(videos)
+    with torch.no_grad():
+        a, b = source(batch), imported(batch)
+    assert torch.equal(a["ensemble/contacting_distribution"], b["ensemble/contacting_distribution"])
+    assert torch.equal(a["pred_scores"], b["pred_scores"])

@@ -35,7 +35,7 @@ def made_study(tmp_path: Path, values: list[tuple[str, float | None, list[float]
     for i, (state, value, reports) in enumerate(values):
         trial = study.ask()
         trial.suggest_float("optim.lr", 1e-5, 1e-2, log=True)
-        trial.suggest_categorical("model.options.d_model", [32, 64])
+        trial.suggest_categorical("model.options.ff_dim", [64, 128])
         for step, reported in enumerate(reports, 1):
             trial.report(reported, step)
         if state == "complete":
@@ -73,7 +73,7 @@ def test_show_lists_every_trial_the_best_and_importances(tmp_path: Path) -> None
     lr = study.trials[2].params["optim.lr"]
     assert f"  optim.lr: {json.dumps(lr)}" in text
     ranking = re.findall(r"^  (\S+) +(\d\.\d{3})$", text.split("importances")[1], re.M)
-    assert {k for k, _ in ranking} == {"optim.lr", "model.options.d_model"}
+    assert {k for k, _ in ranking} == {"optim.lr", "model.options.ff_dim"}
     assert abs(sum(float(v) for _, v in ranking) - 1) < 2e-3
 
 
@@ -93,7 +93,7 @@ def test_best_config_without_a_run_folder_is_the_base_with_the_params(tmp_path: 
     tree = best_config(study)
     params = study.trials[1].params
     assert tree["optim"]["lr"] == params["optim.lr"]
-    assert tree["model"]["options"] == {"d_model": params["model.options.d_model"]}
+    assert tree["model"]["options"] == {"ff_dim": params["model.options.ff_dim"]}
     assert tree["run"] == {**tree["run"], "name": None, "output": str(tmp_path / "runs")}
     assert tree["data"]["toy_videos"] == 16
 
@@ -135,7 +135,7 @@ def test_study_plot_draws_into_a_real_visdom_server(tmp_path: Path) -> None:
         plot.update(study)
         trial = study.ask()
         trial.suggest_float("optim.lr", 1e-5, 1e-2, log=True)
-        trial.suggest_categorical("model.options.d_model", [32, 64])
+        trial.suggest_categorical("model.options.ff_dim", [64, 128])
         study.tell(trial, 0.7)
         plot.update(study)  # redrawn from the database: every trial so far
         client = visdom.Visdom(

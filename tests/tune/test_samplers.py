@@ -25,16 +25,16 @@ def settings(tmp_path: Path, space: str, **kwargs) -> TuneSettings:
 
 @pytest.mark.slow
 def test_grid_sampler_visits_every_combination_once(toy_cache: Path, tmp_path: Path) -> None:
-    space = "optim.lr: {choice: [0.001, 0.003]}\nmodel.options.d_model: {int: [32, 64], step: 32}\n"
+    space = "optim.lr: {choice: [0.001, 0.003]}\nmodel.options.ff_dim: {int: [64, 128], step: 64}\n"
     summary = tune(settings(tmp_path, space, n_trials=4, sampler="grid", pruner="none", seed=0))
     assert summary["complete"] == 4
     study = optuna.load_study(study_name="s", storage=summary["storage"])
-    combos = sorted((t.params["optim.lr"], t.params["model.options.d_model"]) for t in study.trials)
-    assert combos == [(0.001, 32), (0.001, 64), (0.003, 32), (0.003, 64)]
+    combos = sorted((t.params["optim.lr"], t.params["model.options.ff_dim"]) for t in study.trials)
+    assert combos == [(0.001, 64), (0.001, 128), (0.003, 64), (0.003, 128)]
     for trial in study.trials:  # each trial ran the config it was given
         config = load_config(tmp_path / "runs" / "s" / f"trial-{trial.number:04d}" / "config.yaml")
         assert config.optim.lr == trial.params["optim.lr"]
-        assert config.model.options == {"d_model": trial.params["model.options.d_model"]}
+        assert config.model.options == {"ff_dim": trial.params["model.options.ff_dim"]}
 
 
 @pytest.mark.slow

@@ -54,8 +54,8 @@ def test_each_kind_is_parsed_in_file_order(tmp_path: Path, base) -> None:
         ("optim.lrr: {float: [0.1, 0.2]}", "unknown key 'optim.lrr'; did you mean 'optim.lr'?"),
         ("optim: {float: [0.1, 0.2]}", "unknown key 'optim'"),
         (
-            "model.options.d_modl: {int: [8, 16]}",
-            "unknown key 'model.options.d_modl'; did you mean 'model.options.d_model'?",
+            "model.options.ff_dm: {int: [8, 16]}",
+            "unknown key 'model.options.ff_dm'; did you mean 'model.options.ff_dim'?",
         ),
         ("run.name: {choice: [a, b]}", "run.name: set by the study for each trial"),
         ("optim.lr: {log_flot: [1e-5, 1e-3]}", "unknown distribution 'log_flot'; did you mean"),

@@ -21,7 +21,7 @@ pytestmark = pytest.mark.slow
 
 #: toy trials of a second or two per epoch
 SMALL = ["--set", "data.toy_videos=16", "--set", "log.every_iters=1000"]
-SPACE = "optim.lr: {log_float: [1e-5, 3e-2]}\nmodel.options.d_model: {choice: [32, 64]}\n"
+SPACE = "optim.lr: {log_float: [1e-5, 3e-2]}\nmodel.options.ff_dim: {choice: [64, 128]}\n"
 
 
 def m3sgg(*args: str | Path, cwd: Path) -> list[str]:
@@ -79,7 +79,7 @@ def test_pruned_study_show_and_export_best_retrains_bitwise(toy_cache: Path, tmp
                 tmp_path).stdout  # fmt: skip
     header = next(line for line in shown.splitlines() if line.startswith("trial "))
     assert header.split() == ["trial", "state", "with/mR@20", "evals", "optim.lr",
-                              "model.options.d_model", "note"]  # fmt: skip
+                              "model.options.ff_dim", "note"]  # fmt: skip
     rows = [
         line.split() for line in shown.splitlines() if re.match(r"^\d+ +(complete|pruned)", line)
     ]

@@ -6,7 +6,8 @@ STKET keeps STTran's relation-token keys (``union_func1``, ``conv``, ``subj_fc``
 ``initialPrior`` → ``initial_prior``, ``specificPrior`` → ``specific_prior`` and ``W_q/W_k/W_v``
 → ``w_q/w_k/w_v``. Known keys this model drops: the pre-transformer heads
 ``{a,s,c}_rel_compress`` (computed by the original, read by no loss and no evaluation) and, in
-predcls, the ``object_classifier``. An unknown, missing or mis-shaped key is a one-line error.
+predcls, the ``object_classifier`` (kept under its own name in sgcls). An unknown, missing or
+mis-shaped key is a one-line error.
 """
 
 from __future__ import annotations
@@ -41,11 +42,16 @@ def _state_fc(table: dict[str, str | None], module: str) -> None:
             table[f"{module}.state_fc.{index}.{name}"] = f"{module}.state_fc.{index}.{name}"
 
 
-def key_map(enc_layers: int, dec_layers: int) -> dict[str, str | None]:
-    """Original key → our key (``None``: a known key this predcls model drops)."""
+def key_map(enc_layers: int, dec_layers: int, *, classifier: bool = False) -> dict[str, str | None]:
+    """Original key → our key (``None``: a known key this model drops); ``classifier``: the
+    model has the object classifier (sgcls)."""
     table = {
-        key: (target if target is not None and target.startswith("relation.") else None)
-        for key, target in sttran_key_map(0, 0, classifier=False).items()
+        key: (
+            target
+            if target is not None and target.startswith(("relation.", "object_classifier."))
+            else None
+        )
+        for key, target in sttran_key_map(0, 0, classifier=classifier).items()
     }
     for i in range(enc_layers):
         _layer(table, f"spatial_encoder.encoder.layers.{i}", ("norm1", "norm2"))
@@ -73,6 +79,8 @@ def import_stket(source: Any, model: nn.Module) -> dict[str, Any]:
     for ``model`` (an :class:`~m3sgg.models.stket.model.STKET`)."""
     state, where = load_original_state(source)
     table = key_map(
-        len(model.spatial_encoder.encoder.layers), len(model.temporal_decoder.decoder.layers)
+        len(model.spatial_encoder.encoder.layers),
+        len(model.temporal_decoder.decoder.layers),
+        classifier=getattr(model, "object_classifier", None) is not None,
     )
     return convert_state_dict(state, model, table, where)

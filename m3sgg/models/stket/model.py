@@ -1,6 +1,10 @@
 """STKET (Pu et al., IEEE TIP 2024) on STTran's relation tokens: three heads and two prior heads.
 
-Composition:
+Composition (predcls, sgcls):
+
+- in sgcls, STTran's :class:`~m3sgg.models.sttran.classifier.ObjectClassifier` and, in
+  evaluation, :func:`~m3sgg.models.sttran.classifier.label_boxes` (the original's STKET copies
+  STTran's classifier line for line): predicted labels and scores, pairs re-formed;
 
 - :class:`~m3sgg.models.sttran.relation.RelationFeatures` (STTran's, imported): the relation token
   of every pair;
@@ -26,7 +30,10 @@ original steps one video at a time), named ``"<head>_<group>"``.
 
 Which priors a relation uses follows the original's history rules (:mod:`.selection`): in
 training and in predcls evaluation the latest relation of an object label and frame holds its
-state; the contact threshold 1.0 selects ground-truth contacts (the original's test script).
+state, in sgcls evaluation the one whose object scores highest; the contact threshold 1.0
+selects ground-truth contacts (the original's test script; predcls only, as re-formed sgcls
+pairs have none). sgcls adds the ``object`` loss (cross-entropy of the classifier, mean over
+videos of the video's mean over boxes).
 """
 
 from __future__ import annotations
@@ -46,6 +53,7 @@ from m3sgg.models.originals import register_original
 from m3sgg.models.registry import register_model
 from m3sgg.models.stket.decoders import EnsembleDecoder, SpatialPriorEncoder, TemporalPriorDecoder
 from m3sgg.models.stket.priors import load_priors
+from m3sgg.models.sttran.classifier import ObjectClassifier, label_boxes
 from m3sgg.models.sttran.model import _index_targets, per_video_mean
 from m3sgg.models.sttran.relation import RelationFeatures
 from m3sgg.vocab import GROUP_SIZES, NUM_AG_CLASSES
@@ -53,7 +61,8 @@ from m3sgg.vocab import GROUP_SIZES, NUM_AG_CLASSES
 __all__ = ["HEADS", "PRIOR_HEADS", "STKET", "import_original_stket"]
 
 DATASETS = frozenset({"action_genome"})
-MODES = frozenset({"predcls"})
+MODES = frozenset({"predcls", "sgcls"})
+OBJECT_LOSS = "object"
 HEADS = ("spatial", "temporal", "ensemble")
 PRIOR_HEADS = ("spatial_prior", "temporal_prior")
 GROUPS = ("attention", "spatial", "contacting")
@@ -81,7 +90,8 @@ class STKET(SceneGraphModel):
         rank_head: the head published under the plain metric keys ("temporal").
         relation_loss: ``"bce"`` (the paper's recipe) or ``"margin"``.
         state_dims: hidden widths of ``state_fc`` (128, 256, 512).
-        dropout: of every attention layer (0.1).
+        dropout: of every attention layer and the object classifier (0.1).
+        classifier_dim, pos_dim: the sgcls object classifier's widths (1024, 128).
         loss_weights: multipliers of the named losses; missing names weigh 1.
     """
 
@@ -114,6 +124,8 @@ class STKET(SceneGraphModel):
         relation_loss: str = "bce",
         state_dims: tuple[int, ...] | list[int] = (128, 256, 512),
         dropout: float = 0.1,
+        classifier_dim: int = 1024,
+        pos_dim: int = 128,
         loss_weights: Mapping[str, float] | None = None,
     ) -> None:
         if mode not in MODES:
@@ -135,6 +147,11 @@ class STKET(SceneGraphModel):
                 raise ConfigError(f"stket: {key} must be a positive integer, got {value!r}")
         if not isinstance(window, int) or isinstance(window, bool) or window < 2:
             raise ConfigError(f"stket: window must be an integer >= 2, got {window!r}")
+        if mode != "predcls" and contact_threshold == 1.0:
+            raise ConfigError(
+                "stket: contact_threshold 1.0 picks priors by ground-truth contacts, which the "
+                f"pairs {mode} re-forms in evaluation do not have; use it in predcls"
+            )
         if not 0.0 < contact_threshold <= 1.0:
             raise ConfigError(
                 f"stket: contact_threshold must lie in (0, 1], got {contact_threshold!r}"
@@ -189,6 +206,16 @@ class STKET(SceneGraphModel):
         self.ensemble_decoder = EnsembleDecoder(
             token_dim, heads, ff_dim, window=window, layers=2, dropout=dropout
         )
+        self.object_classifier: ObjectClassifier | None = None
+        if mode != "predcls":
+            self.object_classifier = ObjectClassifier(
+                object_dim=object_dim,
+                num_classes=NUM_AG_CLASSES,
+                embed_dim=embed_dim,
+                pos_dim=pos_dim,
+                hidden=classifier_dim,
+                dropout=dropout,
+            )
         for head in HEADS:
             for group in GROUPS:
                 setattr(
@@ -219,7 +246,8 @@ class STKET(SceneGraphModel):
             if (h != "spatial_prior" or self.use_spatial_prior)
             and (h != "temporal_prior" or self.use_temporal_prior)
         )
-        return tuple(f"{h}_{g}" for h in heads for g in GROUPS)
+        names = tuple(f"{h}_{g}" for h in heads for g in GROUPS)
+        return names if self.mode == "predcls" else (*names, OBJECT_LOSS)
 
     def _heads(self, x: torch.Tensor, short: str) -> dict[str, torch.Tensor]:
         layers = [getattr(self, f"{short}_{g[0]}_rel_compress") for g in GROUPS]
@@ -238,12 +266,32 @@ class STKET(SceneGraphModel):
                 f"stket in {self.mode} needs batches collated with section="
                 f"{self.input_section!r}, got {batch.section!r}"
             )
-        labels, pair_idx, frame = batch.labels, batch.pair_idx, batch.im_idx
+        out: dict[str, torch.Tensor] = {}
+        labels, box_scores = batch.labels, batch.scores
+        pair_idx, frame = batch.pair_idx, batch.im_idx
+        scores = None  # training and predcls: the latest relation of a label and frame wins
+        if self.object_classifier is not None:
+            if batch.class_dists is None:
+                raise ConfigError(
+                    f"stket in {self.mode} needs the detector's class distributions of the "
+                    f"boxes: a feature store whose {batch.section!r} section has class_dists"
+                )
+            logits = self.object_classifier(
+                batch.box_features, batch.boxes[:, 1:], batch.class_dists
+            ).float()
+            out["object_logits"] = logits
+            if not self.training:
+                box_frame = batch.boxes[:, 0].long()
+                dist, labels, box_scores, human = label_boxes(logits, box_frame, batch.num_frames)
+                out["object_distribution"] = dist
+                objects = torch.nonzero((labels != 1) & (human[box_frame] >= 0)).squeeze(1)
+                pair_idx = torch.stack([human[box_frame[objects]], objects], dim=1)
+                frame = box_frame[objects]
+                scores = box_scores[objects]  # the best-scoring object holds the state
         maps = batch.union_maps[batch.union_rows(pair_idx)]
         tokens = self.relation(batch.box_features, batch.boxes[:, 1:], labels, pair_idx, maps)
         label = labels[pair_idx[:, 1]]
-        scores = None  # predcls: the latest relation of a label and frame holds its state
-        out: dict[str, torch.Tensor] = {}
+        gt_contacts = batch.contacting if self.mode == "predcls" else None
 
         spatial, spatial_priors = self.spatial_encoder(tokens, frame, label)
         heads = {"spatial": self._heads(spatial, "spa")}
@@ -256,7 +304,7 @@ class STKET(SceneGraphModel):
             label,
             scores,
             batch.frame_video,
-            batch.contacting,
+            gt_contacts,
         )
         heads["temporal"] = self._heads(temporal, "tem")
         if self.use_temporal_prior:
@@ -270,10 +318,10 @@ class STKET(SceneGraphModel):
             boxes=batch.boxes,
             labels=batch.labels,
             scores=batch.scores,
-            pred_labels=batch.labels,
-            pred_scores=batch.scores,
-            im_idx=batch.im_idx,
-            pair_idx=batch.pair_idx,
+            pred_labels=labels,
+            pred_scores=box_scores,
+            im_idx=frame,
+            pair_idx=pair_idx,
         )
         return out
 
@@ -286,6 +334,18 @@ class STKET(SceneGraphModel):
         n = batch.num_videos
         losses: dict[str, torch.Tensor] = {}
         for name in self.loss_names():
+            if name == OBJECT_LOSS:
+                per_box = F.cross_entropy(
+                    predictions["object_logits"],
+                    batch.object_targets.clamp(min=0),
+                    reduction="none",
+                )
+                kept = batch.object_targets >= 0
+                losses[name] = (
+                    per_video_mean(per_box[kept], batch.box_video[kept], n)
+                    * self.loss_weights[name]
+                )
+                continue
             head, _, group = name.rpartition("_")
             scores = predictions[f"{head}/{group}_distribution"][keep]
             if group == "attention":

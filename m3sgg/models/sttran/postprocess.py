@@ -1,0 +1,116 @@
+"""sgdet evaluation: the detections STTran relates, as its ``ObjectClassifier`` picks them.
+
+In sgdet evaluation the original (``lib/sttran.py``, ``ObjectClassifier.forward``, sgdet branch)
+does not use its classifier's weights: from the detector's distributions over classes 1..36 it
+
+1. ``clean_class`` for classes 5, 8 and 17, in that order: every box whose label is the class gets
+   a copy, appended after its frame's boxes, whose distribution has that class zeroed and whose
+   label is the arg-max of what is left;
+2. per frame and per arg-max class, greedy NMS at IoU 0.6 in descending score (kept boxes ordered
+   by frame, class, score);
+3. labels = the best object class (2..36), scores its probability; the most person-like box of
+   each frame (first on ties) becomes the person (label 1, its person probability);
+4. pairs (the frame's person, every box not labelled person), in box order.
+
+:func:`sgdet_boxes` does this for a whole batch at once; ``source`` maps every kept box back to
+its detection (its box, feature and union-table row).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+from m3sgg.ops.nms import nms
+
+__all__ = ["CLEAN_CLASSES", "NMS_THRESHOLD", "SgdetBoxes", "sgdet_boxes"]
+
+#: The classes ``clean_class`` duplicates, in the original's order.
+CLEAN_CLASSES = (5, 8, 17)
+#: IoU above which the classifier's NMS suppresses a box of the same arg-max class.
+NMS_THRESHOLD = 0.6
+
+
+class SgdetBoxes(NamedTuple):
+    """The boxes STTran relates in sgdet evaluation (``M`` boxes, ``Q`` pairs).
+
+    Attributes:
+        source: int64 ``[M]`` the detection each box is (a copy of).
+        frame: int64 ``[M]`` batch-level frame, non-decreasing.
+        dist: ``[M, C - 1]`` the distributions (with ``clean_class``'s zeroed entries).
+        labels, scores: ``[M]`` the predicted classes (1 for each frame's person) and scores.
+        pair_idx: int64 ``[Q, 2]`` (person, object) indices into these boxes.
+        im_idx: int64 ``[Q]`` frame of each pair.
+    """
+
+    source: torch.Tensor
+    frame: torch.Tensor
+    dist: torch.Tensor
+    labels: torch.Tensor
+    scores: torch.Tensor
+    pair_idx: torch.Tensor
+    im_idx: torch.Tensor
+
+
+def sgdet_boxes(
+    boxes: torch.Tensor, frame: torch.Tensor, dists: torch.Tensor, num_frames: int
+) -> SgdetBoxes:
+    """The original's sgdet evaluation labelling (module docstring), vectorised over frames.
+
+    Args:
+        boxes: ``[N, 4]`` xyxy detections; frame: ``[N]`` their batch-level frames,
+            non-decreasing; dists: ``[N, C - 1]`` the detector's distributions over 1..C-1.
+    """
+    device = boxes.device
+    source = torch.arange(len(boxes), device=device)
+    labels = dists.argmax(dim=1) + 1 if len(dists) else frame.new_zeros(0)
+    copy = torch.zeros(len(boxes), dtype=torch.long, device=device)
+    for step, cls in enumerate(CLEAN_CLASSES, start=1):
+        picked = torch.nonzero(labels == cls).squeeze(1)
+        extra = dists[picked].clone()
+        extra[:, cls - 1] = 0.0
+        source = torch.cat([source, source[picked]])
+        frame = torch.cat([frame, frame[picked]])
+        dists = torch.cat([dists, extra])
+        labels = torch.cat([labels, extra.argmax(dim=1) + 1 if len(extra) else labels[:0]])
+        copy = torch.cat([copy, torch.full_like(picked, step)])
+        # A frame's boxes, then its copies of this step: stable by (frame, step appended).
+        order = torch.sort(frame * (len(CLEAN_CLASSES) + 1) + copy, stable=True).indices
+        source, frame, dists, labels, copy = (
+            source[order],
+            frame[order],
+            dists[order],
+            labels[order],
+            torch.zeros_like(copy),
+        )
+    # Per-frame, per-class NMS; visit order: frame, class, descending score.
+    best = dists.argmax(dim=1) if len(dists) else frame.new_zeros(0)
+    score = dists.gather(1, best[:, None]).squeeze(1) if len(dists) else dists.new_zeros(0)
+    by_score = torch.sort(score, descending=True, stable=True).indices
+    key = (frame * dists.shape[1] + best)[by_score]
+    order = by_score[torch.sort(key, stable=True).indices]
+    kept = order
+    if len(order):
+        coords = boxes[source[order]].to(torch.float64)
+        span = float(coords.abs().max()) * 2 + 4
+        group = (frame * dists.shape[1] + best)[order].to(torch.float64)
+        shifted = coords + (group * span)[:, None]
+        scores_sorted = torch.arange(len(order), 0, -1, device=device, dtype=torch.float64)
+        kept = order[nms(shifted, scores_sorted, NMS_THRESHOLD)]
+    source, frame, dists = source[kept], frame[kept], dists[kept]
+    scores, labels = dists[:, 1:].max(dim=1) if len(dists) else (dists[:, 0], frame)
+    labels = labels + 2
+    rows = torch.arange(len(kept), device=device)
+    person = dists[:, 0]
+    top = torch.full((num_frames,), float("-inf"), dtype=person.dtype, device=device)
+    top = top.scatter_reduce(0, frame, person, "amax")
+    candidate = torch.where(person == top[frame], rows, len(kept))
+    human = torch.full((num_frames,), len(kept), dtype=torch.long, device=device)
+    human = human.scatter_reduce(0, frame, candidate, "amin")
+    has = human < len(kept)
+    labels[human[has]] = 1
+    scores[human[has]] = dists[human[has], 0]
+    objects = torch.nonzero((labels != 1) & has[frame]).squeeze(1)
+    pair_idx = torch.stack([human[frame[objects]], objects], dim=1)
+    return SgdetBoxes(source, frame, dists, labels, scores, pair_idx, frame[objects])

@@ -1,0 +1,48 @@
+"""sgdet evaluation labelling (the original classifier's sgdet branch), values by hand."""
+
+from __future__ import annotations
+
+import torch
+
+from m3sgg.models.sttran.postprocess import sgdet_boxes
+
+
+def _dist(entries: dict[int, float]) -> list[float]:
+    row = [0.0] * 36  # column k is class k + 1 (column 0: person)
+    for column, value in entries.items():
+        row[column] = value
+    return row
+
+
+def test_clean_class_nms_person_and_pairs_by_hand() -> None:
+    """Frame 0: d0 person-like; d1 and d2 class 5 (d2 overlaps d1 by IoU 400/441 = 0.91 and
+    scores less: suppressed), their class-5 copies say class 7 (0.3 and 0.4: d2's copy wins).
+    Frame 1: d3 class 17; its copy has only the person column left, so the copy becomes the
+    frame's person (tie on the person column: the copy comes first, its class group 0 is
+    visited first) and the pair is d3's copy with d3 itself."""
+    boxes = torch.tensor([[0.0, 0, 10, 10], [20, 20, 40, 40], [21, 21, 40, 40], [5, 5, 50, 50]])
+    dists = torch.tensor(
+        [
+            _dist({0: 0.7, 1: 0.3}),
+            _dist({4: 0.6, 6: 0.3, 0: 0.1}),
+            _dist({4: 0.5, 6: 0.4, 0: 0.1}),
+            _dist({0: 0.2, 16: 0.8}),
+        ]
+    )
+    frame = torch.tensor([0, 0, 0, 1])
+    out = sgdet_boxes(boxes, frame, dists, num_frames=2)
+    assert out.source.tolist() == [0, 1, 2, 3, 3]
+    assert out.frame.tolist() == [0, 0, 0, 1, 1]
+    assert out.labels.tolist() == [1, 5, 7, 1, 17]
+    torch.testing.assert_close(out.scores, torch.tensor([0.7, 0.6, 0.4, 0.2, 0.8]))
+    assert out.pair_idx.tolist() == [[0, 1], [0, 2], [3, 4]]
+    assert out.im_idx.tolist() == [0, 0, 1]
+    assert out.dist[2, 4].item() == 0.0 and out.dist[3, 16].item() == 0.0  # the copies
+
+
+def test_frames_without_detections_are_skipped() -> None:
+    boxes = torch.tensor([[0.0, 0, 10, 10], [30, 30, 60, 60]])
+    dists = torch.tensor([_dist({0: 0.9, 1: 0.1}), _dist({0: 0.1, 2: 0.9})])
+    out = sgdet_boxes(boxes, torch.tensor([1, 1]), dists, num_frames=3)
+    assert out.labels.tolist() == [1, 3] and out.pair_idx.tolist() == [[0, 1]]
+    assert out.im_idx.tolist() == [1]
