@@ -220,3 +220,30 @@ def test_import_original_round_trip_and_bad_keys(tmp_path) -> None:
     shifted = {**state, POSITION_TABLES[1]: state[POSITION_TABLES[1]] + 1}
     with pytest.raises(DataError, match=r"positional_encoder.pe: not the sinusoidal"):
         load_original(shifted, target)
+
+
+def test_the_paper_recipe_config() -> None:
+    """examples/configs/dsg_detr_paper.yaml is the original train.py's recipe."""
+    from pathlib import Path
+
+    from m3sgg.config import load_config
+
+    root = Path(__file__).resolve().parents[2]
+    config = load_config(root / "examples" / "configs" / "dsg_detr_paper.yaml")
+    assert config.model_name == "dsg_detr" and config.data.videos_per_batch == 1
+    optim = config.optim
+    assert (optim.optimizer, optim.lr, optim.weight_decay, optim.grad_clip) == (
+        "adamw",
+        1e-5,
+        0.01,
+        5.0,
+    )
+    schedule = config.schedule
+    assert (schedule.name, schedule.metric, schedule.patience, schedule.factor) == (
+        "plateau",
+        "with/R@20",
+        1,
+        0.5,
+    )
+    assert (schedule.threshold, schedule.threshold_mode, schedule.min_lr) == (1e-4, "abs", 1e-7)
+    assert config.train.epochs == 10
