@@ -47,7 +47,8 @@ class DatasetSpec:
         split: ``(batch, predictions) -> [(gt, pred), ...]`` for the metrics.
         model_inputs: ``(dataset) -> dict`` of model constructor arguments the data fixes.
         make_toy: ``(folder, config) -> folder``: write the toy dataset.
-        modes: the ``data.mode`` values it supports.
+        modes: the ``data.mode`` values it supports; the first is its default mode
+            (``data.mode: null``), see :attr:`default_mode`.
         default_model: the model ``model.name: null`` picks (None: ``model.name`` is required).
         watched: metric keys the default handlers watch: ``{"best": (keys of the best
             checkpoints), "schedule": key of the plateau scheduler, "early_stop": key}``.
@@ -67,6 +68,11 @@ class DatasetSpec:
     train_collate: Callable[[Any], Callable[[list[Any]], Any]] | None = field(
         default=None, kw_only=True
     )
+
+    @property
+    def default_mode(self) -> str:
+        """The mode ``data.mode: null`` picks: the first of :attr:`modes`."""
+        return self.modes[0]
 
     def __post_init__(self) -> None:
         if not self.modes or not all(isinstance(m, str) for m in self.modes):

@@ -51,7 +51,7 @@ from m3sgg.models.sttran.relation import RelationFeatures, class_word_vectors
 from m3sgg.models.sttran.transformer import SpatialEncoder, TemporalDecoder
 from m3sgg.vocab import AG_OBJECT_CLASSES, GROUP_SIZES, NUM_AG_CLASSES
 
-__all__ = ["STTran", "per_video_mean"]
+__all__ = ["STTran", "per_video_mean", "sttran_losses"]
 
 DATASETS = frozenset({"action_genome"})
 MODES = frozenset({"predcls", "sgcls", "sgdet"})
@@ -359,41 +359,68 @@ class STTran(SceneGraphModel):
         sgcls): each the mean over videos of the video's mean over its pairs with targets
         (``batch.relation_mask``), or over its boxes for ``object``. Needs the training-mode
         predictions (the given pairs)."""
-        keep = batch.relation_mask
-        video = batch.pair_video[keep]
-        n = batch.num_videos
-        per_pair = {
-            "attention": F.cross_entropy(
-                predictions["attention_distribution"][keep],
-                batch.attention[keep],
-                reduction="none",
+        return sttran_losses(
+            predictions,
+            batch,
+            self.relation_loss,
+            self.loss_weights,
+            objects=self.object_classifier is not None,
+        )
+
+
+def sttran_losses(
+    predictions: Mapping[str, torch.Tensor],
+    batch: Batch,
+    relation_loss: str,
+    loss_weights: Mapping[str, float],
+    *,
+    objects: bool,
+) -> dict[str, torch.Tensor]:
+    """STTran's named losses, for the models built on it (:meth:`STTran.loss` describes them).
+
+    Args:
+        predictions: training-mode predictions (the batch's pairs; ``object_logits`` when
+            ``objects``).
+        batch: the collated batch with its targets.
+        relation_loss: ``"margin"`` or ``"bce"`` for the spatial and contacting heads.
+        loss_weights: a multiplier for every returned name.
+        objects: add ``object``, the classifier's cross-entropy over the boxes.
+    """
+    keep = batch.relation_mask
+    video = batch.pair_video[keep]
+    n = batch.num_videos
+    per_pair = {
+        "attention": F.cross_entropy(
+            predictions["attention_distribution"][keep],
+            batch.attention[keep],
+            reduction="none",
+        )
+    }
+    for group in ("spatial", "contacting"):
+        probs = predictions[f"{group}_distribution"][keep]
+        target = getattr(batch, group)[keep]
+        if relation_loss == "margin":
+            per_pair[group] = F.multilabel_margin_loss(
+                probs, _index_targets(target), reduction="none"
             )
-        }
-        for group in ("spatial", "contacting"):
-            probs = predictions[f"{group}_distribution"][keep]
-            target = getattr(batch, group)[keep]
-            if self.relation_loss == "margin":
-                per_pair[group] = F.multilabel_margin_loss(
-                    probs, _index_targets(target), reduction="none"
-                )
-            else:
-                per_pair[group] = F.binary_cross_entropy(
-                    probs, target.to(probs.dtype), reduction="none"
-                ).mean(dim=1)
-        losses = {
-            name: per_video_mean(value, video, n) * self.loss_weights[name]
-            for name, value in per_pair.items()
-        }
-        if self.object_classifier is not None:
-            per_box = F.cross_entropy(
-                predictions["object_logits"], batch.object_targets.clamp(min=0), reduction="none"
-            )
-            keep_box = batch.object_targets >= 0
-            losses[OBJECT_LOSS] = (
-                per_video_mean(per_box[keep_box], batch.box_video[keep_box], n)
-                * self.loss_weights[OBJECT_LOSS]
-            )
-        return losses
+        else:
+            per_pair[group] = F.binary_cross_entropy(
+                probs, target.to(probs.dtype), reduction="none"
+            ).mean(dim=1)
+    losses = {
+        name: per_video_mean(value, video, n) * loss_weights[name]
+        for name, value in per_pair.items()
+    }
+    if objects:
+        per_box = F.cross_entropy(
+            predictions["object_logits"], batch.object_targets.clamp(min=0), reduction="none"
+        )
+        keep_box = batch.object_targets >= 0
+        losses[OBJECT_LOSS] = (
+            per_video_mean(per_box[keep_box], batch.box_video[keep_box], n)
+            * loss_weights[OBJECT_LOSS]
+        )
+    return losses
 
 
 def _index_targets(multi_hot: torch.Tensor) -> torch.Tensor:
