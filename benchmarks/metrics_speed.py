@@ -15,6 +15,9 @@ with stable sorts, so they must give the same hits; the script checks that first
 and the per-predicate recall bit for bit), then prints the medians of a few alternating repeats
 and the speed ratios. ``torch`` runs single-threaded on both sides.
 
+It also times the suite fed the STTran lists (each converted by ``VideoGT.from_sttran`` in
+``update()``) against the suite fed ``VideoGT``, and the conversion alone.
+
 Run: ``python benchmarks/metrics_speed.py [--repeats 3] [--videos 100]`` (about a minute).
 """
 
@@ -352,6 +355,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         runs[f"metric {constraint}"] = lambda m=metric: run_metric(m, videos)
     suite = ActionGenomeRecallSuite("predcls")
     runs["suite"] = lambda: run_metric(suite, videos)
+    # the same suite fed the STTran lists: VideoGT.from_sttran converts each video in update()
+    runs["suite on STTran lists"] = lambda: run_metric(suite, sttran)
+    runs["from_sttran"] = lambda: [VideoGT.from_sttran(gt) for gt, _ in sttran]
     t = median_times(runs, args.repeats)
     print(f"{'':>22}{'reference s':>12}{'metric s':>10}{'ratio':>8}  (median of {args.repeats})")
 
@@ -366,6 +372,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     line("suite vs 3 references", sum(t[f"reference {c}"] for c in CONSTRAINTS), t["suite"])
     frames = args.videos * args.frames
     print(f"suite throughput: {frames / t['suite']:,.0f} frames/s (all three constraints)")
+    on_lists = t["suite on STTran lists"]
+    print(
+        f"suite on the STTran lists: {on_lists:.4f} s, {on_lists / t['suite']:.2f}x the time on "
+        f"VideoGT; VideoGT.from_sttran: {1000 * t['from_sttran'] * 100 / args.videos:.1f} ms "
+        f"per 100 videos"
+    )
 
 
 if __name__ == "__main__":

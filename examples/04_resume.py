@@ -8,8 +8,9 @@ Three trainers with the same config (``last.pt`` every 4 iterations):
 - ``reference`` trains without interruption;
 - ``interrupted`` stops abruptly between two checkpoints, as a crash or a lost node would: the
   iterations after its last ``last.pt`` are lost;
-- a new trainer on the same run folder resumes from that ``last.pt`` (model, optimizer, scheduler,
-  engine counters, handler states, sampler position, random generators) and trains to the end.
+- a new trainer on the same run folder (``resume="auto"``) resumes from that ``last.pt`` (model,
+  optimizer, scheduler, engine counters, handler states, sampler position, random generators)
+  and trains to the end.
 
 On the CPU the resumed run ends with the same weights, bit for bit, and the same
 ``metrics.jsonl``. The command line does the same with ``m3sgg train --name NAME --resume auto``.
@@ -28,9 +29,9 @@ from m3sgg.engine.handlers.base import FunctionHandler
 EVERY = 4  # checkpoint.every_iters
 
 
-def make_trainer(output: Path, name: str) -> Trainer:
+def make_trainer(output: Path, name: str, resume: str | None = None) -> Trainer:
     overrides = [f"run.output={output}", f"run.name={name}", f"checkpoint.every_iters={EVERY}"]
-    return Trainer.from_config(load_config(None, [*sys.argv[1:], *overrides]))
+    return Trainer.from_config(load_config(None, [*sys.argv[1:], *overrides]), resume=resume)
 
 
 def main() -> int:
@@ -54,8 +55,9 @@ def main() -> int:
         f"{crash_at - crash_at % EVERY}"
     )
 
-    resumed = make_trainer(output, "interrupted")  # a new trainer on the same run folder
-    resumed.resume(output / "interrupted" / "checkpoints" / "last.pt")
+    # a new trainer on the same run folder: resume="auto" continues from its last.pt (without
+    # it, from_config refuses a folder that already holds a run)
+    resumed = make_trainer(output, "interrupted", resume="auto")
     print(f"resumed from iteration {resumed.engine.state.iteration}")
     resumed.train_loop()
 

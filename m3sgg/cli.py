@@ -64,7 +64,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     import tempfile
 
     from m3sgg.config import load_config
-    from m3sgg.engine.builders import run_folder
+    from m3sgg.engine.builders import check_new_run, run_folder
     from m3sgg.engine.trainer import Trainer
     from m3sgg.errors import ConfigError
 
@@ -76,14 +76,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
         return 0
     if args.resume == "auto" and config.run.name is None:
         raise ConfigError("--resume auto needs --name (the run folder to continue)")
-    run_dir = run_folder(config)
+    run_dir = run_folder(config).expanduser().resolve()  # absolute: the hint works anywhere
     # the saved config names its own folder, so `--config <run>/config.yaml --resume auto` works
     config.run.name, config.run.output = run_dir.name, str(run_dir.parent)
-    last = run_dir / "checkpoints" / "last.pt"
-    if args.resume is None and last.exists():
-        raise ConfigError(
-            f"{run_dir} already holds a run; continue it with --resume auto, or pick another --name"
-        )
+    check_new_run(run_dir, None if args.resume is None else _resume_target(args.resume))
     from m3sgg.config import config_to_dict
     from m3sgg.engine.distributed import launch, launched_by_torchrun, train_worker
 
@@ -116,6 +112,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return int(summary["exit_code"])
 
 
+def _resume_target(resume: str) -> str:
+    """``--resume``'s value as a checkpoint file (a run folder means its last.pt), or "auto"."""
+    return resume if resume == "auto" else str(_checkpoint_path(Path(resume)))
+
+
 def _checkpoint_path(path: Path) -> Path:
     """A checkpoint file, or a run folder (its ``checkpoints/last.pt``)."""
     return path / "checkpoints" / "last.pt" if path.is_dir() else path
@@ -125,6 +126,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from m3sgg.engine.builders import evaluate_checkpoint
     from m3sgg.engine.handlers.console import headline
     from m3sgg.engine.handlers.metrics_file import jsonable
+    from m3sgg.errors import ConfigError
 
     _setup_logging(args.verbose)
     overrides = []
@@ -136,7 +138,16 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         if value is not None:
             overrides.append(f"{key}={json.dumps(str(value))}")
     overrides += list(args.set or [])
-    metrics = evaluate_checkpoint(_checkpoint_path(args.checkpoint), overrides, args.split)
+    target = args.checkpoint or args.checkpoint_flag
+    if target is None:
+        raise ConfigError("evaluate needs a checkpoint file or a run folder (RUN)")
+    stream = sys.stderr if args.json else sys.stdout  # --json: stdout holds only the JSON
+    metrics = evaluate_checkpoint(
+        _checkpoint_path(target),
+        overrides,
+        args.split,
+        announce=lambda line: print(line, file=stream, flush=True),
+    )
     if args.json:
         print(json.dumps(jsonable(metrics), sort_keys=True))
     else:
@@ -374,9 +385,14 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--verbose", action="store_true", help="also show ignite's run messages")
     train.set_defaults(func=_cmd_train)
 
-    evaluate = commands.add_parser("evaluate", help="evaluate a checkpoint")
+    evaluate = commands.add_parser(
+        "evaluate", help="evaluate a checkpoint (a run folder: its last.pt)"
+    )
     evaluate.add_argument(
-        "--checkpoint", type=Path, required=True, help="a checkpoint file or a run folder"
+        "checkpoint", type=Path, nargs="?", metavar="RUN", help="a run folder or checkpoint file"
+    )
+    evaluate.add_argument(
+        "--checkpoint", dest="checkpoint_flag", type=Path, help="the same, as a flag"
     )
     evaluate.add_argument(
         "--dataset", metavar="NAME", help=f"{' | '.join(DATASETS)} or a dataset a plugin registers"
@@ -392,7 +408,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.set_defaults(func=_cmd_evaluate)
 
     from m3sgg.dashboard import register_commands as register_dashboard_commands
-    from m3sgg.features_extraction import register_commands as register_extraction_commands
+    from m3sgg.detection.extraction import register_commands as register_extraction_commands
     from m3sgg.tune.cli import register_commands as register_tune_commands
 
     register_dashboard_commands(commands)
@@ -480,10 +496,31 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _unrecognized(parser: argparse.ArgumentParser, command: str, extra: list[str]) -> str:
+    """One line for arguments no parser took, naming the closest flag of ``command``."""
+    import difflib
+
+    commands = next((a for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None)
+    sub = commands.choices.get(command) if commands is not None else None
+    flags = [flag for action in (sub or parser)._actions for flag in action.option_strings]
+    first = extra[0].split("=", 1)[0]
+    if not first.startswith("-"):
+        return f"unrecognized arguments: {' '.join(extra)} (see m3sgg {command} --help)"
+    close = difflib.get_close_matches(first, flags, n=1, cutoff=0.6)
+    hint = f"; did you mean {close[0]}?" if close else f" (see m3sgg {command} --help)"
+    return f"unrecognized argument {first}{hint}"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; user errors print one line and return 2."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        print(
+            f"m3sgg {args.command}: error: {_unrecognized(parser, args.command, extra)}",
+            file=sys.stderr,
+        )
+        return 2
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)

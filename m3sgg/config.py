@@ -55,7 +55,7 @@ class RunConfig:
 class DataConfig:
     dataset: str = "action_genome"  # "action_genome", "easg", or one a plugin registers
     path: str | None = None  # dataset root; None: the built-in toy dataset (made on first use)
-    mode: str = "predcls"  # AG: predcls | sgcls | sgdet; EASG: edgecls | sgcls | easgcls
+    mode: str | None = None  # AG: predcls|sgcls|sgdet; EASG: edgecls|sgcls|easgcls; None: the first
     train_split: str = "train"  # split trained on
     test_split: str | None = None  # split evaluated; None: the dataset's ("test" AG, "val" EASG)
     features: str | None = None  # AG feature store; None: <path>/features
@@ -71,7 +71,8 @@ class DataConfig:
 @dataclass
 class ModelConfig:
     name: str | None = None  # a registered model; None: sttran (AG) or easg_fc (EASG)
-    options: dict[str, Any] | None = None  # constructor arguments (over the toy preset on toy data)
+    options: dict[str, Any] | None = None  # constructor arguments (over the preset's widths)
+    preset: str = "auto"  # "toy" widths, "none" (paper sizes), "auto": toy on toy-data folders
 
 
 @dataclass
@@ -169,7 +170,10 @@ class Config:
             self.schedule.metric = watched["schedule"]
         if self.train.early_stop_metric is None:
             self.train.early_stop_metric = watched["early_stop"]
+        if self.data.mode is None:
+            self.data.mode = spec.default_mode
         _choice("data.mode", self.data.mode, tuple(spec.modes))
+        _choice("model.preset", self.model.preset, ("auto", "toy", "none"))
         seen: set[str] = set()
         for i, plugin in enumerate(self.plugins):
             if not plugin.name.strip():
@@ -245,17 +249,35 @@ class Config:
         return self.model.name or self.dataset_spec.default_model
 
     def model_options(self) -> dict[str, Any]:
-        """The model's constructor arguments: ``model.options`` over the toy preset on the toy
-        dataset (``data.path`` unset), over nothing (the model's own defaults) otherwise."""
+        """The model's constructor arguments: ``model.options`` over the toy preset when
+        ``model.preset`` asks for it ("toy", or "auto" on toy data: ``data.path`` unset or a
+        folder ``m3sgg toy-data`` wrote), over nothing (the model's own defaults) otherwise."""
         from m3sgg.models.presets import toy_preset
 
-        preset = toy_preset(self.model_name) if self.data.path is None else {}
+        preset = toy_preset(self.model_name) if self.uses_toy_preset else {}
         return {**preset, **(self.model.options or {})}
+
+    @property
+    def uses_toy_preset(self) -> bool:
+        """Whether the model starts from its toy widths (see :meth:`model_options`)."""
+        if self.model.preset != "auto":
+            return self.model.preset == "toy"
+        return self.data.path is None or is_toy_data(self.data.path)
 
     @property
     def test_split(self) -> str:
         """The evaluation split, defaulting by dataset."""
         return self.data.test_split or self.dataset_spec.test_split
+
+
+def is_toy_data(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is a dataset ``m3sgg toy-data`` wrote (its README.txt says so)."""
+    try:
+        with open(Path(path) / "README.txt", encoding="utf-8") as f:
+            first = f.readline()
+    except (OSError, UnicodeDecodeError):
+        return False
+    return first.startswith("m3sgg toy ") or "written by m3sgg" in first
 
 
 def _choice(key: str, value: str, allowed: tuple[str, ...]) -> None:
@@ -408,8 +430,13 @@ def _read_file(path: Path) -> dict[str, Any]:
         try:
             data = _yaml_load(text)
         except yaml.YAMLError as err:
-            first = str(err).splitlines()[0] if str(err) else type(err).__name__
-            raise ConfigError(f"{path}: invalid YAML ({first})") from None
+            mark = getattr(err, "problem_mark", None) or getattr(err, "context_mark", None)
+            where = f":{mark.line + 1}:{mark.column + 1}" if mark is not None else ""
+            reason = getattr(err, "problem", None) or str(err).splitlines()[0]
+            context, at = getattr(err, "context", None), getattr(err, "context_mark", None)
+            if context and at is not None and at is not mark:
+                reason = f"{context} at {at.line + 1}:{at.column + 1}: {reason}"
+            raise ConfigError(f"{path}{where}: invalid YAML ({reason})") from None
         return data or {}
     raise ConfigError(f"{path}: unknown config format (use .yaml, .yml, .toml or .json)")
 

@@ -8,12 +8,16 @@ works without the assets; the web page needs them in visdom's ``static/`` folder
 (``npm pack``), puts it under the file name visdom's ``server/build.py`` uses, and writes
 ``static/version.built`` so visdom's own start script would not download them again.
 
-The page itself needs ``tornado<6.6`` (6.6 answers 403 on ``/``); the API works with any.
+The first ``m3sgg dashboard`` without the assets fetches them itself when npm is installed (one
+progress line); without npm, or when its registry cannot be reached, it says how in one line and
+serves the API all the same. tornado's per-request "Could not open static file" errors are not
+printed (the start said it once). The page needs ``tornado<6.6`` (6.6 answers 403 on ``/``); the
+API works with any.
 
 Example::
 
-    m3sgg dashboard --install-assets     # once, needs npm
-    m3sgg dashboard --port 8097 &        # then open http://127.0.0.1:8097
+    m3sgg dashboard --port 8097 &        # then open http://127.0.0.1:8097 (first start: fetches
+                                         # the page's assets with npm when they are missing)
     m3sgg train --visdom                 # plots live into env <run folder name>
     m3sgg plot runs/my_run               # or replay a finished run's metrics.jsonl
 """
@@ -21,6 +25,7 @@ Example::
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import shutil
 import subprocess
@@ -267,8 +272,6 @@ def serve(port: int = 8097, host: str = "127.0.0.1", env_path: str | Path | None
     Raises:
         M3sggError: the port is taken, or the env folder cannot be created.
     """
-    import logging
-
     _import_visdom()
     from tornado.ioloop import IOLoop
     from visdom.server import app as visdom_app
@@ -282,6 +285,7 @@ def serve(port: int = 8097, host: str = "127.0.0.1", env_path: str | Path | None
     if not env_dir.is_dir():
         raise ConfigError(f"--env-path {env_dir}: not a folder")
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
+    quiet_missing_static_files()
     # visdom forces tornado's debug mode, which re-executes the process when a module changes
     visdom_app.tornado_settings["autoreload"] = False
     application = visdom_app.Application(port=port, env_path=str(env_dir) + os.sep)
@@ -379,12 +383,7 @@ def _cmd_dashboard(args: argparse.Namespace) -> int:
         return 0
     missing = missing_assets()
     if missing:
-        print(
-            f"note: {len(missing)} of visdom's web assets are missing from {static_dir()} "
-            f"(e.g. {missing[0]}): training can plot, but the page stays blank. "
-            "Get them with `m3sgg dashboard --install-assets` (needs npm).",
-            file=sys.stderr,
-        )
+        _fetch_missing_assets(missing)
     if _tornado_blocks_page():
         print(
             "note: tornado>=6.6 answers 403 on the page (the API works); "
@@ -401,6 +400,50 @@ def _cmd_dashboard(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print("dashboard stopped")
     return 0
+
+
+def _fetch_missing_assets(missing: list[str]) -> None:
+    """First start: fetch the page's assets with npm when it is there (one progress line);
+    otherwise, or when the registry cannot be reached, one line saying how. The server starts
+    either way (training can plot through the API without them)."""
+    static = static_dir()
+    how = "get them with `m3sgg dashboard --install-assets` once npm can reach its registry"
+    if shutil.which("npm") is None:
+        print(
+            f"note: {len(missing)} of visdom's web assets are missing from {static} (e.g. "
+            f"{missing[0]}), so the page stays blank; npm is not installed to fetch them: "
+            f"install npm (Debian: apt-get install npm), then {how.removeprefix('get them ')}",
+            file=sys.stderr,
+        )
+        return
+    print(
+        f"fetching visdom's web assets with npm into {static} (first start only) ...",
+        file=sys.stderr,
+        flush=True,
+    )
+    try:
+        install_assets(static, log=lambda line: None)
+    except M3sggError as err:
+        print(f"note: the page stays blank: {err}; {how}", file=sys.stderr)
+
+
+class _MissingStaticFilter(logging.Filter):
+    """Drops tornado's per-request complaints about missing static files (the page asks for
+    every asset on each load): the start already said, once, that the assets are missing."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if message.startswith("Could not open static file"):
+            return False
+        return not (record.name == "tornado.access" and " /static/" in message and "404" in message)
+
+
+def quiet_missing_static_files() -> None:
+    """Install :class:`_MissingStaticFilter` on tornado's loggers (idempotent)."""
+    for name in ("tornado.general", "tornado.access"):
+        log = logging.getLogger(name)
+        if not any(isinstance(f, _MissingStaticFilter) for f in log.filters):
+            log.addFilter(_MissingStaticFilter())
 
 
 def _cmd_plot(args: argparse.Namespace) -> int:

@@ -1,4 +1,4 @@
-"""Shared fixtures: paths to the reference vectors in ../shared and temporary run folders."""
+"""Shared fixtures: the reference vectors shipped in tests/data/vectors, temporary run folders."""
 
 from __future__ import annotations
 
@@ -10,23 +10,15 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
-def _vectors_dir() -> Path | None:
-    candidates = [os.environ.get("M3SGG_VECTORS"), REPO_ROOT.parent / "shared" / "vectors"]
-    for candidate in candidates:
-        if candidate and (Path(candidate) / "ag_expected.json").is_file():
-            return Path(candidate)
-    return None
+#: the public reference vectors (inputs and the reference evaluators' outputs; see its README)
+VECTORS = REPO_ROOT / "tests" / "data" / "vectors"
 
 
 @pytest.fixture(scope="session")
 def vectors_dir() -> Path:
-    """The reference metric vectors (``../shared/vectors`` or ``$M3SGG_VECTORS``)."""
-    path = _vectors_dir()
-    if path is None:
-        pytest.skip(
-            "reference vectors not found: set M3SGG_VECTORS or place shared/ beside the repo"
-        )
-    return path
+    """The reference metric vectors shipped in ``tests/data/vectors``."""
+    assert (VECTORS / "ag_expected.json").is_file(), f"{VECTORS}: the reference vectors are missing"
+    return VECTORS
 
 
 #: a toy training run of a few seconds on 2 CPU cores (the toy preset sets the model widths)

@@ -70,7 +70,10 @@ def test_file_errors_name_the_file(tmp_path: Path):
         load_config(bad)
     broken = tmp_path / "broken.yaml"
     broken.write_text("train: [1, 2\n")
-    with pytest.raises(ConfigError, match=r"broken\.yaml: invalid YAML"):
+    with pytest.raises(
+        ConfigError,
+        match=r"broken\.yaml:2:1: invalid YAML \(while parsing a flow sequence at 1:8: expected",
+    ):
         load_config(broken)
     with pytest.raises(ConfigError, match="config file not found"):
         load_config(tmp_path / "missing.toml")

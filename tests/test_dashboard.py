@@ -203,16 +203,68 @@ def test_dashboard_user_errors_are_one_line(tmp_path: Path, problem: str) -> Non
     assert message.startswith(f"m3sgg dashboard: error: {expected}")
 
 
-def test_dashboard_says_how_to_get_missing_assets(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+def test_dashboard_without_npm_says_in_one_line_how_to_get_missing_assets(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     served: list[tuple[Any, ...]] = []
+    monkeypatch.setenv("PATH", str(tmp_path))  # no npm on it
     monkeypatch.setattr(dashboard, "missing_assets", lambda: ["js/plotly-plotly.min.js"])
     monkeypatch.setattr(dashboard, "serve", lambda *args: served.append(args))
     assert main(["dashboard", "--port", "8123"]) == 0
     err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if "tornado" not in line]
+    assert len(lines) == 1, err
     assert "js/plotly-plotly.min.js" in err and "m3sgg dashboard --install-assets" in err
+    assert "install npm" in err
     assert served == [(8123, "127.0.0.1", None)]  # the API is served all the same
+
+
+def test_dashboard_fetches_missing_assets_itself_when_npm_is_there(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 19, point 9: the first start used to serve a blank page until the user found
+    ``--install-assets``. A stand-in npm on PATH records the call; install_assets is the real
+    one, writing into a temporary static folder."""
+    npm = tmp_path / "bin" / "npm"
+    npm.parent.mkdir()
+    npm.write_text(f'#!/bin/sh\necho "$@" >> "{npm.parent / "calls"}"\nexit 1\n')
+    npm.chmod(0o755)
+    monkeypatch.setenv("PATH", str(npm.parent))
+    static = tmp_path / "static"
+    monkeypatch.setattr(dashboard, "static_dir", lambda: static)
+    served: list[tuple[Any, ...]] = []
+    monkeypatch.setattr(dashboard, "serve", lambda *args: served.append(args))
+    assert main(["dashboard", "--port", "8124"]) == 0
+    calls = (npm.parent / "calls").read_text()
+    assert calls.startswith("pack ") and all(asset.spec in calls for asset in ASSETS)
+    err = [line for line in capsys.readouterr().err.splitlines() if "tornado" not in line]
+    assert err[0].startswith("fetching visdom's web assets with npm")
+    # this stand-in npm fails, as an unreachable registry does: one line, and the server starts
+    assert len(err) == 2 and "the page stays blank" in err[1] and "--install-assets" in err[1]
+    assert served == [(8124, "127.0.0.1", None)]
+
+
+def test_missing_static_files_do_not_flood_stderr(capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 19, point 9: every page load logged one tornado error per missing asset."""
+    import logging
+    import sys
+
+    from tornado.web import StaticFileHandler
+
+    handler = logging.StreamHandler(sys.stderr)
+    general = logging.getLogger("tornado.general")
+    general.addHandler(handler)
+    try:
+        dashboard.quiet_missing_static_files()
+        StaticFileHandler._get_cached_version("/nonexistent/static/js/missing.js")
+        logging.getLogger("tornado.access").warning("404 GET /static/js/missing.js (::1) 1ms")
+        general.error("another error")  # other errors still show
+    finally:
+        general.removeHandler(handler)
+        StaticFileHandler._static_hashes.pop("/nonexistent/static/js/missing.js", None)
+    err = capsys.readouterr().err
+    assert "Could not open static file" not in err and "missing.js" not in err
+    assert "another error" in err
 
 
 # ---------------------------------------------------------------------------- the page

@@ -1,4 +1,4 @@
-"""``m3sgg extract-features`` (m3sgg/features_extraction.py) on the toy dataset's frames."""
+"""``m3sgg extract-features`` (m3sgg/detection/extraction.py) on the toy dataset's frames."""
 
 from __future__ import annotations
 
@@ -18,8 +18,7 @@ from m3sgg.cli import main
 from m3sgg.data.action_genome import ActionGenome
 from m3sgg.data.features import FeatureStore
 from m3sgg.data.toy import make_toy_action_genome
-from m3sgg.errors import ConfigError, DataError
-from m3sgg.features_extraction import (
+from m3sgg.detection.extraction import (
     BUILTIN_STRIDE,
     builtin_backbone,
     class_color,
@@ -29,6 +28,7 @@ from m3sgg.features_extraction import (
     register_commands,
     write_toy_frames,
 )
+from m3sgg.errors import ConfigError, DataError
 from m3sgg.vocab import NUM_AG_CLASSES
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -641,7 +641,7 @@ def test_m3sgg_cli_subprocess(toy_root: Path, tmp_path: Path) -> None:
 
 def test_importing_the_module_does_not_import_torch(tmp_path: Path) -> None:
     """The CLI imports it to build its parser; ``m3sgg --help`` must stay fast."""
-    code = "import sys, m3sgg.features_extraction; print('torch' in sys.modules)"
+    code = "import sys, m3sgg.detection.extraction; print('torch' in sys.modules)"
     proc = _run("-c", code, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "False"

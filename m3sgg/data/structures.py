@@ -87,39 +87,51 @@ class VideoGT:
     def from_sttran(
         cls, gt_annotation: Sequence[Sequence[dict]], video_id: str | None = None
     ) -> VideoGT:
-        """Build from the STTran structure (list of frames ``[frame_info, obj, obj, ...]``)."""
+        """Build from the STTran structure (list of frames ``[frame_info, obj, obj, ...]``).
+
+        Boxes, classes and labels may be numbers, lists, numpy arrays or tensors. The values are
+        gathered in Python lists and converted to arrays once per video (the usual inputs, plain
+        lists and numpy arrays, are not converted one by one); the result is the same whatever
+        the input types.
+        """
         frame_keys: list[str] = []
-        person: list[np.ndarray] = []
+        person: list[Any] = []
         obj_frame: list[int] = []
-        obj_class: list[int] = []
+        obj_class: list[Any] = []
         obj_boxes: list[Any] = []
         rel_obj: list[int] = []
         rel_pred: list[int] = []
+        offsets = [(PREDICATE_OFFSETS[group], key) for group, key in _GROUP_KEYS]
         for f, frame in enumerate(gt_annotation):
             info = frame[0]
             frame_keys.append(str(info.get("frame", f"{video_id or 'video'}/{f:06d}.png")))
-            box = np.asarray(_to_numpy(info["person_bbox"]), dtype=np.float32).reshape(-1, 4)
-            person.append(box[0] if len(box) else np.zeros(4, np.float32))
+            person.append(info["person_bbox"])
+            first = len(obj_class)
             for obj in frame[1:]:
                 o = len(obj_class)
-                obj_frame.append(f)
-                obj_class.append(int(_to_numpy(obj["class"])))
-                obj_boxes.append(np.asarray(_to_numpy(obj["bbox"]), dtype=np.float64).reshape(4))
-                for group, key in _GROUP_KEYS:
-                    for label in _as_index_list(obj.get(key, ())):
-                        rel_obj.append(o)
-                        rel_pred.append(PREDICATE_OFFSETS[group] + label)
+                obj_class.append(obj["class"])
+                obj_boxes.append(obj["bbox"])
+                for offset, key in offsets:
+                    labels = obj.get(key)
+                    if labels is None:
+                        continue
+                    if type(labels) is not list:
+                        labels = _as_index_list(labels)
+                    if labels:
+                        rel_obj.extend([o] * len(labels))
+                        rel_pred.extend([offset + label for label in labels])
+            obj_frame.extend([f] * (len(obj_class) - first))
         if video_id is None:
             video_id = frame_keys[0].split("/")[0] if frame_keys else ""
         return cls(
             video_id=video_id,
             frame_keys=tuple(frame_keys),
-            person_boxes=np.asarray(person, dtype=np.float32).reshape(-1, 4),
+            person_boxes=_person_boxes(person),
             obj_frame=np.asarray(obj_frame, dtype=np.int64),
-            obj_class=np.asarray(obj_class, dtype=np.int64),
-            obj_boxes=np.asarray(obj_boxes, dtype=np.float64).reshape(-1, 4),
+            obj_class=_class_array(obj_class),
+            obj_boxes=_box_array(obj_boxes),
             rel_obj=np.asarray(rel_obj, dtype=np.int64),
-            rel_pred=np.asarray(rel_pred, dtype=np.int64),
+            rel_pred=_int_array(rel_pred),
         )
 
     def to_sttran(self) -> list[list[dict]]:
@@ -141,6 +153,49 @@ class VideoGT:
                 )
             frames.append(frame)
         return frames
+
+
+def _person_boxes(boxes: list[Any]) -> np.ndarray:
+    """float32 ``(F, 4)``: each frame's first person box (zeros for a frame without one)."""
+    try:  # the usual case: every frame one (1, 4) or (4,) box of one shape
+        stacked = np.asarray([_to_numpy(box) for box in boxes], dtype=np.float32)
+        if stacked.ndim >= 2 and stacked.shape[-1] == 4 and stacked.size == 4 * len(boxes):
+            return stacked.reshape(-1, 4)
+    except (ValueError, TypeError):
+        pass
+    rows = []
+    for box in boxes:
+        box = np.asarray(_to_numpy(box), dtype=np.float32).reshape(-1, 4)
+        rows.append(box[0] if len(box) else np.zeros(4, np.float32))
+    return np.asarray(rows, dtype=np.float32).reshape(-1, 4)
+
+
+def _box_array(boxes: list[Any]) -> np.ndarray:
+    """float64 ``(O, 4)`` from boxes given as lists, arrays of shape (4,) or (1, 4)."""
+    if boxes and hasattr(boxes[0], "detach"):  # tensors (any device): to numpy first
+        boxes = [_to_numpy(b) for b in boxes]
+    try:
+        return np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    except (ValueError, TypeError):  # mixed shapes or types: one at a time
+        return np.asarray(
+            [np.asarray(_to_numpy(b), dtype=np.float64).reshape(4) for b in boxes],
+            dtype=np.float64,
+        ).reshape(-1, 4)
+
+
+def _int_array(values: list[Any]) -> np.ndarray:
+    """int64 array of integer-valued labels (numpy integers and ints alike)."""
+    array = np.asarray(values)
+    if array.size and array.dtype.kind not in "iu":
+        return np.asarray([int(v) for v in values], dtype=np.int64)
+    return array.astype(np.int64, copy=False).reshape(-1)
+
+
+def _class_array(classes: list[Any]) -> np.ndarray:
+    """int64 ``(O,)`` from class indices given as ints, numpy scalars or one-element tensors."""
+    if all(type(c) is int for c in classes):
+        return np.asarray(classes, dtype=np.int64)
+    return np.asarray([int(_to_numpy(c)) for c in classes], dtype=np.int64)
 
 
 def _to_numpy(value: Any) -> Any:

@@ -10,13 +10,31 @@
   class distributions, union maps, sgdet detections);
 * :mod:`~m3sgg.detection.assign`: sgdet training inputs (detections matched to the ground truth,
   missed boxes supplied);
-* :mod:`~m3sgg.detection.extract`, :mod:`~m3sgg.detection.spool`: per-frame records of the
-  feature store's sections, and a resumable extraction over many videos.
+* :mod:`~m3sgg.detection.extract`, :mod:`~m3sgg.detection.spool`,
+  :mod:`~m3sgg.detection.ag_extraction`: per-frame records of the feature store's sections, a
+  resumable extraction over many videos, and ``extract-features --detector ag-faster-rcnn``;
+* :mod:`~m3sgg.detection.extraction` (``m3sgg extract-features`` with any backbone + RoIAlign),
+  :mod:`~m3sgg.detection.detections_file`, :mod:`~m3sgg.detection.toy_frames`.
 
 docs/detector.md has the comparison with the original and the speed figures.
 """
 
-from m3sgg.detection.faster_rcnn import ActionGenomeDetector, DetectorConfig, DetectorOutput
-from m3sgg.detection.resnet import ResNetConfig
+from __future__ import annotations
+
+from typing import Any
 
 __all__ = ["ActionGenomeDetector", "DetectorConfig", "DetectorOutput", "ResNetConfig"]
+
+
+def __getattr__(name: str) -> Any:
+    # Lazy: the CLI imports m3sgg.detection.extraction to build its parser, and importing the
+    # package must not import torch (``m3sgg --help`` stays fast).
+    if name in ("ActionGenomeDetector", "DetectorConfig", "DetectorOutput"):
+        from m3sgg.detection import faster_rcnn
+
+        return getattr(faster_rcnn, name)
+    if name == "ResNetConfig":
+        from m3sgg.detection.resnet import ResNetConfig
+
+        return ResNetConfig
+    raise AttributeError(f"module 'm3sgg.detection' has no attribute {name!r}")

@@ -304,7 +304,6 @@ def train_worker(
     from m3sgg.config import Config, config_from_dict
     from m3sgg.engine.handlers.console import headline
     from m3sgg.engine.handlers.graceful_stop import GracefulStop
-    from m3sgg.engine.handlers.metrics_file import jsonable
     from m3sgg.engine.trainer import Trainer
 
     rank, world = idist.get_rank(), idist.get_world_size()
@@ -312,20 +311,29 @@ def train_worker(
         _setup_worker_logging(rank, verbose)
     cfg = config if isinstance(config, Config) else config_from_dict(config, "config")
     overrides: dict[str, Any] = {"run_dir": Path(run_dir)} if run_dir is not None else {}
-    trainer = Trainer.from_config(cfg, **overrides)
+    trainer = Trainer.from_config(
+        cfg, resume=resume, ignore_missing_plugins=ignore_missing_plugins, **overrides
+    )
     run = Path(trainer.run_dir) if trainer.run_dir is not None else None
-    if resume is not None and str(resume) == "auto":
-        last = trainer.checkpoint_dir / "last.pt" if trainer.checkpoint_dir else None
-        if last is not None and last.is_file():
-            trainer.resume(last, ignore_missing_plugins=ignore_missing_plugins)
-        else:
-            logger.info("no checkpoint in %s yet: starting a new run", run)
-    elif resume is not None:
-        trainer.resume(resume, ignore_missing_plugins=ignore_missing_plugins)
+    if trainer.complete:  # a finished run is final: nothing is trained, nothing written
+        state = trainer.engine.state
+        if rank == 0:
+            logger.info(
+                "%s is complete: %d of %d epochs trained; nothing to do "
+                "(raise --epochs to train it further)",
+                run,
+                state.epoch,
+                cfg.train.epochs,
+            )
+        return _summary(trainer, state, run, world, None) if rank == 0 else None
     if world > 1:
         logger.info("run folder: %s (%d processes, backend %s)", run, world, idist.backend())
     else:
         logger.info("run folder: %s", run)
+    if rank == 0:
+        from m3sgg.engine.builders import describe_model
+
+        logger.info(describe_model(trainer.model, trainer.optimizer, trainer.config))
 
     stop = None
     if graceful_stop:
@@ -341,6 +349,15 @@ def train_worker(
             stop.uninstall()
     if rank != 0:
         return None
+    metrics = getattr(state, "eval_metrics", None)
+    if metrics:
+        logger.info("final evaluation: %s", headline(metrics))
+    return _summary(trainer, state, run, world, stop)
+
+
+def _summary(trainer: Any, state: Any, run: Path | None, world: int, stop: Any) -> dict[str, Any]:
+    """What :func:`train_worker` returns on rank 0 (and logs: best checkpoints, metrics file)."""
+    from m3sgg.engine.handlers.metrics_file import jsonable
 
     reason = getattr(state, "stop_reason", None)
     metrics = getattr(state, "eval_metrics", None)
@@ -350,8 +367,6 @@ def train_worker(
         for metric in handler.metrics:  # type: ignore[attr-defined]
             path = handler.best(metric)  # type: ignore[attr-defined]
             best[metric] = str(path) if path is not None else None
-    if metrics:
-        logger.info("final evaluation: %s", headline(metrics))
     for metric, path in best.items():
         logger.info("best %s: %s", metric, path)
     metrics_file = run / "metrics.jsonl" if run is not None else None

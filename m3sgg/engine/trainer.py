@@ -51,7 +51,7 @@ from m3sgg.engine.handlers.metrics_file import MetricsFile
 from m3sgg.engine.handlers.nan_guard import NanGuard
 from m3sgg.engine.handlers.progress import ProgressBar
 from m3sgg.engine.handlers.sampler_position import SamplerPosition
-from m3sgg.errors import DataError
+from m3sgg.errors import ConfigError, DataError
 
 if TYPE_CHECKING:
     from m3sgg.engine.evaluator import Evaluator
@@ -60,12 +60,33 @@ __all__ = ["RankZeroPlaceholder", "Trainer", "rank_zero", "resolve_amp", "resolv
 
 
 def resolve_device(name: str) -> torch.device:
-    """``"auto"`` → CUDA when available (this process's local rank), else CPU."""
+    """``"auto"`` → CUDA when available (this process's local rank), else CPU.
+
+    Raises:
+        ConfigError: a name torch does not know, or a CUDA device this machine lacks.
+    """
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda", idist.get_local_rank())
         return torch.device("cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise ConfigError(
+            f"run.device: expected 'auto', 'cpu', 'cuda' or 'cuda:N', got {name!r}"
+        ) from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(
+                f"run.device: {name!r} asked for, but CUDA is not available here "
+                "(torch.cuda.is_available() is False); use --device cpu or auto"
+            )
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ConfigError(
+                f"run.device: {name!r} asked for, but only {torch.cuda.device_count()} CUDA "
+                "device(s) are visible"
+            )
+    return device
 
 
 def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
@@ -170,6 +191,16 @@ class Trainer:
                 object_detector=object_detector,
             )
         self._pending_rng: dict[str, Any] | None = None
+        #: False from an iteration's start until its epoch's EPOCH_COMPLETED handlers ran: a
+        #: checkpoint written at an epoch's last iteration (every_iters, a signal) says so, and
+        #: the resumed run runs that epoch's end (evaluation, last.pt) before going on
+        self._epoch_closed = True
+        self._close_epoch_first = False
+        #: True after :meth:`resume` of a run that already reached ``train.epochs``
+        self.complete = False
+        # engine bookkeeping, registered before (so run before) every ordered handler
+        self.engine.add_event_handler(Events.ITERATION_STARTED, self._set_epoch_closed, False)
+        self.engine.add_event_handler(Events.EPOCH_COMPLETED, self._set_epoch_closed, True)
         #: train handler name -> the plugin that attached it (filled by apply_plugins)
         self.plugin_handlers: dict[str, str] = {}
         self._add_default_handlers(scheduler)
@@ -178,11 +209,36 @@ class Trainer:
     # ------------------------------------------------------------------ construction
 
     @classmethod
-    def from_config(cls, config: Config, **overrides: Any) -> Trainer:
-        """Assemble data, model, optimizer, evaluator and run folder from a config."""
-        from m3sgg.engine.builders import build_training
+    def from_config(
+        cls,
+        config: Config,
+        *,
+        resume: str | Path | None = None,
+        ignore_missing_plugins: bool = False,
+        **overrides: Any,
+    ) -> Trainer:
+        """Assemble data, model, optimizer, evaluator and run folder from a config.
 
-        return build_training(config, cls, **overrides)
+        Like ``m3sgg train``, a new trainer refuses a run folder that already holds a run
+        (ConfigError); ``resume="auto"`` continues that run from its ``last.pt`` (a new run
+        when there is none yet), a path resumes from that checkpoint. After resuming a run that
+        already reached ``train.epochs``, ``trainer.complete`` is True and :meth:`train_loop`
+        changes nothing. ``ignore_missing_plugins`` is passed to :meth:`resume`.
+        """
+        from m3sgg.engine.builders import build_training, check_new_run
+
+        trainer = build_training(config, cls, **overrides)
+        if trainer.run_dir is not None:
+            check_new_run(trainer.run_dir, resume)
+        if resume is not None and str(resume) == "auto":
+            last = trainer.checkpoint_dir / LastCheckpoint.filename if trainer.run_dir else None
+            if last is not None and last.is_file():
+                trainer.resume(last, ignore_missing_plugins=ignore_missing_plugins)
+            else:
+                trainer.logger.info("no checkpoint in %s yet: starting a new run", trainer.run_dir)
+        elif resume is not None:
+            trainer.resume(resume, ignore_missing_plugins=ignore_missing_plugins)
+        return trainer
 
     def _add_default_handlers(self, scheduler: Any) -> None:
         cfg = self.config
@@ -377,7 +433,23 @@ class Trainer:
     # ------------------------------------------------------------------ loops
 
     def train_loop(self) -> Any:
-        """Train to ``config.train.epochs`` (continuing a resumed run); returns the engine state."""
+        """Train to ``config.train.epochs`` (continuing a resumed run); returns the engine state.
+
+        A resumed run that had already reached ``train.epochs`` (``self.complete``) is left as it
+        is. A checkpoint written at an epoch's last iteration, before that epoch's end handlers
+        ran, first gets them run (evaluation, metrics line, ``last.pt``), as the uninterrupted
+        run did.
+        """
+        if self._close_epoch_first:
+            self._close_epoch_first = False
+            self._restore_pending_rng(self.engine)
+            self.engine.fire_event(Events.EPOCH_COMPLETED)
+            state = self.engine.state
+            self.complete = state.iteration >= self.config.train.epochs * (state.epoch_length or 0)
+            if self.engine.should_terminate:  # e.g. early stopping at that epoch's end
+                return state
+        if self.complete:
+            return self.engine.state
         return self.engine.run(self.dataloader_train, max_epochs=self.config.train.epochs)
 
     def train_epoch(self, epoch: int) -> Any:
@@ -415,7 +487,7 @@ class Trainer:
             "model": self.core_model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(),
-            "engine": dict(self.engine.state_dict()),
+            "engine": {**self.engine.state_dict(), "epoch_closed": self._epoch_closed},
             "handlers": {h.name: h.state_dict() for h in self.handlers if hasattr(h, "state_dict")},
             "plugin_handlers": dict(self.plugin_handlers),
             "sampler": self.sampler.state_dict() if self.sampler is not None else None,
@@ -545,14 +617,30 @@ class Trainer:
                 handler.load_state_dict(states[handler.name])
         if self.sampler is not None and ckpt.get("sampler") is not None:
             self.sampler.load_state_dict(ckpt["sampler"])
-        engine_state = dict(ckpt["engine"])
-        engine_state["max_epochs"] = max(
-            engine_state.get("max_epochs") or 0, self.config.train.epochs
+        foreign = self.checkpoint_dir is not None and (
+            path.parent.resolve() != self.checkpoint_dir.resolve()
         )
+        if foreign and "best_checkpoint" in self.handlers:  # another run's file: its best files
+            self.handlers.get("best_checkpoint").adopt(path.parent)  # type: ignore[attr-defined]
+        engine_state = dict(ckpt["engine"])
+        closed = bool(engine_state.pop("epoch_closed", True))
+        length = int(engine_state.get("epoch_length") or 0)
+        iteration = int(engine_state.get("iteration") or 0)
+        target = self.config.train.epochs
+        if length and iteration > target * length:
+            reached = -(-iteration // length)
+            raise ConfigError(
+                f"train.epochs {target}: the run in {path} is already at epoch {reached} "
+                f"(iteration {iteration}); give --epochs {reached} or more"
+            )
+        engine_state["max_epochs"] = target
         self.engine.load_state_dict(engine_state)
         self._pending_rng = mine["rng"] if mine is not None else ckpt["rng"]
+        at_epoch_end = bool(length) and iteration > 0 and iteration % length == 0
+        self._close_epoch_first = at_epoch_end and not closed
+        self._epoch_closed = closed
+        self.complete = bool(length) and iteration == target * length and closed
         state = self.engine.state
-        length = state.epoch_length or 0
         in_progress = 1 if length and state.iteration % length else 0  # mid-epoch: that epoch
         self.logger.info(
             "resumed from %s (epoch %d, iteration %d)",
@@ -591,6 +679,9 @@ class Trainer:
 
         if idist.get_rank() == 0:
             save_resolved_config(self.config, Path(self.run_dir))
+
+    def _set_epoch_closed(self, engine: Engine, closed: bool) -> None:
+        self._epoch_closed = closed
 
     def _restore_pending_rng(self, engine: Engine) -> None:
         if self._pending_rng is not None:

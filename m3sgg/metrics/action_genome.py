@@ -72,7 +72,7 @@ from ignite.exceptions import NotComputableError
 
 from m3sgg.data.structures import VideoGT
 from m3sgg.errors import ConfigError
-from m3sgg.metrics.base import SampleStatsMetric
+from m3sgg.metrics.base import SampleStatsMetric, content_key
 from m3sgg.vocab import GROUP_SIZES, NUM_AG_PREDICATES, PREDICATE_GROUPS, PREDICATE_OFFSETS
 
 __all__ = [
@@ -279,6 +279,7 @@ class _Pending:
 
     def __init__(self) -> None:
         self.sample_ids: list[str] = []
+        self.keys: list[str] = []  # identities: id and ground-truth content (content_key)
         self.frames = _Table(person=(np.float64, 4), video=(np.int64, None))
         self.objects = _Table(frame=(np.int64, None), cls=(np.int64, None), box=(np.float64, 4))
         self.relations = _Table(obj=(np.int64, None), pred=(np.int64, None))
@@ -302,6 +303,7 @@ class _Pending:
     def clear(self) -> None:
         """Forget the videos (the memory stays, for the next batch)."""
         self.sample_ids.clear()
+        self.keys.clear()
         for table in (self.frames, self.objects, self.relations, self.boxes, self.pairs):
             table.size = 0
 
@@ -348,6 +350,7 @@ class _Pending:
         box_table.commit(num_boxes)
         pairs.commit(num_pairs)
         self.sample_ids.append(sample_id)
+        self.keys.append(content_key(sample_id, gt.frame_keys, *g))
 
 
 # --------------------------------------------------------------------------------------------
@@ -1167,8 +1170,11 @@ class _ActionGenomeRecallBase(SampleStatsMetric):
           ``[{"person_bbox": (1,4) xyxy, "frame": key}, obj, ...]`` (objects with ``"class"``,
           ``"bbox"`` xyxy and the ``attention_relationship``, ``spatial_relationship``,
           ``contacting_relationship`` lists of group-local indices). The sample id is the video
-          id (``VideoGT.video_id``, or the frame keys' part before ``/``): a video seen twice,
-          also on two ranks, counts once. A video without an id gets a unique one.
+          id (``VideoGT.video_id``, or the frame keys' part before ``/``). A video seen twice
+          (the same id and the same ground truth), also on two ranks, counts once: that is the
+          sample a distributed sampler pads with. Another video under an id already seen counts
+          as its own sample, as the reference counts it (``per_video`` names it ``"id (2)"``).
+          A video without an id gets a unique one.
         - ``pred``: a mapping of tensors (any device) or arrays: ``boxes`` [B,5] ``(frame, x1,
           y1, x2, y2)``; ``labels`` and ``scores`` [B] (predcls) or ``pred_labels`` and
           ``pred_scores`` (sgcls, sgdet); ``im_idx`` [P]; ``pair_idx`` [P,2] (person box,
@@ -1203,10 +1209,10 @@ class _ActionGenomeRecallBase(SampleStatsMetric):
                 ],
                 axis=1,
             )
-            sample_ids = list(self._pending.sample_ids)
+            sample_ids, keys = list(self._pending.sample_ids), list(self._pending.keys)
         finally:
             self._pending.clear()
-        self._record_many(sample_ids, torch.from_numpy(rows))
+        self._record_many(sample_ids, torch.from_numpy(rows), keys)
 
     def gathered(self) -> tuple[torch.Tensor, torch.Tensor]:
         self._flush()

@@ -3,9 +3,12 @@
 A distributed sampler pads the dataset so every rank gets as many samples (7 videos on 2 ranks
 become 8: one video is evaluated twice). Summing per-rank totals would count it twice. So recall
 metrics here keep one row of statistics per *sample* (a video, a graph), tagged with a stable
-64-bit hash of the sample id. :meth:`SampleStatsMetric.gathered` all-gathers the rows of every
-rank, drops repeated ids (keeping the first), and only then do subclasses reduce by sums. The same
-rows give the per-sample results users ask for.
+64-bit hash of the sample's **identity**: its id *and* a digest of its ground-truth content
+(:func:`content_key`). :meth:`SampleStatsMetric.gathered` all-gathers the rows of every rank,
+drops repeated identities (keeping the first), and only then do subclasses reduce by sums. So
+only what is truly the same sample (the padded repeat: same id, same ground truth) counts once;
+two different samples that share an id (two videos both called ``frames``) both count, as the
+reference evaluators count them. The same rows give the per-sample results users ask for.
 """
 
 from __future__ import annotations
@@ -13,12 +16,14 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Sequence
+from typing import Any
 
 import ignite.distributed as idist
+import numpy as np
 import torch
 from ignite.metrics import Metric
 
-__all__ = ["SampleStatsMetric", "sample_hash"]
+__all__ = ["SampleStatsMetric", "content_key", "sample_hash", "unique_names"]
 
 
 def sample_hash(sample_id: str) -> int:
@@ -27,35 +32,66 @@ def sample_hash(sample_id: str) -> int:
     return int.from_bytes(digest, "little", signed=True)
 
 
+def content_key(sample_id: str, *parts: Any) -> str:
+    """The identity of a sample: its id and a digest of ``parts`` (arrays, strings, numbers:
+    dtype, shape and bytes of each), so equal ids with different contents differ."""
+    digest = hashlib.blake2b(digest_size=16)
+    for part in parts:
+        if isinstance(part, np.ndarray):
+            array = np.ascontiguousarray(part)
+            digest.update(f"{array.dtype.str}{array.shape}".encode())
+            digest.update(array.tobytes())
+        else:
+            digest.update(repr(part).encode("utf-8"))
+        digest.update(b"\x00")
+    return f"{sample_id}\x00{digest.hexdigest()}"
+
+
+def unique_names(names: Sequence[str]) -> list[str]:
+    """``names`` with repeats told apart: the second ``"frames"`` becomes ``"frames (2)"``."""
+    seen: dict[str, int] = {}
+    out = []
+    for name in names:
+        seen[name] = seen.get(name, 0) + 1
+        out.append(name if seen[name] == 1 else f"{name} ({seen[name]})")
+    return out
+
+
 class SampleStatsMetric(Metric):
     """Base class: subclasses call :meth:`_record` once per sample (or :meth:`_record_many`)
     and reduce :meth:`gathered`.
 
-    State: a list of sample-id hashes and a list of float64 rows of equal width (declared by
-    the subclass as ``row_width``); distributed reduction is *gather, deduplicate by id, then
-    sum*, done in :meth:`gathered`.
+    State: a list of sample-identity hashes, the sample ids (names), and a list of float64 rows
+    of equal width (declared by the subclass as ``row_width``); distributed reduction is
+    *gather, deduplicate by identity, then sum*, done in :meth:`gathered`.
     """
 
     row_width: int = 0
 
     def reset(self) -> None:
         self._ids: list[int] = []
+        self._keys: list[str] = []
         self._names: list[str] = []
         self._rows: list[torch.Tensor] = []  # blocks of rows, (n, row_width) each
 
-    def _record(self, sample_id: str, row: torch.Tensor) -> None:
+    def _record(self, sample_id: str, row: torch.Tensor, key: str | None = None) -> None:
         if row.shape != (self.row_width,):
             raise ValueError(f"row must have shape ({self.row_width},), got {tuple(row.shape)}")
-        self._record_many([sample_id], row[None])
+        self._record_many([sample_id], row[None], None if key is None else [key])
 
-    def _record_many(self, sample_ids: Sequence[str], rows: torch.Tensor) -> None:
-        """Record ``rows[i]`` for ``sample_ids[i]``."""
+    def _record_many(
+        self, sample_ids: Sequence[str], rows: torch.Tensor, keys: Sequence[str] | None = None
+    ) -> None:
+        """Record ``rows[i]`` for ``sample_ids[i]``, whose identity is ``keys[i]`` (default: the
+        id alone; see :func:`content_key`)."""
         if rows.shape != (len(sample_ids), self.row_width):
             raise ValueError(
                 f"rows must have shape ({len(sample_ids)}, {self.row_width}), got "
                 f"{tuple(rows.shape)}"
             )
-        self._ids.extend(sample_hash(sample_id) for sample_id in sample_ids)
+        keys = sample_ids if keys is None else keys
+        self._ids.extend(sample_hash(key) for key in keys)
+        self._keys.extend(keys)
         self._names.extend(sample_ids)
         self._rows.append(rows.to(dtype=torch.float64, device="cpu"))
 
@@ -79,12 +115,16 @@ class SampleStatsMetric(Metric):
         return _first_occurrence(ids, rows)
 
     def all_names(self) -> dict[int, str]:
-        """Sample-id hash → sample id, over all ranks (for per-sample results)."""
-        names = list(self._names)
+        """Sample-identity hash → sample id, over all ranks (for per-sample results); different
+        samples sharing an id are told apart as ``"id (2)"``, ``"id (3)"``, in gathered order."""
+        pairs = list(zip(self._keys, self._names, strict=True))
         if idist.get_world_size() > 1:
-            gathered = idist.all_gather(json.dumps(names))
-            names = [name for part in gathered for name in json.loads(part)]
-        return {sample_hash(name): name for name in names}
+            gathered = idist.all_gather(json.dumps(pairs))
+            pairs = [tuple(pair) for part in gathered for pair in json.loads(part)]
+        first: dict[int, str] = {}
+        for key, name in pairs:
+            first.setdefault(sample_hash(key), name)
+        return dict(zip(first, unique_names(list(first.values())), strict=True))
 
     def local_samples(self) -> list[tuple[str, torch.Tensor]]:
         """``(sample_id, row)`` for the samples this process saw, in update order."""

@@ -56,7 +56,7 @@ from ignite.exceptions import NotComputableError
 
 from m3sgg.data.structures import GraphGT
 from m3sgg.errors import ConfigError
-from m3sgg.metrics.base import SampleStatsMetric
+from m3sgg.metrics.base import SampleStatsMetric, content_key
 
 __all__ = [
     "EASG_CONSTRAINTS",
@@ -253,7 +253,9 @@ class EASGRecall(SampleStatsMetric):
       ``[V]``, ``[n, C]`` and ``[n, R]``. Logits are read in float32 on the CPU; inputs are not
       modified.
 
-    The sample id is ``GraphGT.graph_id``: a graph seen twice (also across ranks) counts once.
+    The sample id is ``GraphGT.graph_id``: a graph seen twice (the same id and the same ground
+    truth, also across ranks: a padded sample) counts once; another graph under an id already
+    seen counts as its own sample (``per_graph`` names it ``"id (2)"``).
     If the engine output is a mapping, its ``"gt"`` and ``"pred"`` entries are used.
 
     Args:
@@ -358,7 +360,8 @@ class EASGRecall(SampleStatsMetric):
         if self.mode == "easgcls":
             verbs = _per_graph(pred, "verb_logits", count, single, item_dims=1)
         rows = self._batch_rows(graphs, rels, objs, verbs)
-        self._record_many([graph.graph_id for graph in graphs], rows)
+        keys = [content_key(g.graph_id, g.verb, g.objects, g.edges) for g in graphs]
+        self._record_many([graph.graph_id for graph in graphs], rows, keys)
         self._updates += 1
 
     def _graph(self, item: Any, index: int) -> _Graph:

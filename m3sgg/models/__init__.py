@@ -1,11 +1,13 @@
 """Models: the registry, the model protocol, and the built-in models (registered on import).
 
-Built-in: ``"sttran"`` and ``"stket"`` (Action Genome: predcls, sgcls), ``"tempura"`` (Action
-Genome: predcls), ``"easg_fc"`` and ``"sttran_easg"`` (EASG: edgecls, sgcls, easgcls). Plugins
-add models with :func:`register_model`; the engine builds any of them with :func:`build_model`.
+Built-in: ``"sttran"`` (Action Genome: predcls, sgcls, sgdet), ``"stket"``, ``"tempura"`` and
+``"dsg_detr"`` (Action Genome: predcls, sgcls), ``"easg_fc"`` and ``"sttran_easg"`` (EASG:
+edgecls, sgcls, easgcls). Plugins add models with :func:`register_model`; the engine builds any
+of them with :func:`build_model`.
 """
 
 from m3sgg.models.base import AG_PREDICTION_KEYS, ModelProtocol, SceneGraphModel
+from m3sgg.models.dsg_detr import DSGDETR
 from m3sgg.models.easg import EASGFC, STTranEASG
 from m3sgg.models.originals import import_original, original_importers, register_original
 from m3sgg.models.registry import (
@@ -22,6 +24,7 @@ from m3sgg.models.tempura import TEMPURA
 
 __all__ = [
     "AG_PREDICTION_KEYS",
+    "DSGDETR",
     "EASGFC",
     "STKET",
     "TEMPURA",

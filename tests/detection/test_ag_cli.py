@@ -15,8 +15,8 @@ import torch
 
 from m3sgg.data.features import FeatureStore
 from m3sgg.data.toy import make_toy_action_genome
+from m3sgg.detection.extraction import write_toy_frames
 from m3sgg.detection.faster_rcnn import ActionGenomeDetector
-from m3sgg.features_extraction import write_toy_frames
 
 from .conftest import TINY, randomize
 

@@ -98,3 +98,52 @@ def test_resume_rejects_a_checkpoint_of_another_mode(uninterrupted: Path, tmp_pa
     assert other.returncode == 2
     assert "manifest.mode" in other.stderr and "predcls" in other.stderr
     assert "Traceback" not in other.stderr
+
+
+def _snapshot(folder: Path) -> dict[Path, bytes]:
+    return {p: p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.slow
+def test_resume_auto_of_a_finished_run_changes_nothing(uninterrupted: Path, tmp_path: Path):
+    """Issue 19, point 1: it used to retrain the whole schedule on top of the trained weights
+    (metrics.jsonl epochs 1, 2, 1, 2; best and last checkpoints overwritten)."""
+    import shutil
+
+    run = tmp_path / "full"
+    shutil.copytree(uninterrupted, run)
+    before = _snapshot(run)
+    again = m3sgg("train", "--output", str(tmp_path), "--name", "full", *SMALL, "--resume", "auto")
+    assert again.returncode == 0, again.stderr
+    assert "is complete: 2 of 2 epochs trained; nothing to do" in again.stdout
+    assert _snapshot(run) == before
+
+    lower = m3sgg(
+        "train", "--output", str(tmp_path), "--name", "full", *SMALL, "--resume", "auto",
+        "--epochs", "1",
+    )  # fmt: skip
+    assert lower.returncode == 2
+    assert lower.stderr.count("\n") == 1, lower.stderr
+    assert "already at epoch 2" in lower.stderr and "--epochs 2 or more" in lower.stderr
+    assert _snapshot(run) == before
+
+
+@pytest.mark.slow
+def test_raising_epochs_of_a_finished_run_trains_only_the_new_epochs(
+    uninterrupted: Path, tmp_path: Path
+):
+    import json
+    import shutil
+
+    run = tmp_path / "full"
+    shutil.copytree(uninterrupted, run)
+    more = m3sgg(
+        "train", "--output", str(tmp_path), "--name", "full", *SMALL, "--resume", "auto",
+        "--epochs", "3",
+    )  # fmt: skip
+    assert more.returncode == 0, more.stderr
+    assert "resumed from" in more.stdout
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [1, 2, 3]
+    assert lines[:2] == (uninterrupted / "metrics.jsonl").read_text().splitlines()
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["engine"]["iteration"] == 30

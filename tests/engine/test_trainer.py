@@ -242,6 +242,66 @@ def test_object_detector_runs_frozen_under_no_grad_every_step(small_config):
     assert not detector.scale.requires_grad and not detector.training
 
 
+def _files(folder):
+    return {p: p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_from_config_refuses_a_folder_that_holds_a_run_and_resumes_it_when_asked(small_config):
+    """Issue 19, point 2: the API refuses an existing run like the CLI (it used to append to
+    metrics.jsonl and overwrite the checkpoints), and ``resume="auto"`` of a finished run
+    leaves every file as it was (issue 19, point 1)."""
+    from m3sgg.errors import ConfigError
+
+    first = Trainer.from_config(small_config())
+    first.train_loop()
+    run = first.run_dir
+    before = _files(run)
+    assert len(read_metrics_file(run / "metrics.jsonl")) == 2
+
+    with pytest.raises(ConfigError, match=r"already holds a run.*resume"):
+        Trainer.from_config(small_config())
+    assert _files(run) == before
+
+    again = Trainer.from_config(small_config(), resume="auto")
+    assert again.complete
+    state = again.train_loop()
+    assert (state.epoch, state.iteration) == (2, 2 * state.epoch_length)
+    assert _files(run) == before
+
+
+def test_resume_of_a_finished_run_with_more_epochs_continues_exactly(small_config, tmp_path):
+    """Raising train.epochs on a finished run trains only the new epochs, bitwise like an
+    uninterrupted run of that length; lowering it below what was trained is a one-line error."""
+    from m3sgg.config import load_config
+    from m3sgg.errors import ConfigError
+
+    Trainer.from_config(small_config()).train_loop()
+    longer = Trainer.from_config(small_config("train.epochs=3"), resume="auto")
+    assert not longer.complete
+    longer.train_loop()
+    epochs = [r["epoch"] for r in read_metrics_file(longer.run_dir / "metrics.jsonl")]
+    assert epochs == [1, 2, 3]
+
+    straight = Trainer.from_config(
+        load_config(None, [*small_config_args(tmp_path, "straight"), "train.epochs=3"])
+    )
+    straight.train_loop()
+    for key, value in straight.core_model.state_dict().items():
+        assert torch.equal(longer.core_model.state_dict()[key], value), key
+    assert (longer.run_dir / "metrics.jsonl").read_bytes() == (
+        straight.run_dir / "metrics.jsonl"
+    ).read_bytes()
+
+    with pytest.raises(ConfigError, match=r"already at epoch 3 .*--epochs 3 or more"):
+        Trainer.from_config(small_config("train.epochs=2"), resume="auto")
+
+
+def small_config_args(tmp_path, name):
+    from tests.conftest import SMALL_RUN
+
+    return [*SMALL_RUN, f"run.output={tmp_path / 'runs'}", f"run.name={name}"]
+
+
 def test_a_matcher_goes_to_a_model_that_declares_one(small_config):
     from m3sgg.models.matching import HungarianMatcher
 

@@ -926,3 +926,55 @@ def test_benchmark_check_passes_on_a_small_dataset(benchmark: Any) -> None:
     refs = benchmark.check_equal(videos)
     assert set(refs) == set(CONSTRAINTS)
     assert all(0.0 < refs[c]["R@100"] <= 1.0 for c in CONSTRAINTS)
+
+
+def _one_frame_video(contacting: list[int]) -> tuple[list, dict]:
+    """The class docstring's one-frame video named ``frames`` (frame key ``frames/000001.png``):
+    a person, one object (class 5) looked at, with ``contacting`` as its contact labels; the
+    prediction looks at it (logits 5, 0, 0) and predicts contact 8 ('carrying', 0.2 ties: the
+    lowest column) for it."""
+    gt = [
+        [
+            {"person_bbox": torch.tensor([[0.0, 0, 10, 10]]), "frame": "frames/000001.png"},
+            {
+                "class": 5,
+                "bbox": [20.0, 0, 30, 10],
+                "attention_relationship": [0],
+                "spatial_relationship": [],
+                "contacting_relationship": contacting,
+            },
+        ]
+    ]
+    pred = {
+        "boxes": torch.tensor([[0.0, 0, 0, 10, 10], [0.0, 20, 0, 30, 10]]),
+        "labels": torch.tensor([1, 5]),
+        "scores": torch.ones(2),
+        "im_idx": torch.zeros(1),
+        "pair_idx": torch.tensor([[0, 1]]),
+        "attention_distribution": torch.tensor([[5.0, 0, 0]]),
+        "spatial_distribution": torch.full((1, 6), 0.1),
+        "contacting_distribution": torch.full((1, 17), 0.2),
+    }
+    return gt, pred
+
+
+def test_two_different_videos_under_one_id_both_count_and_a_repeat_counts_once() -> None:
+    """Issue 19, point 4: the second video named ``frames`` was dropped in silence whatever its
+    content. By hand, with the 'with' constraint: video A (looked at + contact 8) recalls 1 of
+    its 2 relations (R@10 = 0.5); video B (looked at only) recalls its one (1.0). The reference
+    averages frames: (0.5 + 1.0) / 2 = 0.75. A itself given twice (a padded sample) counts once.
+    """
+    a, b = _one_frame_video([8]), _one_frame_video([])
+    metric = ActionGenomeRecall("predcls", "with", ks=(10,), per_video=True)
+    for video in (a, b, a):
+        metric.update(video)
+    result = metric.compute()
+    assert result["R@10"] == pytest.approx(0.75, abs=1e-12)
+    assert result["frames"] == 2
+    assert result["per_video"]["frames"]["R@10"] == pytest.approx(0.5)
+    assert result["per_video"]["frames (2)"]["R@10"] == pytest.approx(1.0)
+
+    suite = ActionGenomeRecallSuite("predcls", ("with",), ks=(10,))
+    for video in (a, b):
+        suite.update(video)
+    assert suite.compute()["with/R@10"] == pytest.approx(0.75, abs=1e-12)

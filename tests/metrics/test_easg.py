@@ -576,3 +576,29 @@ def test_random_inputs_give_nondecreasing_recall_in_unit_interval(batch, task, c
         n_rels = gts[0].edges.shape[1]
         if all(g.objects.shape[0] * n_rels <= 50 for g in gts):
             assert result["R@50"] == 1.0  # every (object, edge) pair is a candidate
+
+
+def test_a_different_graph_under_an_id_already_seen_counts_like_a_new_one():
+    """Issue 19, point 4 (EASG): a graph reusing an id with other ground truth was dropped; it
+    must count as the reference counts it, i.e. as if it had its own id."""
+    other = GraphGT(
+        graph_id="hand",
+        verb=1,
+        objects=np.array([2, 3], dtype=np.int64),
+        edges=np.array([[1, 0, 0, 0], [0, 0, 0, 1]], dtype=bool),
+    )
+    renamed = GraphGT("other", other.verb, other.objects, other.edges)
+    pred = {"rel_logits": HAND_PRED["rel_logits"]}
+
+    def run(graphs):
+        metric = EASGRecall("edgecls", "with", ks=(1, 2), k_max=4, per_graph=True)
+        for graph in graphs:
+            metric.update((graph, pred))
+        return metric.compute()
+
+    alone = run([HAND_GT])
+    same_id = run([HAND_GT, other, HAND_GT])
+    own_id = run([HAND_GT, renamed])
+    assert same_id["graphs"] == 2
+    assert same_id["R@2"] == own_id["R@2"] != alone["R@2"]
+    assert same_id["per_graph"]["hand (2)"] == own_id["per_graph"]["other"]

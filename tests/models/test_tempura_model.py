@@ -141,7 +141,11 @@ def _original_layout(model: TEMPURA) -> dict:
                 original[f"{head}.heads.{part}_{i + 1}.weight"] = state[f"{head}.proj.weight"][rows]
                 original[f"{head}.heads.{part}_{i + 1}.bias"] = state[f"{head}.proj.bias"][rows]
     memory = state["memory_fusion.memory"]
-    rel_memory = {"attention": memory[:3], "spatial": memory[3:9], "contacting": memory[9:]}
+    rel_memory = (
+        {"attention": memory[:3], "spatial": memory[3:9], "contacting": memory[9:]}
+        if model.memory_fusion.is_ready
+        else []  # the original's checkpoints before the first memory
+    )
     return {"state_dict": original, "object_memory": [], "rel_memory": rel_memory}
 
 
@@ -165,6 +169,7 @@ def test_import_round_trip_with_memory(tmp_path) -> None:
 
 def test_import_refuses_unknown_missing_and_misshaped_keys() -> None:
     model = _model()
+    model.set_memory(torch.randn(26, model.memory_fusion.memory.shape[1]))
     good = _original_layout(model)
     unknown = {
         **good,
@@ -199,3 +204,52 @@ def test_import_original_registry(tmp_path) -> None:
         import_original("nonexistent", path)
     with pytest.raises(DataError, match="no such file"):
         import_original("tempura", tmp_path / "missing.tar", **TINY)
+
+
+def test_class_sequences_by_hand() -> None:
+    from m3sgg.models.tempura.objects import class_sequences
+
+    dists = torch.zeros(6, 36)
+    for row, cls in enumerate([5, 5, 5, 7, 5, 5]):
+        dists[row, cls] = 1.0
+    video = torch.tensor([0, 0, 0, 0, 1, 1])
+    frame = torch.tensor([0, 0, 1, 3, 4, 6])  # batch-level frames
+    sequence, position = class_sequences(dists, video, frame)
+    # video 0 class 5: rows 0, 1 (frame 0) and 2 (frame 1); video 0 class 7: row 3; video 1: 4, 5
+    assert sequence.tolist() == [0, 0, 0, 1, 2, 2]
+    assert position.tolist() == [0, 0, 1, 0, 0, 1]
+
+
+def test_sgcls_trains_with_object_losses_and_reforms_pairs_in_evaluation() -> None:
+    model = build_model(
+        "tempura", "action_genome", "sgcls", **TINY, k=3, tracking=True, contrastive_weight=1.0
+    )
+    batch = collate(_videos())
+    out = model(batch)
+    losses = model.loss(out, batch)
+    assert set(losses) == {"attention", "spatial", "contacting", "object", "contrastive"}
+    sum(losses.values()).backward()
+    assert model.object_classifier.tracker is not None
+    assert model.object_classifier.obj_embed.weight.grad is not None
+    model.eval()
+    with torch.no_grad():
+        evaluated = model(batch)
+    person = evaluated["pred_labels"][evaluated["pair_idx"][:, 0]]
+    assert bool((person == 1).all())  # the subject of every re-formed pair is the frame's person
+    torch.testing.assert_close(
+        evaluated["attention_probabilities"].sum(1), torch.ones(evaluated["pair_idx"].shape[0])
+    )
+    no_contrastive = build_model("tempura", "action_genome", "sgcls", **TINY, k=3)
+    assert "contrastive" not in no_contrastive.loss(no_contrastive(batch), batch)
+
+
+def test_sgcls_import_round_trip_with_tracking(tmp_path) -> None:
+    source = build_model("tempura", "action_genome", "sgcls", **TINY, k=3, tracking=True)
+    layout = _original_layout(source)
+    assert any(
+        k.startswith("object_classifier.encoder_tran.layers.2.") for k in layout["state_dict"]
+    )
+    target = build_model("tempura", "action_genome", "sgcls", **TINY, k=3, tracking=True)
+    target.load_state_dict(convert_original(layout, target))
+    for key, value in source.state_dict().items():
+        assert torch.equal(target.state_dict()[key], value), key

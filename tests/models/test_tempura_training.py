@@ -156,7 +156,19 @@ def test_predcls_recipe_file_builds_the_published_setup(toy_cache: Path, tmp_pat
     config = load_config(recipe, ["data.toy_videos=16", f"run.output={tmp_path}", "run.name=r"])
     assert (config.optim.optimizer, config.optim.lr, config.optim.grad_clip) == ("adamw", 1e-5, 5.0)
     assert (config.schedule.name, config.schedule.metric) == ("plateau", "with/mR@20")
+    assert (config.schedule.threshold, config.schedule.threshold_mode) == (1e-4, "abs")
+    assert config.optim.weight_decay == 0.01 and config.data.videos_per_batch == 1
     assert config.train.epochs == 10
     model = Trainer.from_config(config).core_model
     assert (model.k, model.fusion, model.memory_weighting) == (6, "late", "simple")
     assert model.memory_fusion.lam == 0.5 and model.memory_fusion.groups is None
+
+
+def test_sgcls_recipe_file(toy_cache: Path, tmp_path: Path) -> None:
+    recipe = Path(__file__).resolve().parents[2] / "examples" / "configs" / "tempura_sgcls.yaml"
+    config = load_config(recipe, ["data.toy_videos=16", f"run.output={tmp_path}", "run.name=r"])
+    assert config.data.mode == "sgcls" and config.optim.lr == 1e-5
+    assert config.data.filter_small_boxes
+    model = Trainer.from_config(config).core_model
+    assert (model.k, model.memory_fusion.lam, model.contrastive_weight) == (4, 0.3, 1.0)
+    assert model.object_classifier.tracker is not None

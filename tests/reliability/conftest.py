@@ -48,6 +48,10 @@ RUN_SETTINGS: dict[str, Any] = {
     "plugins": ["tests.reliability.hooks:trace"],
 }
 
+#: ``M3SGG_TEST_TIMEOUT_SCALE``: multiplies every wait of these tests (a machine so busy that a
+#: toy run needs minutes to reach its first steps; the default waits fail there, not m3sgg)
+TIMEOUT_SCALE = float(os.environ.get("M3SGG_TEST_TIMEOUT_SCALE", "1"))
+
 #: environment variables of the test hooks; removed from every child's environment first
 HOOK_VARIABLES = (
     "M3SGG_TRACE",
@@ -84,7 +88,7 @@ def run_m3sgg(
         capture_output=True,
         text=True,
         env=env or child_env(),
-        timeout=timeout,
+        timeout=timeout * TIMEOUT_SCALE,
         cwd=REPO,
     )
 
@@ -141,7 +145,7 @@ class TracedRun:
 
     def wait_for(self, event: str, *args: str, timeout: float = 120) -> TraceLine:
         """Block until the child traces ``event args...``; fails if it exits first."""
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + timeout * TIMEOUT_SCALE
         while True:
             for line in read_trace(self.trace):
                 if line.event == event and line.args[: len(args)] == args:
@@ -165,7 +169,7 @@ class TracedRun:
         self.process.wait()
 
     def wait(self, timeout: float = 300) -> int:
-        return self.process.wait(timeout=timeout)
+        return self.process.wait(timeout=timeout * TIMEOUT_SCALE)
 
     def stdout(self) -> str:
         return self.stdout_path.read_text()

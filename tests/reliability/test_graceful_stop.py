@@ -29,14 +29,14 @@ from .conftest import (
 STOP_AT = 5
 
 
-def stop_with(run: TracedRun, signum: int, times: int = 1) -> str:
-    """Send ``signum`` while iteration STOP_AT runs; returns stderr after checking the exit."""
-    run.wait_for("iteration", str(STOP_AT))
+def stop_with(run: TracedRun, signum: int, times: int = 1, at: int = STOP_AT) -> str:
+    """Send ``signum`` while iteration ``at`` runs; returns stderr after checking the exit."""
+    run.wait_for("iteration", str(at))
     for _ in range(times):
         run.signal(signum)
     assert run.wait() == 130, run.stderr()
     iterations = [int(line.args[0]) for line in run.lines() if line.event == "iteration"]
-    assert max(iterations) == STOP_AT, "no iteration may start after the signal"
+    assert max(iterations) == at, "no iteration may start after the signal"
     return run.stderr()
 
 
@@ -102,3 +102,25 @@ def test_printed_command_resumes_a_run_started_with_set_overrides(
     resumed = run_m3sgg(*command[1:], env=child_env())
     assert resumed.returncode == 0, resumed.stderr
     assert_same_result(tmp_path / "runs" / "stopped", reference_run.run)
+
+
+@pytest.mark.slow
+def test_a_stop_in_an_epochs_last_iteration_resumes_with_that_epochs_end(
+    reference_run: Reference, fresh_run: Callable[..., TracedRun], tmp_path: Path
+) -> None:
+    """Issue 19, point 3: a ``last.pt`` written at an epoch's last iteration, before that epoch's
+    end (evaluation, metrics line, best and last checkpoints), made the resumed run go straight
+    to the next epoch: that evaluation was lost and the run differed from the reference."""
+    length = reference_run.iterations // 2
+    run = fresh_run("stopped", M3SGG_PAUSE_AT=str(length))
+    stop_with(run, signal.SIGINT, at=length)
+    folder = tmp_path / "runs" / "stopped"
+    saved = load_checkpoint(folder / "checkpoints" / "last.pt")["engine"]
+    assert saved["iteration"] == length and saved.get("epoch_closed") is not True
+    assert not (folder / "metrics.jsonl").exists()
+
+    resumed = fresh_run("stopped", "--resume", "auto")
+    assert resumed.wait() == 0, resumed.stderr()
+    evaluations = [line for line in resumed.lines() if line.event == "evaluating"]
+    assert len(evaluations) == 2
+    assert_same_result(folder, reference_run.run)

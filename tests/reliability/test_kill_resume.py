@@ -18,6 +18,10 @@ cover each kind once, the rest are drawn among the kinds:
 Five kill points run by default; the issue's twenty with::
 
     M3SGG_KILL_POINTS=20 python -m pytest tests/reliability/test_kill_resume.py
+
+``M3SGG_KILL_LOAD=n`` runs n busy-looping processes for the whole module (the reference run
+included), so the runs are slowed and their timing perturbed as on a busy machine: kills land
+at other moments relative to the run's work than on an idle machine.
 """
 
 from __future__ import annotations
@@ -27,7 +31,8 @@ import os
 import random
 import signal
 import subprocess
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,6 +52,7 @@ from .conftest import (
 
 KILL_POINTS = int(os.environ.get("M3SGG_KILL_POINTS", "5"))
 KILL_SEED = int(os.environ.get("M3SGG_KILL_SEED", "0"))
+KILL_LOAD = int(os.environ.get("M3SGG_KILL_LOAD", "0"))
 KINDS = ("save-half", "save-written", "eval", "step")
 #: the kill lands this many seconds at most after the write reports its stage (it waits there)
 SAVE_WINDOW = 0.3
@@ -82,6 +88,19 @@ def kill_plan(count: int, seed: int) -> list[KillPoint]:
 
 
 PLAN = kill_plan(KILL_POINTS, KILL_SEED)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def cpu_load() -> Iterator[None]:
+    """``M3SGG_KILL_LOAD`` busy processes while this module's tests run (set up before the
+    session's reference run, so it is made under the same load)."""
+    spinners = [
+        subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(KILL_LOAD)
+    ]
+    yield
+    for spinner in spinners:
+        spinner.kill()
+        spinner.wait()
 
 
 def check_after_kill(run: Path, point: KillPoint) -> None:
@@ -123,4 +142,25 @@ def test_sigkill_then_resume_ends_bitwise_equal(
     assert resumed.wait() == 0, resumed.stderr()
     expected = "resumed from" if had_checkpoint else "no checkpoint in"
     assert expected in resumed.stdout(), resumed.stdout()
+    assert_same_result(run, reference_run.run)
+
+
+@pytest.mark.slow
+def test_sigkill_after_the_final_save_then_resume_changes_nothing(
+    reference_run: Reference, fresh_run: Callable[..., TracedRun], tmp_path: Path
+) -> None:
+    """Issue 19, points 1 and 3: a kill after the final ``last.pt`` is on disk (the run was
+    finishing: logging, exiting) left a finished run; ``--resume auto`` then retrained it from
+    epoch 1 on top of the trained weights, so it ended not bitwise equal to the reference."""
+    first = fresh_run("killed")
+    first.wait_for("saved", "last.pt", str(reference_run.iterations))
+    first.kill()
+    run = tmp_path / "runs" / "killed"
+    before = {p: p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file()}
+
+    resumed = fresh_run("killed", "--resume", "auto")
+    assert resumed.wait() == 0, resumed.stderr()
+    assert "is complete" in resumed.stdout(), resumed.stdout()
+    assert [line.event for line in resumed.lines()] == []  # no step, no evaluation, no save
+    assert {p: p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file()} == before
     assert_same_result(run, reference_run.run)

@@ -115,6 +115,19 @@ class BestCheckpoint(Handler):
             with contextlib.suppress(FileNotFoundError):
                 (self.folder / old).unlink()
 
+    def adopt(self, folder: str | Path) -> list[Path]:
+        """After resuming from a checkpoint of another run folder (``--resume FILE --name NEW``):
+        bring the kept best files from ``folder`` into this run's folder (hard links, else
+        copies), so the paths this handler reports exist. Returns the files brought in."""
+        folder = Path(folder)
+        brought = []
+        for name in {name for items in self.kept.values() for _, name in items}:
+            if (folder / name).is_file() and not (self.folder / name).exists():
+                self.folder.mkdir(parents=True, exist_ok=True)
+                self._link_or_save(folder / name, name)
+                brought.append(self.folder / name)
+        return brought
+
     def _link_or_save(self, source: Path, name: str) -> None:
         """Rank 0 only (no collective here): a hard link, else a durable copy of ``source``."""
         if idist.get_rank() != 0:

@@ -20,7 +20,8 @@ class Evaluation(Handler):
     """Evaluate every ``every_epochs`` epochs and/or every ``every_iters`` iterations.
 
     After the evaluator finishes, sets on the train engine's state:
-    ``eval_metrics`` (the evaluator's metrics), ``eval_count`` and ``train_losses`` (mean losses
+    ``eval_metrics`` (the evaluator's metrics), ``eval_count`` (evaluations of the run so far,
+    counting on after a resume: the handler's state) and ``train_losses`` (mean losses
     since the previous evaluation, from the loss tracker), then fires
     :attr:`M3sggEvents.EVALUATION_COMPLETED` so the LR scheduler, checkpointing, early stopping
     and loggers run, in their order, on fresh numbers.
@@ -41,6 +42,8 @@ class Evaluation(Handler):
         self.every_epochs = every_epochs
         self.every_iters = every_iters
         self.loss_tracker = loss_tracker
+        #: evaluations done in this run (in checkpoints: a resumed run counts on)
+        self.count = 0
 
     def events(self) -> list[Any]:
         events: list[Any] = []
@@ -52,6 +55,13 @@ class Evaluation(Handler):
 
     def __call__(self, engine: Engine) -> None:
         engine.state.eval_metrics = self.evaluator.eval_loop()
-        engine.state.eval_count = getattr(engine.state, "eval_count", 0) + 1
+        self.count += 1
+        engine.state.eval_count = self.count
         engine.state.train_losses = self.loss_tracker.take() if self.loss_tracker else {}
         engine.fire_event(M3sggEvents.EVALUATION_COMPLETED)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"count": self.count}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.count = int(state["count"])

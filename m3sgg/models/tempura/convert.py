@@ -41,28 +41,30 @@ _SEPARATE = ("attention", "spatial", "contacting")
 _TRACKING_LAYERS = 3
 
 
-def _classifier_keys(k: int) -> list[str]:
-    """Every key TEMPURA's ObjectClassifier may hold (below ``object_classifier.``)."""
-    keys = ["obj_embed.weight"]
-    keys += [f"pos_embed.0.{n}" for n in _BATCHNORM] + [f"pos_embed.1.{n}" for n in _LINEAR]
-    keys += [f"intermediate.0.{n}" for n in _LINEAR] + [f"intermediate.1.{n}" for n in _BATCHNORM]
-    keys += [f"decoder_lin.0.{n}" for n in _LINEAR]  # linear object head (the recipes)
-    keys += [  # mixture object head
+def _classifier_keys(k: int) -> tuple[list[str], list[str], list[str]]:
+    """TEMPURA's ObjectClassifier keys (below ``object_classifier.``): ``(ours, tracking,
+    others)``: the linear-head classifier ours mirrors, its tracking encoder (ours below
+    ``tracker.encoder.``), and the parts no recipe uses (mixture object head, object memory)."""
+    ours = ["obj_embed.weight"]
+    ours += [f"pos_embed.0.{n}" for n in _BATCHNORM] + [f"pos_embed.1.{n}" for n in _LINEAR]
+    ours += [f"intermediate.0.{n}" for n in _LINEAR] + [f"intermediate.1.{n}" for n in _BATCHNORM]
+    ours += [f"decoder_lin.0.{n}" for n in _LINEAR]  # the linear object head (the recipes)
+    tracking = []
+    for i in range(_TRACKING_LAYERS):
+        layer = f"encoder_tran.layers.{i}"
+        tracking += [f"{layer}.self_attn.{n}" for n in ("in_proj_weight", "in_proj_bias")]
+        tracking += [f"{layer}.self_attn.out_proj.{n}" for n in _LINEAR]
+        for part in ("linear1", "linear2", "norm1", "norm2"):
+            tracking += [f"{layer}.{part}.{n}" for n in _LINEAR]
+    others = [
         f"decoder_lin.heads.{part}_{i}.{n}"
         for part in ("mu", "var", "pi")
         for i in range(1, k + 1)
         for n in _LINEAR
     ]
-    keys += ["positional_encoder.pe"]
-    for i in range(_TRACKING_LAYERS):
-        layer = f"encoder_tran.layers.{i}"
-        keys += [f"{layer}.self_attn.{n}" for n in ("in_proj_weight", "in_proj_bias")]
-        keys += [f"{layer}.self_attn.out_proj.{n}" for n in _LINEAR]
-        for part in ("linear1", "linear2", "norm1", "norm2"):
-            keys += [f"{layer}.{part}.{n}" for n in _LINEAR]
-    keys += ["mem_attention.in_proj_weight", "mem_attention.out_proj.weight"]
-    keys += [f"selector.{n}" for n in _LINEAR]
-    return keys
+    others += ["mem_attention.in_proj_weight", "mem_attention.out_proj.weight"]
+    others += [f"selector.{n}" for n in _LINEAR]
+    return ours, tracking, others
 
 
 def key_map(model: Any) -> dict[str, str | None]:
@@ -77,8 +79,18 @@ def key_map(model: Any) -> dict[str, str | None]:
     for head in _HEADS:
         for name in _LINEAR:
             table[f"{head}.proj.{name}"] = f"{head}.proj.{name}"
-    for key in _classifier_keys(model.k):
-        table[f"object_classifier.{key}"] = None
+    ours, tracking, others = _classifier_keys(model.k)
+    classifier = model.object_classifier
+    for key in ours:
+        table[f"object_classifier.{key}"] = f"object_classifier.{key}" if classifier else None
+    for key in tracking:
+        target = f"object_classifier.tracker.encoder.{key.split('.', 1)[1]}"
+        keep = classifier is not None and classifier.tracker is not None
+        table[f"object_classifier.{key}"] = target if keep else None
+    table["object_classifier.positional_encoder.pe"] = None  # a constant table here
+    if classifier is None:  # predcls: the original never uses its classifier
+        for key in others:
+            table[f"object_classifier.{key}"] = None
     fusion = model.memory_fusion
     if fusion is not None:
         source = "glocal_transformer.mem_attention"

@@ -29,18 +29,22 @@ from m3sgg.data.collate import Batch
 from m3sgg.errors import ConfigError
 from m3sgg.models.base import SceneGraphModel
 from m3sgg.models.registry import register_model
+from m3sgg.models.sttran.classifier import label_boxes
 from m3sgg.models.sttran.model import per_video_mean
 from m3sgg.models.sttran.relation import RelationFeatures, class_word_vectors
 from m3sgg.models.sttran.transformer import SpatialEncoder, TemporalDecoder
 from m3sgg.models.tempura.gmm import GMMHead
+from m3sgg.models.tempura.losses import contrastive_loss
 from m3sgg.models.tempura.memory import WEIGHTINGS, MemoryAccumulator, MemoryFusion
+from m3sgg.models.tempura.objects import TempuraObjectClassifier
 from m3sgg.vocab import AG_OBJECT_CLASSES, GROUP_SIZES, NUM_AG_CLASSES
 
 __all__ = ["TEMPURA", "TEMPURA_PREDICTION_KEYS"]
 
 DATASETS = frozenset({"action_genome"})
-MODES = frozenset({"predcls"})
+MODES = frozenset({"predcls", "sgcls"})
 LOSS_NAMES = ("attention", "spatial", "contacting")
+OBJECT_LOSSES = ("object", "contrastive")
 GROUPS = ("attention", "spatial", "contacting")
 NUM_PREDICATES = sum(GROUP_SIZES[g] for g in GROUPS)
 
@@ -78,7 +82,7 @@ class TEMPURA(SceneGraphModel):
         class_names: names for word-vector look-up (default: AG's).
         word_vectors: optional GloVe-style text file initialising both class embeddings.
         dataset: ``"action_genome"``.
-        mode: ``"predcls"``.
+        mode: ``"predcls"`` or ``"sgcls"``.
         k: mixture components of the heads (the recipes: 6 PredCLS, 4 SGCLS/SGDET).
         memory: ``"joint"`` (one attention over the 26 rows, the recipes), ``"separate"`` (one
             per predicate group, read-outs averaged) or ``None`` (no memory, no handlers).
@@ -86,6 +90,13 @@ class TEMPURA(SceneGraphModel):
         fusion: ``"late"`` (after the temporal decoder, the recipes) or ``"early"``.
         selection: ``"manual"`` (fixed ``lam``) or ``"automated"`` (learned per row).
         lam: the features' weight in the fusion (0.5 PredCLS/SGDET, 0.3 SGCLS).
+        tracking: sgcls: the object-sequence encoder over boxes grouped by the detector's class
+            (the SGCLS recipe uses it).
+        classifier_dim: hidden width of the object classifier (1024; sgcls).
+        pos_dim: width of the classifier's box-position embedding (128; sgcls).
+        eos_coef: sgcls: weight of the background class in the object loss (1).
+        contrastive_weight: sgcls: weight of the object contrastive loss (the SGCLS recipe: 1;
+            0 leaves it out).
         loss_weights: multipliers of the named losses; missing names weigh 1.
 
     Example::
@@ -123,6 +134,11 @@ class TEMPURA(SceneGraphModel):
         fusion: str = "late",
         selection: str = "manual",
         lam: float = 0.5,
+        tracking: bool = False,
+        classifier_dim: int = 1024,
+        pos_dim: int = 128,
+        eos_coef: float = 1.0,
+        contrastive_weight: float = 0.0,
         loss_weights: Mapping[str, float] | None = None,
     ) -> None:
         if dataset not in DATASETS:
@@ -152,10 +168,11 @@ class TEMPURA(SceneGraphModel):
         if not 0.0 <= float(lam) <= 1.0:
             raise ConfigError(f"tempura: lam must lie in [0, 1], got {lam!r}")
         weights = dict(loss_weights or {})
-        unknown = sorted(set(weights) - set(LOSS_NAMES))
+        names_ = LOSS_NAMES if mode == "predcls" else (*LOSS_NAMES, *OBJECT_LOSSES)
+        unknown = sorted(set(weights) - set(names_))
         if unknown:
             raise ConfigError(
-                f"tempura: unknown loss_weights {unknown}; the losses are {list(LOSS_NAMES)}"
+                f"tempura: unknown loss_weights {unknown}; the losses are {list(names_)}"
             )
         token_dim = 3 * proj_dim + 2 * embed_dim
         if token_dim % heads:
@@ -170,7 +187,9 @@ class TEMPURA(SceneGraphModel):
         self.k = k
         self.fusion = fusion
         self.memory_weighting = memory_weighting
-        self.loss_weights = {name: float(weights.get(name, 1.0)) for name in LOSS_NAMES}
+        self.eos_coef = float(eos_coef)
+        self.contrastive_weight = float(contrastive_weight)
+        self.loss_weights = {name: float(weights.get(name, 1.0)) for name in names_}
         self.relation = RelationFeatures(
             object_dim=object_dim,
             union_channels=union_channels,
@@ -195,6 +214,19 @@ class TEMPURA(SceneGraphModel):
         self.a_rel_compress = GMMHead(token_dim, GROUP_SIZES["attention"], k, "softmax")
         self.s_rel_compress = GMMHead(token_dim, GROUP_SIZES["spatial"], k, "sigmoid")
         self.c_rel_compress = GMMHead(token_dim, GROUP_SIZES["contacting"], k, "sigmoid")
+        self.object_classifier = (
+            TempuraObjectClassifier(
+                object_dim=object_dim,
+                num_classes=num_classes,
+                embed_dim=embed_dim,
+                pos_dim=pos_dim,
+                hidden=classifier_dim,
+                dropout=dropout,
+                tracking=tracking,
+            )
+            if mode == "sgcls"
+            else None
+        )
         if word_vectors is not None:
             vectors, missing = class_word_vectors(word_vectors, names, embed_dim)
             known = torch.tensor([n != "__background__" and n not in missing for n in names])
@@ -259,19 +291,43 @@ class TEMPURA(SceneGraphModel):
         """Predictions with batch-level indices (``docs/metrics.md``), attention as
         ``attention_probabilities``; sampled mixtures in training, their means in evaluation."""
         self._check_batch(batch)
-        x, _ = self.relation_context(batch, batch.labels, batch.pair_idx, batch.im_idx)
-        return {
-            "attention_probabilities": self.a_rel_compress(x).float(),
-            "spatial_distribution": self.s_rel_compress(x).float(),
-            "contacting_distribution": self.c_rel_compress(x).float(),
-            "boxes": batch.boxes,
-            "labels": batch.labels,
-            "scores": batch.scores,
-            "pred_labels": batch.labels,
-            "pred_scores": batch.scores,
-            "im_idx": batch.im_idx,
-            "pair_idx": batch.pair_idx,
-        }
+        out: dict[str, torch.Tensor] = {}
+        labels, scores = batch.labels, batch.scores
+        pair_idx, im_idx = batch.pair_idx, batch.im_idx
+        if self.object_classifier is not None:  # sgcls: as STTran's, with TEMPURA's classifier
+            if batch.class_dists is None:
+                raise ConfigError(
+                    f"tempura in {self.mode} needs the detector's class distributions of the "
+                    f"boxes: a feature store whose {batch.section!r} section has class_dists"
+                )
+            frame = batch.boxes[:, 0].long()
+            logits, embedding = self.object_classifier(
+                batch.box_features, batch.boxes[:, 1:], batch.class_dists, batch.box_video, frame
+            )
+            out["object_logits"] = logits.float()
+            out["object_embedding"] = embedding
+            if not self.training:
+                dist, labels, scores, human = label_boxes(
+                    out["object_logits"], frame, batch.num_frames
+                )
+                out["object_distribution"] = dist
+                objects = torch.nonzero((labels != 1) & (human[frame] >= 0)).squeeze(1)
+                pair_idx = torch.stack([human[frame[objects]], objects], dim=1)
+                im_idx = frame[objects]
+        x, _ = self.relation_context(batch, labels, pair_idx, im_idx)
+        out.update(
+            attention_probabilities=self.a_rel_compress(x).float(),
+            spatial_distribution=self.s_rel_compress(x).float(),
+            contacting_distribution=self.c_rel_compress(x).float(),
+            boxes=batch.boxes,
+            labels=batch.labels,
+            scores=batch.scores,
+            pred_labels=labels,
+            pred_scores=scores,
+            im_idx=im_idx,
+            pair_idx=pair_idx,
+        )
+        return out
 
     def memory_inputs(
         self, batch: Batch, uncertainty: bool
@@ -305,7 +361,10 @@ class TEMPURA(SceneGraphModel):
     ) -> dict[str, torch.Tensor]:
         """Weighted named losses ``attention`` (NLL of the mixture probabilities), ``spatial``
         and ``contacting`` (BCE): each the mean over videos of the video's mean over its pairs
-        with targets."""
+        with targets. sgcls adds ``object`` (cross-entropy, background weighted ``eos_coef``, per
+        video the plain mean over its boxes) and, when ``contrastive_weight`` > 0,
+        ``contrastive`` (:func:`~.losses.contrastive_loss` on the classifier's embedding with the
+        GT labels, per video). Needs the training-mode predictions (the given pairs)."""
         keep = batch.relation_mask
         video = batch.pair_video[keep]
         probs = predictions["attention_probabilities"][keep]
@@ -316,7 +375,30 @@ class TEMPURA(SceneGraphModel):
             p = predictions[f"{group}_distribution"][keep]
             target = getattr(batch, group)[keep].to(p.dtype)
             per_pair[group] = F.binary_cross_entropy(p, target, reduction="none").mean(dim=1)
-        return {
+        losses = {
             name: per_video_mean(value, video, batch.num_videos) * self.loss_weights[name]
             for name, value in per_pair.items()
         }
+        if self.object_classifier is not None:
+            logits = predictions["object_logits"]
+            keep_box = batch.object_targets >= 0
+            weight = torch.ones(logits.shape[1], dtype=logits.dtype, device=logits.device)
+            weight[0] = self.eos_coef
+            per_box = F.cross_entropy(
+                logits[keep_box], batch.object_targets[keep_box], weight=weight, reduction="none"
+            )
+            box_video = batch.box_video[keep_box]
+            losses["object"] = (
+                per_video_mean(per_box, box_video, batch.num_videos) * self.loss_weights["object"]
+            )
+            if self.contrastive_weight > 0:
+                losses["contrastive"] = (
+                    contrastive_loss(
+                        predictions["object_embedding"][keep_box],
+                        batch.object_targets[keep_box],
+                        box_video,
+                    )
+                    * self.contrastive_weight
+                    * self.loss_weights["contrastive"]
+                )
+        return losses

@@ -1,0 +1,105 @@
+"""TEMPURA's object classifier for sgcls (``lib/tempura.py``, ``ObjectClassifier``, linear head).
+
+Per box, as STTran's: the box feature, the detector's class distribution times the class
+embedding table (``obj_embed``, classes 1..36) and the box-position embedding (``pos_embed``),
+concatenated (2048 + 200 + 128 = 2376 wide). Then, with ``tracking``, the object-sequence encoder
+(``encoder_tran``: 3 ``nn.TransformerEncoderLayer``, 8 heads, FFN 1024, sinusoidal positions) runs
+over the object sequences of each video: the boxes grouped by the arg-max class of the detector's
+distribution over the whole video (``lib/ds_track.py``), a box's position being the rank of its
+frame among the sequence's frames; a box alone in its group is encoded alone. Then
+``intermediate`` (Linear -> ``hidden``, BatchNorm, ReLU) and ``decoder_lin`` (Linear ->
+``num_classes``) give one logit per class.
+
+The *embedding* the contrastive loss reads is the tracking encoder's output (2376 wide) with
+tracking, the ``intermediate`` output without.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from m3sgg.models.dsg_detr.encoders import SequenceEncoder
+from m3sgg.models.sttran.classifier import center_size
+
+__all__ = ["TempuraObjectClassifier", "class_sequences"]
+
+
+def class_sequences(
+    class_dists: torch.Tensor, box_video: torch.Tensor, box_frame: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(sequence [N], position [N])``: dense sequence ids (one per video and arg-max class of
+    ``class_dists``) and each box's rank of its frame among its sequence's frames."""
+    if box_frame.numel() == 0:
+        empty = torch.zeros(0, dtype=torch.long, device=box_frame.device)
+        return empty, empty
+    classes = class_dists.shape[1]
+    key = box_video * classes + class_dists.argmax(dim=1)
+    sequence = torch.unique(key, return_inverse=True)[1]
+    frames = int(box_frame.max()) + 1
+    cells, cell = torch.unique(sequence * frames + box_frame, return_inverse=True)
+    owner = cells // frames
+    first = torch.searchsorted(owner, owner)  # the first cell of each cell's sequence
+    rank = torch.arange(len(cells), device=cells.device) - first
+    return sequence, rank[cell]
+
+
+class TempuraObjectClassifier(nn.Module):
+    """``forward(box_features, boxes xyxy, class_dists, box_video, box_frame) -> (logits [N, C],
+    embedding [N, ·])`` (module docstring)."""
+
+    def __init__(
+        self,
+        *,
+        object_dim: int,
+        num_classes: int,
+        embed_dim: int = 200,
+        pos_dim: int = 128,
+        hidden: int = 1024,
+        dropout: float = 0.1,
+        tracking: bool = False,
+        tracking_heads: int = 8,
+        tracking_ff: int = 1024,
+        tracking_layers: int = 3,
+        max_len: int = 400,
+    ) -> None:
+        super().__init__()
+        width = object_dim + embed_dim + pos_dim
+        self.obj_embed = nn.Embedding(num_classes - 1, embed_dim)
+        self.pos_embed = nn.Sequential(
+            nn.BatchNorm1d(4, momentum=0.01 / 10.0),
+            nn.Linear(4, pos_dim),
+            nn.ReLU(inplace=True),
+            nn.Dropout(dropout),
+        )
+        self.tracker = (
+            SequenceEncoder(width, tracking_heads, tracking_ff, tracking_layers, 0.1, max_len)
+            if tracking
+            else None
+        )
+        self.intermediate = nn.Sequential(
+            nn.Linear(width, hidden), nn.BatchNorm1d(hidden), nn.ReLU()
+        )
+        self.decoder_lin = nn.Sequential(nn.Linear(hidden, num_classes))
+
+    def forward(
+        self,
+        box_features: torch.Tensor,
+        boxes: torch.Tensor,
+        class_dists: torch.Tensor,
+        box_video: torch.Tensor,
+        box_frame: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        dists = class_dists.to(box_features.dtype)
+        embed = dists @ self.obj_embed.weight
+        position = self.pos_embed(center_size(boxes.to(box_features.dtype)))
+        x = torch.cat([box_features, embed, position], dim=1)
+        if self.tracker is not None:
+            sequence, rank = class_sequences(dists, box_video, box_frame)
+            x = self.tracker(x, sequence, rank)
+            embedding = x
+            x = self.intermediate(x)
+        else:
+            x = self.intermediate(x)
+            embedding = x
+        return self.decoder_lin(x), embedding
