@@ -142,17 +142,22 @@ def run_trial(
     """
     import torch
 
+    from m3sgg.engine.checkpoint import load_checkpoint
     from m3sgg.engine.handlers.graceful_stop import GracefulStop
     from m3sgg.engine.trainer import Trainer
 
-    trainer = Trainer.from_config(config, run_dir=run_dir)
+    resumed = resume_from if resume_from is not None and resume_from.is_file() else None
+    # from_config resumes the engine, model and its own handlers; the report handler joins
+    # afterwards and takes its count and best value from the same checkpoint
+    trainer = Trainer.from_config(config, run_dir=run_dir, resume=resumed)
     report = TrialReport(trial, metric, direction)
     trainer.handlers.add(report)
     stop = GracefulStop(trainer.save_checkpoint)
     trainer.handlers.add(stop)
-    resumed = None
-    if resume_from is not None and resume_from.is_file():
-        resumed = trainer.resume(resume_from)
+    if resumed is not None:
+        saved = load_checkpoint(resumed).get("handlers", {})
+        if report.name in saved:
+            report.load_state_dict(saved[report.name])
         for step, value in sorted((earlier_values or {}).items()):
             if step <= report.evaluations:
                 trial.report(value, step)
