@@ -333,20 +333,22 @@ def split_predictions(
     from ``predictions`` are skipped; keys in neither list are left out. Tensors are detached and
     moved to ``device`` once, before cutting (``None`` keeps them where they are).
 
-    Pairs: a model may return pairs of its own (sgcls/sgdet evaluation forms them from its
-    labels), then ``predictions["pair_idx"]`` decides: each pair belongs to the video of its
-    subject box, and a video's pairs must be contiguous. Without ``pair_idx`` the batch's pairs
-    are meant.
+    Boxes and pairs: a model may return boxes and pairs of its own (sgcls/sgdet evaluation forms
+    them): ``predictions["boxes"]`` (its column 0, the batch-level frame) assigns each box to a
+    video, ``predictions["pair_idx"]`` each pair (the video of its subject box); a video's rows
+    must be contiguous. Without ``boxes`` (or ``pair_idx``) the batch's are meant.
 
     Raises:
         ValueError: a listed prediction does not have one row per box (or pair), or the
             predicted pairs are not grouped by video.
     """
     moved: dict[str, torch.Tensor] = {}
+    own_boxes = "boxes" in predictions
+    num_boxes = predictions["boxes"].shape[0] if own_boxes else batch.num_boxes
     own_pairs = "pair_idx" in predictions
     num_pairs = predictions["pair_idx"].shape[0] if own_pairs else batch.num_pairs
     for keys, rows, what in (
-        (box_keys, batch.num_boxes, "box"),
+        (box_keys, num_boxes, "box"),
         (pair_keys, num_pairs, "pair"),
     ):
         for key in keys:
@@ -362,8 +364,18 @@ def split_predictions(
 
     target = device if device is not None else batch.device
     frame_start = torch.tensor(batch.frame_offsets[:-1], dtype=torch.int64, device=target)
-    box_start = torch.tensor(batch.box_offsets[:-1], dtype=torch.int64, device=target)
-    box_video = batch.box_video.to(target)
+    if own_boxes:
+        frame_video = batch.frame_video.to(target)
+        box_video = frame_video[moved["boxes"][:, 0].long()]
+        if bool((box_video[1:] < box_video[:-1]).any()):
+            raise ValueError("predicted boxes must be grouped by video (by their frame)")
+        box_counts = torch.bincount(box_video, minlength=batch.num_videos).tolist()
+    else:
+        box_video = batch.box_video.to(target)
+        box_counts = np.diff(batch.box_offsets).tolist()
+    box_start = torch.tensor(
+        np.concatenate([[0], np.cumsum(box_counts)[:-1]]), dtype=torch.int64, device=target
+    )
     if "boxes" in moved:
         boxes = moved["boxes"].clone()
         boxes[:, 0] -= frame_start[box_video].to(boxes.dtype)
@@ -381,7 +393,6 @@ def split_predictions(
     if "pair_idx" in moved:
         moved["pair_idx"] = moved["pair_idx"] - box_start[pair_video][:, None]
 
-    box_counts = np.diff(batch.box_offsets).tolist()
     pieces: dict[str, tuple[torch.Tensor, ...]] = {}
     for key, value in moved.items():
         counts = box_counts if key in box_keys else pair_counts

@@ -42,6 +42,8 @@ class DatasetSpec:
         name: ``"action_genome"``, ``"easg"``, ...
         open: ``(config, root, split) -> dataset`` (a map-style dataset of samples).
         collate: ``(model) -> collate_fn`` (the model decides, e.g., which feature section).
+        train_collate: ``(model) -> collate_fn`` for the training loader when it differs
+            (STTran's sgdet trains on other inputs than it evaluates); None: ``collate``.
         split: ``(batch, predictions) -> [(gt, pred), ...]`` for the metrics.
         model_inputs: ``(dataset) -> dict`` of model constructor arguments the data fixes.
         make_toy: ``(folder, config) -> folder``: write the toy dataset.
@@ -63,6 +65,9 @@ class DatasetSpec:
     default_model: str | None = field(kw_only=True)
     watched: Mapping[str, Any] = field(kw_only=True)
     test_split: str = field(default="test", kw_only=True)
+    train_collate: Callable[[Any], Callable[[list[Any]], Any]] | None = field(
+        default=None, kw_only=True
+    )
 
     @property
     def default_mode(self) -> str:
@@ -153,6 +158,14 @@ def _ag_collate(model: Any) -> Callable[[list[Any]], Any]:
     return functools.partial(collate, section=getattr(model, "input_section", "gt"))
 
 
+def _ag_train_collate(model: Any) -> Callable[[list[Any]], Any]:
+    """The training loader's collate: the model's ``train_section`` when it has one."""
+    from m3sgg.data.collate import collate
+
+    section = getattr(model, "train_section", None) or getattr(model, "input_section", "gt")
+    return functools.partial(collate, section=section)
+
+
 def _ag_split(batch: Any, predictions: Any) -> list[tuple[Any, Any]]:
     from m3sgg.data.collate import split_predictions
 
@@ -186,6 +199,7 @@ register_dataset(
             "early_stop": "with/mR@20",
         },
         test_split="test",
+        train_collate=_ag_train_collate,
     )
 )
 

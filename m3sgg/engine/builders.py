@@ -54,9 +54,16 @@ def build_data(config: Config) -> tuple[Any, Any, Any]:
 
 
 def build_loaders(
-    config: Config, train: Any, test: Any, collate_fn: Any, device: torch.device
+    config: Config,
+    train: Any,
+    test: Any,
+    collate_fn: Any,
+    device: torch.device,
+    train_collate_fn: Any = None,
 ) -> tuple[DataLoader, DataLoader]:
     """Train loader over a :class:`ResumableSampler` (exact resume) and a sharded test loader.
+
+    ``train_collate_fn`` collates the training batches when it differs from ``collate_fn``.
 
     Both get their own seeded ``torch.Generator`` so building iterators never draws from the
     global RNG (which resume restores exactly).
@@ -68,7 +75,7 @@ def build_loaders(
     train_loader = DataLoader(
         train,
         batch_sampler=BatchSampler(sampler, config.data.videos_per_batch, drop_last=False),
-        collate_fn=collate_fn,
+        collate_fn=train_collate_fn or collate_fn,
         num_workers=workers,
         pin_memory=pin,
         generator=torch.Generator().manual_seed(seed),
@@ -176,11 +183,15 @@ def build_training(config: Config, trainer_cls: Any, **overrides: Any) -> Any:
     model = _build_model(config, spec, train)
     # reads model attributes: before any wrapper hides them; then the plugins' batch fields
     collate_fn = with_batch_fields(spec.collate(model), config.data.dataset)
+    train_collate = spec.train_collate or spec.collate
+    train_collate_fn = with_batch_fields(train_collate(model), config.data.dataset)
     if idist.get_world_size() > 1:  # DistributedDataParallel over the process group
         model = idist.auto_model(model.to(device))
     if config.train.compile:
         model = torch.compile(model)
-    train_loader, test_loader = build_loaders(config, train, test, collate_fn, device)
+    train_loader, test_loader = build_loaders(
+        config, train, test, collate_fn, device, train_collate_fn
+    )
     run_dir = overrides.pop("run_dir", None) or run_folder(config)
     if idist.get_world_size() > 1:  # one folder for all ranks (a timestamped name may differ)
         run_dir = Path(idist.broadcast(str(run_dir), src=0, safe_mode=True))

@@ -47,10 +47,10 @@ def test_sttran_is_registered() -> None:
     spec = get_model_spec("sttran")
     assert spec.factory is STTran
     assert spec.datasets == STTran.supported_datasets == {"action_genome"}
-    assert spec.modes == STTran.supported_modes == {"predcls", "sgcls"}
+    assert spec.modes == STTran.supported_modes == {"predcls", "sgcls", "sgdet"}
 
 
-@pytest.mark.parametrize("mode", ["predcls", "sgcls"])
+@pytest.mark.parametrize("mode", ["predcls", "sgcls", "sgdet"])
 def test_build_sttran(mode: str) -> None:
     model = build_model("sttran", "action_genome", mode, **TINY)
     assert isinstance(model, STTran)
@@ -71,7 +71,7 @@ def test_unsupported_dataset_or_mode(dataset: str, mode: str) -> None:
         build_model("sttran", dataset, mode, **TINY)
     message = str(info.value)
     assert "'sttran'" in message and repr(dataset) in message and repr(mode) in message
-    assert "datasets [action_genome]" in message and "modes [predcls, sgcls]" in message
+    assert "datasets [action_genome]" in message and "modes [predcls, sgcls, sgdet]" in message
 
 
 def test_decorator_and_function_forms(scratch: list[str]) -> None:

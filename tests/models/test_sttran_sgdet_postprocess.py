@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from m3sgg.models.sttran.postprocess import sgdet_boxes
@@ -46,3 +47,38 @@ def test_frames_without_detections_are_skipped() -> None:
     out = sgdet_boxes(boxes, torch.tensor([1, 1]), dists, num_frames=3)
     assert out.labels.tolist() == [1, 3] and out.pair_idx.tolist() == [[0, 1]]
     assert out.im_idx.tolist() == [1]
+
+
+def test_sgdet_model_relates_the_kept_boxes(videos) -> None:
+    """Evaluation: relations of the boxes sgdet_boxes keeps, per video after splitting;
+    training refuses the evaluation section (it trains on det_train)."""
+    from synthetic_videos import TINY
+
+    from m3sgg.data.collate import collate, split_predictions
+    from m3sgg.errors import ConfigError
+    from m3sgg.models import build_model
+
+    model = build_model("sttran", "action_genome", "sgdet", **TINY, classifier_dim=16, pos_dim=8)
+    assert (model.input_section, model.train_section) == ("det", "det_train")
+    batch = collate(videos, section="det")
+    with pytest.raises(ConfigError, match="section='det_train'"):
+        model.train()(batch)
+    model.eval()
+    with torch.no_grad():
+        out = model(batch)
+    picked = sgdet_boxes(batch.boxes[:, 1:], batch.boxes[:, 0].long(), batch.class_dists, 12)
+    assert torch.equal(out["boxes"], batch.boxes[picked.source])
+    assert torch.equal(out["pair_idx"], picked.pair_idx)
+    assert torch.equal(out["pred_labels"], picked.labels)
+    assert out["attention_distribution"].shape == (len(picked.pair_idx), 3)
+    pieces = split_predictions(batch, out)
+    assert sum(len(p["boxes"]) for _, p in pieces) == len(picked.source)
+    for v, (_, pred) in enumerate(pieces):
+        frames = batch.frame_offsets[v + 1] - batch.frame_offsets[v]
+        assert pred["boxes"][:, 0].max() < frames and pred["im_idx"].max() < frames
+        assert pred["pair_idx"].max() < len(pred["boxes"])
+        alone = collate([videos[v]], section="det")
+        with torch.no_grad():
+            ((_, single),) = split_predictions(alone, model(alone))
+        for key in ("boxes", "pair_idx", "pred_labels", "attention_distribution"):
+            torch.testing.assert_close(pred[key], single[key], rtol=0, atol=1e-5)

@@ -9,6 +9,7 @@ import torch
 
 from m3sgg.data.action_genome import ActionGenome
 from m3sgg.data.collate import collate, split_predictions
+from m3sgg.data.registry import get_dataset_spec
 from m3sgg.data.toy import make_toy_action_genome
 from m3sgg.metrics.action_genome import ActionGenomeRecall
 from m3sgg.models import build_model
@@ -23,7 +24,7 @@ def toy_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
 
 
-@pytest.mark.parametrize("mode", ["predcls", "sgcls"])
+@pytest.mark.parametrize("mode", ["predcls", "sgcls", "sgdet"])
 def test_few_steps_on_toy_data(toy_root: Path, mode: str) -> None:
     train = ActionGenome(toy_root, "train", features=toy_root / "features")
     test = ActionGenome(toy_root, "test", features=toy_root / "features")
@@ -42,7 +43,10 @@ def test_few_steps_on_toy_data(toy_root: Path, mode: str) -> None:
         dropout=0.0,
     )
     optimiser = torch.optim.Adam(model.parameters(), lr=3e-3)
-    batch = collate([train[i] for i in range(len(train))], section=model.input_section)
+    train_collate = get_dataset_spec("action_genome").train_collate
+    assert train_collate is not None
+    batch = train_collate(model)([train[i] for i in range(len(train))])
+    assert batch.section == ("det_train" if mode == "sgdet" else "gt")
     history = []
     for _ in range(8):
         optimiser.zero_grad()

@@ -46,6 +46,7 @@ from m3sgg.errors import ConfigError
 from m3sgg.models.base import AG_PREDICTION_KEYS, SceneGraphModel
 from m3sgg.models.registry import register_model
 from m3sgg.models.sttran.classifier import ObjectClassifier, label_boxes
+from m3sgg.models.sttran.postprocess import sgdet_boxes
 from m3sgg.models.sttran.relation import RelationFeatures, class_word_vectors
 from m3sgg.models.sttran.transformer import SpatialEncoder, TemporalDecoder
 from m3sgg.vocab import AG_OBJECT_CLASSES, GROUP_SIZES, NUM_AG_CLASSES
@@ -53,7 +54,7 @@ from m3sgg.vocab import AG_OBJECT_CLASSES, GROUP_SIZES, NUM_AG_CLASSES
 __all__ = ["STTran", "per_video_mean", "sttran_losses"]
 
 DATASETS = frozenset({"action_genome"})
-MODES = frozenset({"predcls", "sgcls"})
+MODES = frozenset({"predcls", "sgcls", "sgdet"})
 LOSS_NAMES = ("attention", "spatial", "contacting")
 OBJECT_LOSS = "object"
 RELATION_LOSSES = ("margin", "bce")
@@ -77,7 +78,7 @@ class STTran(SceneGraphModel):
         object_dim: width of the box features (2048 for the AG detector; the store's).
         union_channels: channels of the union maps (1024; the store's).
         dataset: ``"action_genome"``.
-        mode: ``"predcls"`` or ``"sgcls"``.
+        mode: ``"predcls"``, ``"sgcls"`` or ``"sgdet"``.
         proj_dim: subject/object/union projection width (512).
         embed_dim: class embedding width (200); the token is ``3 * proj_dim + 2 * embed_dim``.
         conv_dim: channels of the union branch (256).
@@ -232,11 +233,19 @@ class STTran(SceneGraphModel):
 
     # -- forward ---------------------------------------------------------------------------------
 
+    @property
+    def train_section(self) -> str:
+        """The section training batches come from: ``"det_train"`` in sgdet (the original's
+        training inputs: detections with assigned labels and the missed GT boxes supplied),
+        else the input section."""
+        return "det_train" if self.mode == "sgdet" else self.input_section
+
     def _check_batch(self, batch: Batch) -> None:
-        if batch.section != self.input_section:
+        wanted = self.train_section if self.training else self.input_section
+        if batch.section != wanted:
             raise ConfigError(
-                f"sttran in {self.mode} needs batches collated with section="
-                f"{self.input_section!r}, got {batch.section!r}"
+                f"sttran in {self.mode} ({'training' if self.training else 'evaluation'}) needs "
+                f"batches collated with section={wanted!r}, got {batch.section!r}"
             )
 
     def relations(
@@ -245,13 +254,19 @@ class STTran(SceneGraphModel):
         labels: torch.Tensor,
         pair_idx: torch.Tensor,
         im_idx: torch.Tensor,
+        source: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
-        """Relation heads for ``pair_idx`` (batch-level boxes, ordered by frame ``im_idx``) with
-        box classes ``labels``: ``attention_distribution`` (logits), ``spatial_distribution``
-        and ``contacting_distribution`` (probabilities), all float32 ``[P, ·]``, and the
-        ``context`` ``[P, token]`` the heads read."""
-        maps = batch.union_maps[batch.union_rows(pair_idx)]
-        tokens = self.relation(batch.box_features, batch.boxes[:, 1:], labels, pair_idx, maps)
+        """Relation heads for ``pair_idx`` (indices into the boxes, pairs ordered by frame
+        ``im_idx``) with box classes ``labels``: ``attention_distribution`` (logits),
+        ``spatial_distribution`` and ``contacting_distribution`` (probabilities), all float32
+        ``[P, ·]``, and the ``context`` ``[P, token]`` the heads read. The boxes are the batch's,
+        or with ``source`` the batch boxes ``source`` picks (copies allowed: sgdet)."""
+        features, boxes = batch.box_features, batch.boxes[:, 1:]
+        rows = pair_idx
+        if source is not None:
+            features, boxes, rows = features[source], boxes[source], source[pair_idx]
+        maps = batch.union_maps[batch.union_rows(rows)]
+        tokens = self.relation(features, boxes, labels, pair_idx, maps)
         frame_start = torch.tensor(batch.frame_offsets[:-1], device=tokens.device)
         frame_start = frame_start[batch.frame_video]
         x = self.spatial(tokens, im_idx, batch.num_frames)
@@ -275,6 +290,8 @@ class STTran(SceneGraphModel):
         after the duplicate relabelling.
         """
         self._check_batch(batch)
+        if self.mode == "sgdet" and not self.training:
+            return self._sgdet_evaluation(batch)
         out: dict[str, torch.Tensor] = {}
         labels, scores = batch.labels, batch.scores
         pair_idx, im_idx = batch.pair_idx, batch.im_idx
@@ -305,6 +322,31 @@ class STTran(SceneGraphModel):
             pred_scores=scores,
             im_idx=im_idx,
             pair_idx=pair_idx,
+        )
+        return out
+
+    def _sgdet_evaluation(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """sgdet evaluation: the boxes :func:`~m3sgg.models.sttran.postprocess.sgdet_boxes`
+        keeps (copies of detections included; ``boxes``, ``labels``, ``scores`` and the
+        ``pred_*`` keys are per kept box), the original's classifier weights unused."""
+        if batch.class_dists is None:
+            raise ConfigError("sttran in sgdet needs the detections' class distributions")
+        picked = sgdet_boxes(
+            batch.boxes[:, 1:], batch.boxes[:, 0].long(), batch.class_dists, batch.num_frames
+        )
+        out = self.relations(
+            batch, picked.labels, picked.pair_idx, picked.im_idx, source=picked.source
+        )
+        out.pop("context")
+        out.update(
+            boxes=batch.boxes[picked.source],
+            labels=picked.labels,
+            scores=picked.scores,
+            pred_labels=picked.labels,
+            pred_scores=picked.scores,
+            im_idx=picked.im_idx,
+            pair_idx=picked.pair_idx,
+            object_distribution=picked.dist,
         )
         return out
 
