@@ -392,7 +392,7 @@ def build_parser() -> argparse.ArgumentParser:
         "checkpoint", type=Path, nargs="?", metavar="RUN", help="a run folder or checkpoint file"
     )
     evaluate.add_argument(
-        "--checkpoint", dest="checkpoint_flag", type=Path, help="the same, as a flag"
+        "--checkpoint", dest="checkpoint_flag", type=Path, metavar="RUN", help="the same, as a flag"
     )
     evaluate.add_argument(
         "--dataset", metavar="NAME", help=f"{' | '.join(DATASETS)} or a dataset a plugin registers"
