@@ -140,8 +140,7 @@ def test_resume_mid_epoch_is_bitwise(trained: dict[str, Any], tmp_path: Path) ->
     first.train_loop()
     mid = load_checkpoint(tmp_path / "resumed" / "checkpoints" / "last.pt")
     assert mid["handlers"]["uncertainty_pass"]["norm"].sum() > 0  # partial sums saved
-    second = Trainer.from_config(_config(tmp_path, "resumed"))
-    second.resume("auto")
+    second = Trainer.from_config(_config(tmp_path, "resumed"), resume="auto")
     second.train_loop()
     expected = trained["trainer"]
     for key, value in expected.core_model.state_dict().items():
