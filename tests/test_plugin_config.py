@@ -138,23 +138,27 @@ def test_resume_without_the_plugin_is_an_error_or_dropped_on_request(
     first.train_loop()
     last = first.checkpoint_dir / "last.pt"
 
-    bare = Trainer.from_config(small_config("train.epochs=2"), run_dir=first.run_dir)
+    # the folder holds a run: resuming goes through from_config(resume=...), like the CLI
     with pytest.raises(DataError) as err:
-        bare.resume(last)
+        Trainer.from_config(small_config("train.epochs=2"), run_dir=first.run_dir, resume=last)
     message = str(err.value)
     assert message.startswith(f"{last}: handlers: holds the state of handler 'count_steps' ")
     assert f"of plugin {counter_plugin!r}" in message and f"--plugin {counter_plugin}" in message
     assert "--ignore-missing-plugins" in message and "\n" not in message
 
     with caplog.at_level(logging.WARNING, logger="m3sgg"):
-        bare.resume(last, ignore_missing_plugins=True)
+        bare = Trainer.from_config(
+            small_config("train.epochs=2"),
+            run_dir=first.run_dir,
+            resume=last,
+            ignore_missing_plugins=True,
+        )
     assert "dropped the state of handler 'count_steps'" in caplog.text
     assert bare.engine.state.iteration == first.engine.state.iteration
 
     again = small_config("train.epochs=2")
     again.plugins = [PluginConfig(counter_plugin)]  # loaded: its state comes back
-    resumed = Trainer.from_config(again, run_dir=first.run_dir)
-    resumed.resume(last)
+    resumed = Trainer.from_config(again, run_dir=first.run_dir, resume=last)
     assert resumed.handlers.get("count_steps").count == 7 + first.engine.state.iteration
 
 

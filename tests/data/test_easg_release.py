@@ -231,6 +231,8 @@ def test_the_release_layout_trains_from_its_root(toy_cache: Path, tmp_path: Path
         command = [sys.executable, "-m", "m3sgg", "train", "--dataset", "easg", "--data-path"]
         command += [str(path), "--output", str(tmp_path / "runs"), "--name", name, "--epochs", "1"]
         command += ["--mode", "easgcls", "--videos-per-batch", "4"]
+        # the same widths for both: only the flat copy carries the toy README (model.preset auto)
+        command += ["--set", "model.preset=toy"]
         done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
         assert done.returncode == 0, done.stderr[-2000:]
         results[name] = (tmp_path / "runs" / name / "metrics.jsonl").read_text()
