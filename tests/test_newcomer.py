@@ -180,20 +180,11 @@ def test_a_run_branched_from_a_file_prints_best_paths_that_exist(stopped_run, tm
     was never written there."""
     run = Path(stopped_run["run"])
     best = sorted((run / "checkpoints").glob("best_*.pt"))[0]
+    # --epochs 3: the branch trains on even when the best came from the last epoch
     done = m3sgg(
-        "train",
-        "--config",
-        str(run / "config.yaml"),
-        "--resume",
-        str(best),
-        "--output",
-        str(tmp_path),
-        "--name",
-        "branch",
-        "--epochs",
-        "3",
-        cwd=tmp_path,
-    )  # fmt: skip (--epochs 3: the branch trains on even when the best came from the last epoch)
+        "train", "--config", str(run / "config.yaml"), "--resume", str(best),
+        "--output", str(tmp_path), "--name", "branch", "--epochs", "3", cwd=tmp_path,
+    )  # fmt: skip
     assert done.returncode == 0, done.stderr
     printed = [
         line.split(": ", 1)[1] for line in done.stdout.splitlines() if line.startswith("best ")
