@@ -47,6 +47,7 @@ from m3sgg.models.matching import HungarianMatcher
 from m3sgg.models.registry import register_model
 from m3sgg.models.sttran.classifier import ObjectClassifier, center_size, label_boxes
 from m3sgg.models.sttran.model import sttran_losses
+from m3sgg.models.sttran.postprocess import person_pairs
 from m3sgg.models.sttran.relation import RelationFeatures
 from m3sgg.vocab import GROUP_SIZES, NUM_AG_CLASSES
 
@@ -57,14 +58,6 @@ MODES = frozenset({"predcls", "sgcls"})
 #: Positions the sinusoidal tables hold (the original: 400, 600 for sgdet objects; the values of a
 #: position do not depend on the table's length).
 MAX_POSITIONS = 1024
-
-
-def person_pairs(labels: Tensor, human: Tensor, box_frame: Tensor) -> tuple[Tensor, Tensor]:
-    """STTran's evaluation pairs: (the person box of its frame, box) for every box not labelled
-    person, in box order (so grouped by video and frame); returns ``(pair_idx, im_idx)``."""
-    objects = torch.nonzero((labels != 1) & (human[box_frame] >= 0)).squeeze(1)
-    frame = box_frame[objects]
-    return torch.stack([human[frame], objects], dim=1), frame
 
 
 @register_model("dsg_detr", datasets=DATASETS, modes=MODES)

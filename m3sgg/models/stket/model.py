@@ -55,6 +55,7 @@ from m3sgg.models.stket.decoders import EnsembleDecoder, SpatialPriorEncoder, Te
 from m3sgg.models.stket.priors import load_priors
 from m3sgg.models.sttran.classifier import ObjectClassifier, label_boxes
 from m3sgg.models.sttran.model import _index_targets, per_video_mean
+from m3sgg.models.sttran.postprocess import person_pairs
 from m3sgg.models.sttran.relation import RelationFeatures
 from m3sgg.vocab import GROUP_SIZES, NUM_AG_CLASSES
 
@@ -284,10 +285,8 @@ class STKET(SceneGraphModel):
                 box_frame = batch.boxes[:, 0].long()
                 dist, labels, box_scores, human = label_boxes(logits, box_frame, batch.num_frames)
                 out["object_distribution"] = dist
-                objects = torch.nonzero((labels != 1) & (human[box_frame] >= 0)).squeeze(1)
-                pair_idx = torch.stack([human[box_frame[objects]], objects], dim=1)
-                frame = box_frame[objects]
-                scores = box_scores[objects]  # the best-scoring object holds the state
+                pair_idx, frame = person_pairs(labels, human, box_frame)
+                scores = box_scores[pair_idx[:, 1]]  # the best-scoring object holds the state
         maps = batch.union_maps[batch.union_rows(pair_idx)]
         tokens = self.relation(batch.box_features, batch.boxes[:, 1:], labels, pair_idx, maps)
         label = labels[pair_idx[:, 1]]

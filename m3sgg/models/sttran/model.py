@@ -46,7 +46,7 @@ from m3sgg.errors import ConfigError
 from m3sgg.models.base import AG_PREDICTION_KEYS, SceneGraphModel
 from m3sgg.models.registry import register_model
 from m3sgg.models.sttran.classifier import ObjectClassifier, label_boxes
-from m3sgg.models.sttran.postprocess import sgdet_boxes
+from m3sgg.models.sttran.postprocess import person_pairs, sgdet_boxes
 from m3sgg.models.sttran.relation import RelationFeatures, class_word_vectors
 from m3sgg.models.sttran.transformer import SpatialEncoder, TemporalDecoder
 from m3sgg.vocab import AG_OBJECT_CLASSES, GROUP_SIZES, NUM_AG_CLASSES
@@ -309,9 +309,7 @@ class STTran(SceneGraphModel):
                 frame = batch.boxes[:, 0].long()
                 dist, labels, scores, human = label_boxes(logits, frame, batch.num_frames)
                 out["object_distribution"] = dist
-                objects = torch.nonzero((labels != 1) & (human[frame] >= 0)).squeeze(1)
-                pair_idx = torch.stack([human[frame[objects]], objects], dim=1)
-                im_idx = frame[objects]
+                pair_idx, im_idx = person_pairs(labels, human, frame)
         out.update(self.relations(batch, labels, pair_idx, im_idx))
         out.pop("context")
         out.update(

@@ -114,3 +114,13 @@ def sgdet_boxes(
     objects = torch.nonzero((labels != 1) & has[frame]).squeeze(1)
     pair_idx = torch.stack([human[frame[objects]], objects], dim=1)
     return SgdetBoxes(source, frame, dists, labels, scores, pair_idx, frame[objects])
+
+
+def person_pairs(
+    labels: torch.Tensor, human: torch.Tensor, box_frame: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """STTran's evaluation pairs: (the person box of its frame, box) for every box not labelled
+    person, in box order (so grouped by video and frame); returns ``(pair_idx, im_idx)``."""
+    objects = torch.nonzero((labels != 1) & (human[box_frame] >= 0)).squeeze(1)
+    frame = box_frame[objects]
+    return torch.stack([human[frame], objects], dim=1), frame

@@ -31,6 +31,7 @@ from m3sgg.models.base import SceneGraphModel
 from m3sgg.models.registry import register_model
 from m3sgg.models.sttran.classifier import label_boxes
 from m3sgg.models.sttran.model import per_video_mean
+from m3sgg.models.sttran.postprocess import person_pairs
 from m3sgg.models.sttran.relation import RelationFeatures, class_word_vectors
 from m3sgg.models.sttran.transformer import SpatialEncoder, TemporalDecoder
 from m3sgg.models.tempura.gmm import GMMHead
@@ -311,9 +312,7 @@ class TEMPURA(SceneGraphModel):
                     out["object_logits"], frame, batch.num_frames
                 )
                 out["object_distribution"] = dist
-                objects = torch.nonzero((labels != 1) & (human[frame] >= 0)).squeeze(1)
-                pair_idx = torch.stack([human[frame[objects]], objects], dim=1)
-                im_idx = frame[objects]
+                pair_idx, im_idx = person_pairs(labels, human, frame)
         x, _ = self.relation_context(batch, labels, pair_idx, im_idx)
         out.update(
             attention_probabilities=self.a_rel_compress(x).float(),
