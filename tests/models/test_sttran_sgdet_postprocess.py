@@ -90,9 +90,7 @@ def test_given_labels_pick_the_copies() -> None:
     its class-7 copy, 0.3, would be kept). d2: label 17 and distribution 17: its copy says class 3
     (0.15) and is kept. d3: label 8, distribution class 3: its copy (column 8 zeroed) still says
     class 3 with the same box and score, so NMS suppresses it (the original comes first)."""
-    boxes = torch.tensor(
-        [[0.0, 0, 10, 10], [20, 20, 40, 40], [50, 50, 70, 70], [80, 0, 99, 20]]
-    )
+    boxes = torch.tensor([[0.0, 0, 10, 10], [20, 20, 40, 40], [50, 50, 70, 70], [80, 0, 99, 20]])
     dists = torch.tensor(
         [
             _dist({0: 0.9, 1: 0.1}),

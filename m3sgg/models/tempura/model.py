@@ -101,8 +101,8 @@ class TEMPURA(SceneGraphModel):
         fusion: ``"late"`` (after the temporal decoder, the recipes) or ``"early"``.
         selection: ``"manual"`` (fixed ``lam``) or ``"automated"`` (learned per row).
         lam: the features' weight in the fusion (0.5 PredCLS/SGDET, 0.3 SGCLS).
-        tracking: sgcls/sgdet: the object-sequence encoder over boxes grouped by the detector's class
-            (the SGCLS and SGDET recipes use it).
+        tracking: sgcls/sgdet: the object-sequence encoder over boxes grouped by the
+            detector's class (the SGCLS and SGDET recipes use it).
         classifier_dim: hidden width of the object classifier (1024; sgcls/sgdet).
         pos_dim: width of the classifier's box-position embedding (128; sgcls/sgdet).
         eos_coef: sgcls/sgdet: weight of the background class in the object loss (1).
