@@ -112,3 +112,32 @@ def test_given_labels_pick_the_copies() -> None:
     default = sgdet_boxes(boxes, frame, dists, num_frames=1)
     assert default.source.tolist() == [0, 3, 2, 1, 1, 2]  # d1's class-7 copy, no d3 copy
     assert default.labels.tolist() == [1, 3, 3, 5, 7, 17]
+
+
+def test_relation_tokens_of_a_copy_are_the_tokens_of_its_detection(videos) -> None:
+    """The seam the models on STTran share: with ``source`` a copy of a detection relates as
+    the detection itself (same feature, box and union map); without it, the batch's boxes."""
+    from synthetic_videos import TINY
+
+    from m3sgg.data.collate import collate
+    from m3sgg.models import build_model
+    from m3sgg.models.sttran.model import relation_tokens
+
+    torch.manual_seed(0)
+    model = build_model("sttran", "action_genome", "sgdet", **TINY).eval()
+    batch = collate(videos[:1], section="det")
+    n = len(batch.boxes)
+    frame0 = torch.nonzero(batch.boxes[:, 0] == 0).squeeze(1)
+    person, other = int(frame0[0]), int(frame0[-1])
+    source = torch.cat([torch.arange(n), torch.tensor([other])])  # box n: a copy of `other`
+    labels = torch.cat([batch.labels, torch.tensor([7])])
+    labels[other] = 7
+    pairs = torch.tensor([[person, other], [person, n]])
+    with torch.no_grad():
+        tokens = relation_tokens(model.relation, batch, labels, pairs, source)
+        plain = relation_tokens(model.relation, batch, labels[:n], pairs[:1])
+        maps = batch.union_maps[batch.union_rows(pairs[:1])]
+        direct = model.relation(batch.box_features, batch.boxes[:, 1:], labels[:n], pairs[:1], maps)
+    assert torch.equal(tokens[0], tokens[1])
+    assert torch.equal(plain, direct)
+    torch.testing.assert_close(plain[0], tokens[0], rtol=0, atol=1e-6)  # batched conv rounding

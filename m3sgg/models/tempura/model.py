@@ -39,7 +39,7 @@ from m3sgg.errors import ConfigError
 from m3sgg.models.base import SceneGraphModel
 from m3sgg.models.registry import register_model
 from m3sgg.models.sttran.classifier import label_boxes
-from m3sgg.models.sttran.model import per_video_mean
+from m3sgg.models.sttran.model import per_video_mean, relation_tokens
 from m3sgg.models.sttran.postprocess import person_pairs, sgdet_boxes
 from m3sgg.models.sttran.relation import RelationFeatures, class_word_vectors
 from m3sgg.models.sttran.transformer import SpatialEncoder, TemporalDecoder
@@ -298,12 +298,8 @@ class TEMPURA(SceneGraphModel):
         """``(context, features)`` [P, token] of the pairs: ``context`` is what the heads read
         (memory fused), ``features`` the pre-fusion features the memory is built from. The
         boxes are the batch's, or with ``source`` the batch boxes ``source`` picks (sgdet
-        evaluation: copies allowed), as in :meth:`STTran.relations`."""
-        features, boxes, rows = batch.box_features, batch.boxes[:, 1:], pair_idx
-        if source is not None:
-            features, boxes, rows = features[source], boxes[source], source[pair_idx]
-        maps = batch.union_maps[batch.union_rows(rows)]
-        tokens = self.relation(features, boxes, labels, pair_idx, maps)
+        evaluation: copies allowed; STTran's :func:`~m3sgg.models.sttran.model.relation_tokens`)."""
+        tokens = relation_tokens(self.relation, batch, labels, pair_idx, source)
         frame_start = torch.tensor(batch.frame_offsets[:-1], device=tokens.device)
         frame_start = frame_start[batch.frame_video]
         x = self.spatial(tokens, im_idx, batch.num_frames)
