@@ -386,13 +386,28 @@ class STKET(SceneGraphModel):
 
 
 def import_original_stket(source: object, **options: object) -> STKET:
-    """``import_original("stket", source, **options)``: an :class:`STKET` (``options`` are its
-    arguments, ``priors`` included; the original's feature widths by default) holding the
-    original checkpoint's weights (see :mod:`m3sgg.models.stket.convert`)."""
-    from m3sgg.models.stket.convert import import_stket
+    """``import_original("stket", source, **options)``: an :class:`STKET` holding the original
+    checkpoint's weights (see :mod:`m3sgg.models.stket.convert`).
 
-    model = STKET(**{"object_dim": 2048, "union_channels": 1024, **options})  # type: ignore[arg-type]
-    model.load_state_dict(import_stket(source, model))
+    The widths, layer counts, ``window`` and ``state_dims`` are read from the tensors
+    (:func:`~m3sgg.models.stket.convert.infer_options`); ``options`` (any :class:`STKET`
+    argument: ``mode``, ``heads``, ``contact_threshold``, ...) take precedence. The prior tables
+    are weights of the checkpoint (the original learns them), loaded over the tables ``priors``
+    gave: ``priors`` is ``"zeros"`` unless given (a file given is recorded, and must exist where
+    the model is rebuilt). The arguments used, but the feature widths, are kept as
+    ``model.config_options`` (what ``m3sgg import-checkpoint`` writes into its config).
+    """
+    from m3sgg.models.stket.convert import import_stket, infer_options
+    from m3sgg.models.sttran.convert import load_original_state
+
+    state, where = load_original_state(source)
+    mode = str(options.get("mode", "predcls"))
+    chosen = {**infer_options(state, where, mode), "priors": "zeros", **options}
+    model = STKET(**chosen)  # type: ignore[arg-type]
+    model.load_state_dict(import_stket(state, model, where=where))
+    model.config_options = {
+        k: v for k, v in chosen.items() if k not in ("object_dim", "union_channels", "mode")
+    }
     return model
 
 
