@@ -17,6 +17,11 @@ heads and the losses. What DSG-DETR adds (``lib/sttran.py``, ``lib/track.py``):
    with sinusoidal positions (rank in the sequence; in sgdet the rank of the subject box). Both
    ``nn.TransformerEncoder`` layers (FFN 2048), not STTran's window decoder.
 
+sgdet (on STTran's sgdet pieces): training reads ``det_train`` (:attr:`DSGDETR.train_section`)
+and relates its assigned labels; evaluation reads ``det`` and keeps the boxes
+:func:`~m3sgg.models.sttran.postprocess.sgdet_boxes` picks from the *classifier's* softmax over
+classes 1.. (STTran's sgdet uses the detector's distribution), related with their encoded tokens.
+
 Faithful quirks: in sgcls *training* the relation token's class embeddings and the relation
 grouping use the classifier's predicted labels (STTran uses the GT labels there); the relation
 sequences group by object class over the whole video (two objects of one class share one).
@@ -370,9 +375,7 @@ class DSGDETR(SceneGraphModel):
             )
             return out
         dist = torch.softmax(logits.float(), dim=1)[:, 1:]
-        picked = sgdet_boxes(
-            batch.boxes[:, 1:], batch.boxes[:, 0].long(), dist, batch.num_frames
-        )
+        picked = sgdet_boxes(batch.boxes[:, 1:], batch.boxes[:, 0].long(), dist, batch.num_frames)
         out = self.relations(
             batch,
             features[picked.source],
