@@ -408,7 +408,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.set_defaults(func=_cmd_evaluate)
 
     from m3sgg.dashboard import register_commands as register_dashboard_commands
-    from m3sgg.detection.extraction import register_commands as register_extraction_commands
+    from m3sgg.detection.cli import register_commands as register_extraction_commands
     from m3sgg.tune.cli import register_commands as register_tune_commands
 
     register_dashboard_commands(commands)

@@ -18,6 +18,7 @@ from m3sgg.cli import main
 from m3sgg.data.action_genome import ActionGenome
 from m3sgg.data.features import FeatureStore
 from m3sgg.data.toy import make_toy_action_genome
+from m3sgg.detection.cli import register_commands
 from m3sgg.detection.extraction import (
     BUILTIN_STRIDE,
     builtin_backbone,
@@ -25,7 +26,6 @@ from m3sgg.detection.extraction import (
     extract_features,
     load_backbone,
     read_detections,
-    register_commands,
     write_toy_frames,
 )
 from m3sgg.errors import ConfigError, DataError

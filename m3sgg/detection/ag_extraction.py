@@ -83,7 +83,8 @@ def extract_with_detector(
     import torch
 
     from m3sgg.detection import ActionGenomeDetector
-    from m3sgg.detection.extraction import _device, _import_pillow, _read_image
+    from m3sgg.detection.extraction import _device
+    from m3sgg.detection.frames import _import_pillow, _read_image
     from m3sgg.detection.spool import extract_to_spool, read_spooled_video, spool_file
 
     start = time.perf_counter()

@@ -88,19 +88,16 @@ or ``m3sgg extract-features --data-path toy_ag --out toy_ag/cnn_features``.
 
 from __future__ import annotations
 
-import argparse
 import os
 import time
-from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
-from m3sgg.data.action_genome import ANNOTATION_FILES, SPLITS, ActionGenome
+from m3sgg.data.action_genome import SPLITS
 from m3sgg.data.features import (
     FEATURE_DTYPES,
     UNION_DIAGONAL,
@@ -108,7 +105,6 @@ from m3sgg.data.features import (
     FrameFeatures,
     union_pairs,
 )
-from m3sgg.data.safe_pickle import load_pickle
 from m3sgg.detection.detections_file import Detections, _arrange, read_detections
 from m3sgg.detection.toy_frames import class_color, write_toy_frames
 from m3sgg.errors import ConfigError, DataError
@@ -117,6 +113,21 @@ from m3sgg.vocab import NUM_AG_CLASSES
 if TYPE_CHECKING:  # torch is imported where it is used: the CLI imports this module to build
     import torch  # its parser, and `m3sgg --help` must stay fast
     from torch import nn
+
+from m3sgg.detection.backbones import (
+    BUILTIN_STRIDE,
+    _resolve_stride,
+    builtin_backbone,
+    load_backbone,
+)
+from m3sgg.detection.frames import (
+    _batches,
+    _Frame,
+    _frames_to_extract,
+    _import_pillow,
+    _prefetch,
+    _read_image,
+)
 
 __all__ = [
     "BUILTIN_STRIDE",
@@ -129,254 +140,14 @@ __all__ = [
     "extract_features",
     "load_backbone",
     "read_detections",
-    "register_commands",
     "write_toy_frames",
 ]
 
 #: Per-channel RGB mean and std of the input normalisation (images scaled to [0, 1] first).
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
-#: Output stride of :func:`builtin_backbone`.
-BUILTIN_STRIDE = 8
 
 _PERSON = 1
-
-
-# ----------------------------------------------------------------------------------------------
-# Backbones
-
-
-def builtin_backbone(widths: Sequence[int] = (32, 64, 128, 256), seed: int = 0) -> nn.Module:
-    """A small CNN that needs no weights download: output stride 8, ``widths[-1]`` channels.
-
-    Four blocks of 3x3 convolution + ReLU with strides 2, 2, 2, 1 (padding 1, so an ``H x W``
-    image gives ``ceil(H / 8) x ceil(W / 8)`` maps), as an ``nn.Sequential``. Weights are
-    He-normal and biases zero, drawn from a private generator seeded with ``seed``: the same
-    seed gives the same weights whatever the global RNG state. (A factory rather than a class so
-    that importing this module, which the CLI does to build its parser, does not import torch.)
-
-    Args:
-        widths: channels of the four blocks; the last is the feature width.
-        seed: seed of the weights.
-
-    Returns:
-        The module, with attributes ``stride`` (:data:`BUILTIN_STRIDE`, read by
-        :func:`extract_features`) and ``out_channels``.
-
-    Example:
-        >>> builtin_backbone()(torch.zeros(1, 3, 64, 96)).shape
-        torch.Size([1, 256, 8, 12])
-    """
-    import torch
-    from torch import nn
-
-    widths = tuple(int(w) for w in widths)
-    if len(widths) != 4 or any(w <= 0 for w in widths):
-        raise ValueError(f"widths must be four positive ints, got {widths!r}")
-    layers: list[nn.Module] = []
-    in_channels = 3
-    for width, stride in zip(widths, (2, 2, 2, 1), strict=True):
-        layers += [nn.Conv2d(in_channels, width, 3, stride=stride, padding=1), nn.ReLU()]
-        in_channels = width
-    body = nn.Sequential(*layers)
-    generator = torch.Generator().manual_seed(int(seed))
-    with torch.no_grad():
-        for module in body:
-            if isinstance(module, nn.Conv2d):
-                fan_in = module.in_channels * module.kernel_size[0] * module.kernel_size[1]
-                module.weight.normal_(0.0, (2.0 / fan_in) ** 0.5, generator=generator)
-                assert module.bias is not None
-                module.bias.zero_()
-    body.stride = BUILTIN_STRIDE
-    body.out_channels = widths[-1]
-    return body
-
-
-def load_backbone(spec: str | nn.Module) -> tuple[nn.Module, str]:
-    """The backbone named by ``spec``, and a name for messages.
-
-    Args:
-        spec: ``"builtin"``, ``"package.module:attr"`` (``attr`` a module instance or a zero-arg
-            factory returning one), or a ``torch.nn.Module`` instance.
-
-    Raises:
-        ConfigError: malformed spec, import failure, missing attribute, or not a module.
-    """
-    from torch import nn
-
-    if isinstance(spec, nn.Module):
-        return spec, type(spec).__name__
-    if spec == "builtin":
-        return builtin_backbone(), "builtin"
-    from m3sgg.plugins import import_object
-
-    target = import_object(str(spec), f"backbone {spec!r}", "'builtin' or 'module:attr'")
-    if not isinstance(target, nn.Module):
-        if not callable(target):
-            raise ConfigError(
-                f"backbone {spec!r} is a {type(target).__name__}, not a torch.nn.Module or a "
-                "zero-argument factory returning one"
-            )
-        try:
-            target = target()
-        except Exception as err:
-            raise ConfigError(
-                f"backbone {spec!r}: calling the factory failed: {type(err).__name__}: {err}"
-            ) from None
-        if not isinstance(target, nn.Module):
-            raise ConfigError(
-                f"backbone {spec!r}: the factory returned a {type(target).__name__}, "
-                "not a torch.nn.Module"
-            )
-    return target, str(spec)
-
-
-def _resolve_stride(backbone: nn.Module, name: str, stride: Any) -> float:
-    """``stride`` if given, else the module's ``stride`` attribute: a positive finite number.
-
-    A pair of equal numbers (what ``nn.Conv2d`` holds) counts as that number.
-    """
-    source = "stride (--stride)"
-    if stride is None:
-        stride = getattr(backbone, "stride", None)
-        source = f"backbone {name!r} attribute 'stride'"
-        if stride is None:
-            raise ConfigError(
-                f"backbone {name!r} has no 'stride' attribute; give its output stride with "
-                "--stride (stride=...)"
-            )
-    value = stride
-    if isinstance(value, tuple | list) and len(value) == 2 and value[0] == value[1]:
-        value = value[0]
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ConfigError(
-            f"{source} must be a positive number (the same along both axes), got {stride!r}; "
-            "give the output stride with --stride"
-        )
-    if not (np.isfinite(value) and value > 0):
-        raise ConfigError(f"{source} must be a positive number, got {stride!r}")
-    return float(value)
-
-
-# ----------------------------------------------------------------------------------------------
-# Frames and images
-
-
-@dataclass(frozen=True, eq=False)
-class _Frame:
-    """One frame to extract: its key, image path, gt boxes (person first), annotated size."""
-
-    key: str
-    path: Path
-    boxes: np.ndarray  # float32 (1 + objects, 4) xyxy, annotation pixels
-    size: tuple[float, float] | None  # annotated (w, h), None if unknown
-
-
-def _annotated_sizes(root: Path) -> dict[str, tuple[float, float]]:
-    """``bbox_size`` (w, h) of every frame in ``person_bbox.pkl`` that has a valid one."""
-    persons = load_pickle(root / "annotations" / ANNOTATION_FILES["person_bbox"])
-    sizes: dict[str, tuple[float, float]] = {}
-    if not isinstance(persons, dict):
-        return sizes
-    for key, entry in persons.items():
-        size = entry.get("bbox_size") if isinstance(entry, dict) else None
-        try:
-            w, h = (float(v) for v in size)  # type: ignore[union-attr]
-        except (TypeError, ValueError):
-            continue
-        if np.isfinite(w) and np.isfinite(h) and w > 0 and h > 0:
-            sizes[key] = (w, h)
-    return sizes
-
-
-def _frames_to_extract(root: Path, splits: Sequence[str], require_frames: bool) -> list[_Frame]:
-    """The frames the reader keeps in ``splits`` (default protocol), sorted by key."""
-    sizes = _annotated_sizes(root)
-    frames: list[_Frame] = []
-    for split in splits:
-        dataset = ActionGenome(root, split, require_frames=require_frames)
-        for index in range(len(dataset)):
-            gt = dataset.video_gt(index)
-            offsets = gt.object_offsets()
-            for f, key in enumerate(gt.frame_keys):
-                boxes = np.concatenate(
-                    [gt.person_boxes[f : f + 1], gt.obj_boxes[offsets[f] : offsets[f + 1]]]
-                ).astype(np.float32)
-                frames.append(_Frame(key, root / "frames" / key, boxes, sizes.get(key)))
-    frames.sort(key=lambda frame: frame.key)
-    return frames
-
-
-def _import_pillow() -> Any:
-    try:
-        from PIL import Image
-    except ImportError:
-        raise ConfigError(
-            "extract-features reads frame images with Pillow, which is not installed: "
-            "pip install Pillow"
-        ) from None
-    return Image
-
-
-def _read_image(path: Path) -> np.ndarray:
-    """``(H, W, 3)`` uint8 RGB; DataError naming the file if it is missing or unreadable."""
-    image_module = _import_pillow()
-    try:
-        with image_module.open(path) as image:
-            return np.asarray(image.convert("RGB"))
-    except FileNotFoundError:
-        raise DataError(
-            path,
-            "frame image not found (pass --skip-missing-frames to leave such frames out, and "
-            "read the store with require_frames=True)",
-        ) from None
-    except (OSError, ValueError, SyntaxError) as err:  # UnidentifiedImageError is an OSError
-        raise DataError(path, f"cannot read image ({type(err).__name__}: {err})") from None
-
-
-def _prefetch(
-    fn: Callable[[_Frame], np.ndarray], frames: Sequence[_Frame], ahead: int, workers: int
-) -> Iterator[tuple[_Frame, np.ndarray]]:
-    """``(frame, fn(frame))`` in order, decoding up to ``ahead`` frames in ``workers`` threads."""
-    if workers <= 0:
-        for frame in frames:
-            yield frame, fn(frame)
-        return
-    executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="m3sgg-frames")
-    pending: deque[tuple[_Frame, Future[np.ndarray]]] = deque()
-    items = iter(frames)
-    try:
-        for frame in items:
-            pending.append((frame, executor.submit(fn, frame)))
-            if len(pending) >= ahead:
-                break
-        while pending:
-            frame, future = pending.popleft()
-            image = future.result()
-            nxt = next(items, None)
-            if nxt is not None:
-                pending.append((nxt, executor.submit(fn, nxt)))
-            yield frame, image
-    finally:
-        executor.shutdown(wait=True, cancel_futures=True)
-
-
-def _batches(
-    loaded: Iterable[tuple[_Frame, np.ndarray]], batch_frames: int
-) -> Iterator[list[tuple[_Frame, np.ndarray]]]:
-    """Consecutive frames of one image size, at most ``batch_frames`` per batch."""
-    batch: list[tuple[_Frame, np.ndarray]] = []
-    for frame, image in loaded:
-        if batch and (len(batch) == batch_frames or image.shape != batch[0][1].shape):
-            yield batch
-            batch = []
-        batch.append((frame, image))
-    if batch:
-        yield batch
-
-
-# ----------------------------------------------------------------------------------------------
-# Extraction
 
 
 @dataclass(frozen=True)
@@ -769,139 +540,3 @@ def _check_feature_map(
             f"not fit stride {stride:g} (it suggests about {width / max(w, 1):.3g}); "
             "give the right --stride"
         )
-
-
-# ----------------------------------------------------------------------------------------------
-# Command line
-
-
-def _cmd_extract_features(args: argparse.Namespace) -> int:
-    if args.detector == "ag-faster-rcnn":
-        from m3sgg.detection.ag_extraction import extract_with_detector
-
-        if args.weights is None:
-            raise ConfigError("--detector ag-faster-rcnn needs --weights faster_rcnn_ag.pth")
-        extract_with_detector(
-            args.data_path,
-            args.out,
-            args.weights,
-            mode=args.mode,
-            splits=args.splits,
-            device=args.device,
-            precision=args.precision,
-            dtype=args.dtype,
-            batch_frames=args.batch_frames,
-            workers=args.workers,
-            skip_missing_frames=args.skip_missing_frames,
-            overwrite=args.overwrite,
-            progress=lambda line: print(line, flush=True),
-        )
-        return 0
-    extract_features(
-        args.data_path,
-        args.out,
-        backbone=args.backbone,
-        stride=args.stride,
-        pool_size=args.pool_size,
-        sampling_ratio=args.sampling_ratio,
-        dtype=args.dtype,
-        splits=args.splits,
-        detections=args.detections,
-        device=args.device,
-        batch_frames=args.batch_frames,
-        workers=args.workers,
-        skip_missing_frames=args.skip_missing_frames,
-        overwrite=args.overwrite,
-        progress=lambda line: print(line, flush=True),
-        progress_every=args.progress_every,
-    )
-    return 0
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
-    return value
-
-
-def _stride(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not (np.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
-    return value
-
-
-def register_commands(subparsers: argparse._SubParsersAction) -> None:
-    """Add ``extract-features`` to the CLI's subcommands (sets ``func``)."""
-    cmd = subparsers.add_parser(
-        "extract-features",
-        help="compute a feature store from an Action Genome dataset's frame images",
-        description="Run a backbone (default: a small built-in CNN, no download) and RoIAlign "
-        "over the frames <data-path>/frames/<video>/<frame> that the reader keeps, and write an "
-        "m3sgg feature store (gt boxes and pairs; with --detections also the det section).",
-    )
-    cmd.add_argument("--data-path", type=Path, required=True, help="Action Genome root folder")
-    cmd.add_argument("--out", type=Path, required=True, help="feature store folder to write")
-    cmd.add_argument(
-        "--backbone",
-        default="builtin",
-        metavar="builtin|MODULE:ATTR",
-        help="a torch.nn.Module instance or zero-arg factory (default: builtin, stride 8)",
-    )
-    cmd.add_argument(
-        "--stride", type=_stride, default=None, help="backbone output stride (default: its .stride)"
-    )
-    cmd.add_argument("--pool-size", type=_positive_int, default=7, help="RoIAlign bins (7)")
-    cmd.add_argument("--sampling-ratio", type=_positive_int, default=2, help="samples per bin (2)")
-    cmd.add_argument("--dtype", choices=FEATURE_DTYPES, default="float16", help="storage dtype")
-    cmd.add_argument(
-        "--splits", nargs="+", choices=SPLITS, default=list(SPLITS), help="splits (both)"
-    )
-    cmd.add_argument(
-        "--detections", type=Path, default=None, help="detections .json/.npz for the det section"
-    )
-    cmd.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default cpu)")
-    cmd.add_argument("--batch-frames", type=_positive_int, default=8, help="frames per call (8)")
-    cmd.add_argument(
-        "--workers", type=int, default=2, help="image-decoding threads, 0 for none (2)"
-    )
-    cmd.add_argument(
-        "--skip-missing-frames",
-        action="store_true",
-        help="leave out frames without an image (read the store with require_frames=True)",
-    )
-    cmd.add_argument(
-        "--progress-every", type=_positive_int, default=200, help="frames per progress line"
-    )
-    cmd.add_argument("--overwrite", action="store_true", help="replace an existing store")
-    ag = cmd.add_argument_group(
-        "the Action Genome detector (STTran's faster_rcnn_ag.pth, in plain torch; docs/detector.md)"
-    )
-    ag.add_argument(
-        "--detector",
-        choices=["backbone", "ag-faster-rcnn"],
-        default="backbone",
-        help="backbone: --backbone + RoIAlign (default); ag-faster-rcnn: STTran's exact features",
-    )
-    ag.add_argument("--weights", type=Path, default=None, help="faster_rcnn_ag.pth")
-    ag.add_argument(
-        "--mode",
-        choices=["predcls", "sgcls", "sgdet"],
-        default="predcls",
-        help="sections to write: predcls gt; sgcls gt + class distributions; sgdet also det and "
-        "det_train (default predcls)",
-    )
-    ag.add_argument(
-        "--precision",
-        choices=["float32", "bfloat16", "float16"],
-        default="float32",
-        help="network precision (autocast, CUDA only; box arithmetic stays float32)",
-    )
-    cmd.set_defaults(func=_cmd_extract_features)

@@ -25,7 +25,7 @@ _PERSON = 1
 
 
 def _pillow() -> Any:
-    from m3sgg.detection.extraction import _import_pillow  # at call time: no import cycle
+    from m3sgg.detection.frames import _import_pillow  # at call time: no import cycle
 
     return _import_pillow()
 

@@ -203,6 +203,9 @@ def test_server_dies_mid_run_then_plotting_resumes_with_missed_evaluations(
         every=2,
         num_workers=num_workers,
         clock=lambda: float(engine.state.iteration),
+        # the end of the run waits at most 2 x timeout for the background sends, then cancels
+        # the rest; on a loaded machine the default (4 s) cut off the last loss points
+        timeout=30.0,
     )
     plotter.attach(engine)
     during_outage: list[int] = []

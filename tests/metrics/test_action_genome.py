@@ -18,8 +18,8 @@ from ignite.exceptions import NotComputableError
 
 from m3sgg.data.structures import VideoGT
 from m3sgg.errors import ConfigError
-from m3sgg.metrics import action_genome as ag
 from m3sgg.metrics.action_genome import ActionGenomeRecall, ActionGenomeRecallSuite
+from m3sgg.metrics.action_genome import recall as ag_recall
 
 REPO = Path(__file__).resolve().parents[2]
 MODES = ("predcls", "sgcls", "sgdet")
@@ -196,7 +196,7 @@ def test_batching_does_not_change_results(vectors: dict[str, Any], monkeypatch) 
     """Videos evaluated one by one, or all in one batch, give bit-identical rows."""
     videos = [v for name in CASES for v in _case_videos(vectors, name, "sgdet")]
     together = _run(ActionGenomeRecallSuite("sgdet", per_video=True), videos)
-    monkeypatch.setattr(ag, "_BATCH_SIZE", 1)
+    monkeypatch.setattr(ag_recall, "_BATCH_SIZE", 1)
     alone = _run(ActionGenomeRecallSuite("sgdet", per_video=True), videos)
     assert alone == together
 

@@ -82,3 +82,62 @@ def test_sgdet_model_relates_the_kept_boxes(videos) -> None:
             ((_, single),) = split_predictions(alone, model(alone))
         for key in ("boxes", "pair_idx", "pred_labels", "attention_distribution"):
             torch.testing.assert_close(pred[key], single[key], rtol=0, atol=1e-5)
+
+
+def test_given_labels_pick_the_copies() -> None:
+    """``labels`` (TEMPURA: the detector's, with its classifier's distributions) decide which
+    boxes clean_class copies. d1: distribution says class 5, label says 7: no copy (by default
+    its class-7 copy, 0.3, would be kept). d2: label 17 and distribution 17: its copy says class 3
+    (0.15) and is kept. d3: label 8, distribution class 3: its copy (column 8 zeroed) still says
+    class 3 with the same box and score, so NMS suppresses it (the original comes first)."""
+    boxes = torch.tensor([[0.0, 0, 10, 10], [20, 20, 40, 40], [50, 50, 70, 70], [80, 0, 99, 20]])
+    dists = torch.tensor(
+        [
+            _dist({0: 0.9, 1: 0.1}),
+            _dist({4: 0.6, 6: 0.3, 0: 0.1}),
+            _dist({16: 0.8, 2: 0.15, 0: 0.05}),
+            _dist({2: 0.5, 7: 0.4, 0: 0.1}),
+        ]
+    )
+    frame = torch.zeros(4, dtype=torch.long)
+    given = torch.tensor([1, 7, 17, 8])
+    out = sgdet_boxes(boxes, frame, dists, num_frames=1, labels=given)
+    # kept, visited by (class, score): person d0 (class group 1), d3 and d2's copy (class 3:
+    # 0.5, then 0.15), d1 (class 5), d2 (class 17)
+    assert out.source.tolist() == [0, 3, 2, 1, 2]
+    assert out.labels.tolist() == [1, 3, 3, 5, 17]
+    torch.testing.assert_close(out.scores, torch.tensor([0.9, 0.5, 0.15, 0.6, 0.8]))
+    assert out.dist[2, 16].item() == 0.0 and out.dist[1, 7].item() > 0  # d3 itself kept
+    assert out.pair_idx.tolist() == [[0, 1], [0, 2], [0, 3], [0, 4]]
+    default = sgdet_boxes(boxes, frame, dists, num_frames=1)
+    assert default.source.tolist() == [0, 3, 2, 1, 1, 2]  # d1's class-7 copy, no d3 copy
+    assert default.labels.tolist() == [1, 3, 3, 5, 7, 17]
+
+
+def test_relation_tokens_of_a_copy_are_the_tokens_of_its_detection(videos) -> None:
+    """The seam the models on STTran share: with ``source`` a copy of a detection relates as
+    the detection itself (same feature, box and union map); without it, the batch's boxes."""
+    from synthetic_videos import TINY
+
+    from m3sgg.data.collate import collate
+    from m3sgg.models import build_model
+    from m3sgg.models.sttran.model import relation_tokens
+
+    torch.manual_seed(0)
+    model = build_model("sttran", "action_genome", "sgdet", **TINY).eval()
+    batch = collate(videos[:1], section="det")
+    n = len(batch.boxes)
+    frame0 = torch.nonzero(batch.boxes[:, 0] == 0).squeeze(1)
+    person, other = int(frame0[0]), int(frame0[-1])
+    source = torch.cat([torch.arange(n), torch.tensor([other])])  # box n: a copy of `other`
+    labels = torch.cat([batch.labels, torch.tensor([7])])
+    labels[other] = 7
+    pairs = torch.tensor([[person, other], [person, n]])
+    with torch.no_grad():
+        tokens = relation_tokens(model.relation, batch, labels, pairs, source)
+        plain = relation_tokens(model.relation, batch, labels[:n], pairs[:1])
+        maps = batch.union_maps[batch.union_rows(pairs[:1])]
+        direct = model.relation(batch.box_features, batch.boxes[:, 1:], labels[:n], pairs[:1], maps)
+    assert torch.equal(tokens[0], tokens[1])
+    assert torch.equal(plain, direct)
+    torch.testing.assert_close(plain[0], tokens[0], rtol=0, atol=1e-6)  # batched conv rounding

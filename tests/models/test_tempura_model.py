@@ -253,3 +253,50 @@ def test_sgcls_import_round_trip_with_tracking(tmp_path) -> None:
     target.load_state_dict(convert_original(layout, target))
     for key, value in source.state_dict().items():
         assert torch.equal(target.state_dict()[key], value), key
+
+
+def test_sgdet_evaluation_by_hand() -> None:
+    """sgdet evaluation labels the detections with TEMPURA's classifier (here: zero weights, so
+    every box gets softmax(bias[1:])) and picks boxes with STTran's sgdet_boxes, clean_class
+    copying the boxes the *detector* labels 5/8/17. Three detections of one frame, apart:
+    classifier logits person 3, class 5 4, class 7 2, the rest 0, so every box says class 5;
+    detector labels [1, 5, 2]: d1 is copied with column 5 zeroed, the copy says person (3 > 2).
+    NMS groups: the copy (person column) first, then d0, d1, d2 (class 5, tied, box order).
+    Person of the frame: the person column is equal everywhere, the first kept box (the copy)
+    wins; its score is p(person). Pairs: (copy, d0), (copy, d1), (copy, d2)."""
+    import dataclasses
+
+    model = build_model(
+        "tempura", "action_genome", "sgdet", **TINY, k=3, tracking=True, contrastive_weight=1.0
+    )
+    assert (model.input_section, model.train_section) == ("det", "det_train")
+    decoder = model.object_classifier.decoder_lin[0]
+    with torch.no_grad():
+        decoder.weight.zero_()
+        decoder.bias.zero_()
+        decoder.bias[[1, 5, 7]] = torch.tensor([3.0, 4.0, 2.0])
+    batch = collate([make_video(0, frames=1, max_objects=1, seed=3)], section="det")
+    assert batch.num_boxes == 3  # person, object, spurious
+    boxes = torch.tensor([[0, 0, 0, 10, 10], [0, 20, 20, 30, 30], [0, 40, 40, 50, 50.0]])
+    batch = dataclasses.replace(batch, boxes=boxes, labels=torch.tensor([1, 5, 2]))
+    model.eval()
+    with torch.no_grad():
+        out = model(batch)
+    e = [math.exp(3), math.exp(4), math.exp(2)]
+    total = sum(e) + 33  # 36 classes, 33 of them at logit 0
+    p_person, p5, p7 = e[0] / total, e[1] / total, e[2] / total
+    assert out["boxes"].tolist() == boxes[[1, 0, 1, 2]].tolist()
+    assert out["pred_labels"].tolist() == [1, 5, 5, 5]
+    torch.testing.assert_close(out["pred_scores"], torch.tensor([p_person, p5, p5, p5]))
+    assert out["pair_idx"].tolist() == [[0, 1], [0, 2], [0, 3]]
+    assert out["im_idx"].tolist() == [0, 0, 0]
+    copy_row = torch.full((36,), 1 / total)
+    copy_row[[0, 4, 6]] = torch.tensor([p_person, 0.0, p7])
+    torch.testing.assert_close(out["object_distribution"][0], copy_row)
+    torch.testing.assert_close(out["object_distribution"][1, 4], torch.tensor(p5))
+    assert out["attention_probabilities"].shape == (3, 3)
+    assert out["object_logits"].shape == (4, 37)  # one row per kept box
+    with pytest.raises(ConfigError, match="section='det_train'"):
+        model.train()(batch)
+    with pytest.raises(ConfigError, match="section='det'"):
+        model.eval()(collate([make_video(0, frames=1)]))

@@ -1,5 +1,6 @@
-"""TEMPURA through the Trainer on toy data: the memory's life cycle, exact resume, evaluate from a
-checkpoint, and a toy run lifting mR@20."""
+"""TEMPURA through the Trainer on toy data, in predcls and in sgdet (training on the det_train
+section, evaluating on det, tracking and contrastive loss on): the memory's life cycle, exact
+resume, evaluate from a checkpoint, and a toy run lifting mR@20."""
 
 from __future__ import annotations
 
@@ -28,6 +29,17 @@ RUN = [
 ]
 
 
+#: Per mode: the options of the run (sgdet: the SGDET recipe's tracking and contrastive loss).
+MODES = {
+    "predcls": [],
+    "sgdet": [
+        "data.mode=sgdet",
+        "model.options.tracking=true",
+        "model.options.contrastive_weight=1.0",
+    ],
+}
+
+
 def _config(output: Path, name: str, *extra: str) -> Any:
     return load_config(None, [*RUN, f"run.output={output}", f"run.name={name}", *extra])
 
@@ -41,6 +53,7 @@ class Recorder:
         self.ready: dict[int, set[bool]] = {}
         self.inputs: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {}
         self.memories: dict[int, torch.Tensor] = {}
+        self.sections: set[str] = set()
         add = trainer.handlers.add
         add(FunctionHandler(self.step, [Events.ITERATION_STARTED], "probe_ready"))
         add(FunctionHandler(self.take, [M3sggEvents.FORWARD_COMPLETED], "probe_inputs", 40))
@@ -50,6 +63,7 @@ class Recorder:
         self.ready.setdefault(engine.state.epoch, set()).add(self.model.memory_fusion.is_ready)
 
     def take(self, engine: Any) -> None:
+        self.sections.add(engine.state.step_batch.section)
         self.model.eval()
         with torch.no_grad():
             features, targets, _, _ = self.model.memory_inputs(engine.state.step_batch, False)
@@ -60,19 +74,28 @@ class Recorder:
         self.memories[engine.state.epoch] = self.model.memory_fusion.memory.clone()
 
 
-@pytest.fixture(scope="module")
-def trained(toy_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+@pytest.fixture(scope="module", params=list(MODES))
+def trained(
+    request: pytest.FixtureRequest, toy_cache: Path, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, Any]:
     out = tmp_path_factory.mktemp("tempura-runs")
+    mode = request.param
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as the tests (conftest): the resume test compares bitwise
     try:
-        trainer = Trainer.from_config(_config(out, "full"))
+        trainer = Trainer.from_config(_config(out, "full", *MODES[mode]))
         recorder = Recorder(trainer)
         untrained = trainer.evaluator.eval_loop()
         trainer.train_loop()
     finally:
         torch.set_num_threads(threads)
-    return {"out": out, "trainer": trainer, "recorder": recorder, "untrained": untrained}
+    return {
+        "out": out,
+        "mode": mode,
+        "trainer": trainer,
+        "recorder": recorder,
+        "untrained": untrained,
+    }
 
 
 def test_handlers_are_in_the_table(trained: dict[str, Any]) -> None:
@@ -81,6 +104,14 @@ def test_handlers_are_in_the_table(trained: dict[str, Any]) -> None:
     names = trained["trainer"].handlers.names()
     assert names.index("evaluation") < names.index("memory_rebuild")
     assert names.index("memory_rebuild") < names.index("last_checkpoint")
+
+
+def test_training_batches_come_from_the_models_train_section(trained: dict[str, Any]):
+    model = trained["trainer"].core_model
+    assert trained["recorder"].sections == {model.train_section}
+    if trained["mode"] == "sgdet":
+        assert (model.train_section, model.input_section) == ("det_train", "det")
+        assert model.object_classifier.tracker is not None and model.contrastive_weight == 1.0
 
 
 def test_epoch_0_trains_without_memory_then_each_epoch_rebuilds_it(trained: dict[str, Any]):
@@ -125,12 +156,14 @@ def test_evaluate_from_checkpoint_equals_the_in_training_evaluation(trained: dic
 def test_toy_run_lifts_mean_recall(trained: dict[str, Any]) -> None:
     before = trained["untrained"]["with/mR@20"]
     after = trained["trainer"].engine.state.eval_metrics["with/mR@20"]
-    print(f"tempura toy: with/mR@20 untrained {before:.4f} -> trained {after:.4f}")
+    mode = trained["mode"]
+    print(f"tempura toy {mode}: with/mR@20 untrained {before:.4f} -> trained {after:.4f}")
     assert after > before
 
 
 def test_resume_mid_epoch_is_bitwise(trained: dict[str, Any], tmp_path: Path) -> None:
-    first = Trainer.from_config(_config(tmp_path, "resumed"))
+    extra = MODES[trained["mode"]]
+    first = Trainer.from_config(_config(tmp_path, "resumed", *extra))
 
     def stop(engine: Any) -> None:
         if engine.state.iteration == engine.state.epoch_length + 4:  # mid-epoch 2, after last.pt
@@ -140,7 +173,7 @@ def test_resume_mid_epoch_is_bitwise(trained: dict[str, Any], tmp_path: Path) ->
     first.train_loop()
     mid = load_checkpoint(tmp_path / "resumed" / "checkpoints" / "last.pt")
     assert mid["handlers"]["uncertainty_pass"]["norm"].sum() > 0  # partial sums saved
-    second = Trainer.from_config(_config(tmp_path, "resumed"), resume="auto")
+    second = Trainer.from_config(_config(tmp_path, "resumed", *extra), resume="auto")
     second.train_loop()
     expected = trained["trainer"]
     for key, value in expected.core_model.state_dict().items():
@@ -171,3 +204,23 @@ def test_sgcls_recipe_file(toy_cache: Path, tmp_path: Path) -> None:
     model = Trainer.from_config(config).core_model
     assert (model.k, model.memory_fusion.lam, model.contrastive_weight) == (4, 0.3, 1.0)
     assert model.object_classifier.tracker is not None
+
+
+def test_sgdet_recipe_file(toy_cache: Path, tmp_path: Path) -> None:
+    recipe = Path(__file__).resolve().parents[2] / "examples" / "configs" / "tempura_sgdet.yaml"
+    config = load_config(recipe, ["data.toy_videos=16", f"run.output={tmp_path}", "run.name=r"])
+    assert config.data.mode == "sgdet" and config.data.filter_small_boxes
+    assert (config.optim.optimizer, config.optim.lr, config.optim.grad_clip) == ("adamw", 1e-5, 5.0)
+    assert (config.schedule.name, config.schedule.metric) == ("plateau", "with/mR@20")
+    assert config.optim.weight_decay == 0.01 and config.data.videos_per_batch == 1
+    assert config.train.epochs == 10
+    model = Trainer.from_config(config).core_model
+    assert (model.mode, model.k, model.fusion, model.memory_weighting) == (
+        "sgdet",
+        4,
+        "late",
+        "simple",
+    )
+    assert (model.memory_fusion.lam, model.contrastive_weight, model.eos_coef) == (0.5, 1.0, 1.0)
+    assert model.object_classifier.tracker is not None
+    assert model.memory_fusion.groups is None

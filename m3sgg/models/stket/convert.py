@@ -6,20 +6,26 @@ STKET keeps STTran's relation-token keys (``union_func1``, ``conv``, ``subj_fc``
 ``initialPrior`` → ``initial_prior``, ``specificPrior`` → ``specific_prior`` and ``W_q/W_k/W_v``
 → ``w_q/w_k/w_v``. Known keys this model drops: the pre-transformer heads
 ``{a,s,c}_rel_compress`` (computed by the original, read by no loss and no evaluation) and, in
-predcls, the ``object_classifier`` (kept under its own name in sgcls). An unknown, missing or
-mis-shaped key is a one-line error.
+predcls, the ``object_classifier`` (kept under its own name in sgcls and sgdet). An unknown,
+missing or mis-shaped key is a one-line error.
+
+:func:`infer_options` reads the model's widths from the tensors' shapes (the original's are fixed
+at 2048 / 1024 / 1936, but a checkpoint of ours in the original's layout may be narrower).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
+import torch
 from torch import nn
 
+from m3sgg.errors import DataError
 from m3sgg.models.sttran.convert import convert_state_dict, load_original_state
 from m3sgg.models.sttran.convert import key_map as sttran_key_map
 
-__all__ = ["import_stket", "key_map"]
+__all__ = ["import_stket", "infer_options", "key_map"]
 
 _LINEAR = ("weight", "bias")
 _ATTENTION = ("in_proj_weight", "in_proj_bias", "out_proj.weight", "out_proj.bias")
@@ -74,13 +80,55 @@ def key_map(enc_layers: int, dec_layers: int, *, classifier: bool = False) -> di
     return table
 
 
-def import_stket(source: Any, model: nn.Module) -> dict[str, Any]:
+def import_stket(source: Any, model: nn.Module, *, where: str | None = None) -> dict[str, Any]:
     """The original's checkpoint (path, ``{"state_dict": ...}`` or state dict) as a state dict
-    for ``model`` (an :class:`~m3sgg.models.stket.model.STKET`)."""
-    state, where = load_original_state(source)
+    for ``model`` (an :class:`~m3sgg.models.stket.model.STKET`); ``where`` names an already
+    loaded state dict in messages."""
+    state, name = load_original_state(source)
+    where = where or name
     table = key_map(
         len(model.spatial_encoder.encoder.layers),
         len(model.temporal_decoder.decoder.layers),
         classifier=getattr(model, "object_classifier", None) is not None,
     )
     return convert_state_dict(state, model, table, where)
+
+
+def _shape(state: Mapping[str, torch.Tensor], key: str, where: str) -> tuple[int, ...]:
+    if key not in state:
+        raise DataError(where, "missing key of the original's layout", field=key)
+    return tuple(state[key].shape)
+
+
+def _count(state: Mapping[str, torch.Tensor], prefix: str) -> int:
+    indices = {int(k[len(prefix) :].split(".")[0]) for k in state if k.startswith(prefix)}
+    return max(indices) + 1 if indices else 0
+
+
+def infer_options(state: Mapping[str, torch.Tensor], where: str, mode: str) -> dict[str, Any]:
+    """The :class:`~m3sgg.models.stket.model.STKET` arguments the original's state dict fixes:
+    feature and token widths, layer counts, ``ff_dim``, ``window`` (the ensemble decoder's
+    position table), ``state_dims`` and, outside predcls, the classifier's widths. ``heads``,
+    the contact threshold, the prior switches and the loss choices are not in the tensors."""
+    proj, object_dim = _shape(state, "subj_fc.weight", where)
+    conv, union_channels = _shape(state, "union_func1.weight", where)[:2]
+    options: dict[str, Any] = {
+        "object_dim": object_dim,
+        "union_channels": union_channels,
+        "proj_dim": proj,
+        "embed_dim": _shape(state, "obj_embed.weight", where)[1],
+        "conv_dim": conv,
+        "enc_layers": _count(state, "spatial_encoder.encoder.layers."),
+        "dec_layers": _count(state, "temporal_decoder.decoder.layers."),
+        "ff_dim": _shape(state, "spatial_encoder.encoder.layers.0.linear1.weight", where)[0],
+        "window": _shape(state, "ensemble_decoder.position_embedding.weight", where)[0],
+        "state_dims": [
+            _shape(state, f"spatial_encoder.state_fc.{i}.weight", where)[0] for i in range(3)
+        ],
+    }
+    if mode != "predcls":
+        options["classifier_dim"] = _shape(state, "object_classifier.decoder_lin.0.weight", where)[
+            0
+        ]
+        options["pos_dim"] = _shape(state, "object_classifier.pos_embed.1.weight", where)[0]
+    return options

@@ -1,7 +1,12 @@
 """STKET (Pu et al., IEEE TIP 2024) on STTran's relation tokens: three heads and two prior heads.
 
-Composition (predcls, sgcls):
+Composition (predcls, sgcls, sgdet):
 
+- in sgdet evaluation, STTran's :func:`~m3sgg.models.sttran.postprocess.sgdet_boxes` (the
+  original's classifier sgdet branch: ``clean_class``, per-class NMS 0.6, person pick; its
+  weights unused) picks the boxes and pairs from the ``det`` section; sgdet training reads the
+  ``det_train`` section (:attr:`STKET.train_section`: detections with assigned labels and the
+  supplied GT boxes) and trains the classifier as in sgcls;
 - in sgcls, STTran's :class:`~m3sgg.models.sttran.classifier.ObjectClassifier` and, in
   evaluation, :func:`~m3sgg.models.sttran.classifier.label_boxes` (the original's STKET copies
   STTran's classifier line for line): predicted labels and scores, pairs re-formed;
@@ -30,10 +35,10 @@ original steps one video at a time), named ``"<head>_<group>"``.
 
 Which priors a relation uses follows the original's history rules (:mod:`.selection`): in
 training and in predcls evaluation the latest relation of an object label and frame holds its
-state, in sgcls evaluation the one whose object scores highest; the contact threshold 1.0
-selects ground-truth contacts (the original's test script; predcls only, as re-formed sgcls
-pairs have none). sgcls adds the ``object`` loss (cross-entropy of the classifier, mean over
-videos of the video's mean over boxes).
+state, in sgcls and sgdet evaluation the one whose object scores highest; the contact
+threshold 1.0 selects ground-truth contacts (the original's test script; predcls only, as the
+pairs sgcls and sgdet form in evaluation have none). sgcls and sgdet add the ``object`` loss
+(cross-entropy of the classifier, mean over videos of the video's mean over boxes).
 """
 
 from __future__ import annotations
@@ -54,15 +59,15 @@ from m3sgg.models.registry import register_model
 from m3sgg.models.stket.decoders import EnsembleDecoder, SpatialPriorEncoder, TemporalPriorDecoder
 from m3sgg.models.stket.priors import load_priors
 from m3sgg.models.sttran.classifier import ObjectClassifier, label_boxes
-from m3sgg.models.sttran.model import _index_targets, per_video_mean
-from m3sgg.models.sttran.postprocess import person_pairs
+from m3sgg.models.sttran.model import _index_targets, per_video_mean, relation_tokens
+from m3sgg.models.sttran.postprocess import person_pairs, sgdet_boxes
 from m3sgg.models.sttran.relation import RelationFeatures
 from m3sgg.vocab import GROUP_SIZES, NUM_AG_CLASSES
 
 __all__ = ["HEADS", "PRIOR_HEADS", "STKET", "import_original_stket"]
 
 DATASETS = frozenset({"action_genome"})
-MODES = frozenset({"predcls", "sgcls"})
+MODES = frozenset({"predcls", "sgcls", "sgdet"})
 OBJECT_LOSS = "object"
 HEADS = ("spatial", "temporal", "ensemble")
 PRIOR_HEADS = ("spatial_prior", "temporal_prior")
@@ -258,20 +263,39 @@ class STKET(SceneGraphModel):
             "contacting_distribution": torch.sigmoid(layers[2](x).float()),
         }
 
+    @property
+    def train_section(self) -> str:
+        """The section training batches come from: ``"det_train"`` in sgdet (as STTran's:
+        detections with assigned labels, the missed GT boxes supplied), else the input
+        section."""
+        return "det_train" if self.mode == "sgdet" else self.input_section
+
     def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
         """Predictions with batch-level indices: the metric keys (the rank head's), and
         ``"<head>/<key>"`` for the heads spatial, temporal, ensemble, spatial_prior and
         temporal_prior."""
-        if batch.section != self.input_section:
+        wanted = self.train_section if self.training else self.input_section
+        if batch.section != wanted:
             raise ConfigError(
-                f"stket in {self.mode} needs batches collated with section="
-                f"{self.input_section!r}, got {batch.section!r}"
+                f"stket in {self.mode} ({'training' if self.training else 'evaluation'}) needs "
+                f"batches collated with section={wanted!r}, got {batch.section!r}"
             )
         out: dict[str, torch.Tensor] = {}
         labels, box_scores = batch.labels, batch.scores
         pair_idx, frame = batch.pair_idx, batch.im_idx
+        source = None  # sgdet evaluation: the detection each kept box is (a copy of)
         scores = None  # training and predcls: the latest relation of a label and frame wins
-        if self.object_classifier is not None:
+        if self.mode == "sgdet" and not self.training:
+            if batch.class_dists is None:
+                raise ConfigError("stket in sgdet needs the detections' class distributions")
+            picked = sgdet_boxes(
+                batch.boxes[:, 1:], batch.boxes[:, 0].long(), batch.class_dists, batch.num_frames
+            )
+            source, labels, box_scores = picked.source, picked.labels, picked.scores
+            pair_idx, frame = picked.pair_idx, picked.im_idx
+            out["object_distribution"] = picked.dist
+            scores = box_scores[pair_idx[:, 1]]  # the best-scoring object holds the state
+        elif self.object_classifier is not None:
             if batch.class_dists is None:
                 raise ConfigError(
                     f"stket in {self.mode} needs the detector's class distributions of the "
@@ -287,8 +311,7 @@ class STKET(SceneGraphModel):
                 out["object_distribution"] = dist
                 pair_idx, frame = person_pairs(labels, human, box_frame)
                 scores = box_scores[pair_idx[:, 1]]  # the best-scoring object holds the state
-        maps = batch.union_maps[batch.union_rows(pair_idx)]
-        tokens = self.relation(batch.box_features, batch.boxes[:, 1:], labels, pair_idx, maps)
+        tokens = relation_tokens(self.relation, batch, labels, pair_idx, source)
         label = labels[pair_idx[:, 1]]
         gt_contacts = batch.contacting if self.mode == "predcls" else None
 
@@ -313,10 +336,11 @@ class STKET(SceneGraphModel):
         for head, values in heads.items():
             out.update({f"{head}/{key}": value for key, value in values.items()})
         out.update(heads[self.rank_head])
+        kept = slice(None) if source is None else source
         out.update(
-            boxes=batch.boxes,
-            labels=batch.labels,
-            scores=batch.scores,
+            boxes=batch.boxes[kept],
+            labels=batch.labels if source is None else labels,
+            scores=batch.scores if source is None else box_scores,
             pred_labels=labels,
             pred_scores=box_scores,
             im_idx=frame,
@@ -362,13 +386,28 @@ class STKET(SceneGraphModel):
 
 
 def import_original_stket(source: object, **options: object) -> STKET:
-    """``import_original("stket", source, **options)``: an :class:`STKET` (``options`` are its
-    arguments, ``priors`` included; the original's feature widths by default) holding the
-    original checkpoint's weights (see :mod:`m3sgg.models.stket.convert`)."""
-    from m3sgg.models.stket.convert import import_stket
+    """``import_original("stket", source, **options)``: an :class:`STKET` holding the original
+    checkpoint's weights (see :mod:`m3sgg.models.stket.convert`).
 
-    model = STKET(**{"object_dim": 2048, "union_channels": 1024, **options})  # type: ignore[arg-type]
-    model.load_state_dict(import_stket(source, model))
+    The widths, layer counts, ``window`` and ``state_dims`` are read from the tensors
+    (:func:`~m3sgg.models.stket.convert.infer_options`); ``options`` (any :class:`STKET`
+    argument: ``mode``, ``heads``, ``contact_threshold``, ...) take precedence. The prior tables
+    are weights of the checkpoint (the original learns them), loaded over the tables ``priors``
+    gave: ``priors`` is ``"zeros"`` unless given (a file given is recorded, and must exist where
+    the model is rebuilt). The arguments used, but the feature widths, are kept as
+    ``model.config_options`` (what ``m3sgg import-checkpoint`` writes into its config).
+    """
+    from m3sgg.models.stket.convert import import_stket, infer_options
+    from m3sgg.models.sttran.convert import load_original_state
+
+    state, where = load_original_state(source)
+    mode = str(options.get("mode", "predcls"))
+    chosen = {**infer_options(state, where, mode), "priors": "zeros", **options}
+    model = STKET(**chosen)  # type: ignore[arg-type]
+    model.load_state_dict(import_stket(state, model, where=where))
+    model.config_options = {
+        k: v for k, v in chosen.items() if k not in ("object_dim", "union_channels", "mode")
+    }
     return model
 
 

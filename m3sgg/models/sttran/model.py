@@ -51,7 +51,7 @@ from m3sgg.models.sttran.relation import RelationFeatures, class_word_vectors
 from m3sgg.models.sttran.transformer import SpatialEncoder, TemporalDecoder
 from m3sgg.vocab import AG_OBJECT_CLASSES, GROUP_SIZES, NUM_AG_CLASSES
 
-__all__ = ["STTran", "per_video_mean", "sttran_losses"]
+__all__ = ["STTran", "per_video_mean", "relation_tokens", "sttran_losses"]
 
 DATASETS = frozenset({"action_genome"})
 MODES = frozenset({"predcls", "sgcls", "sgdet"})
@@ -261,12 +261,7 @@ class STTran(SceneGraphModel):
         ``spatial_distribution`` and ``contacting_distribution`` (probabilities), all float32
         ``[P, ·]``, and the ``context`` ``[P, token]`` the heads read. The boxes are the batch's,
         or with ``source`` the batch boxes ``source`` picks (copies allowed: sgdet)."""
-        features, boxes = batch.box_features, batch.boxes[:, 1:]
-        rows = pair_idx
-        if source is not None:
-            features, boxes, rows = features[source], boxes[source], source[pair_idx]
-        maps = batch.union_maps[batch.union_rows(rows)]
-        tokens = self.relation(features, boxes, labels, pair_idx, maps)
+        tokens = relation_tokens(self.relation, batch, labels, pair_idx, source)
         frame_start = torch.tensor(batch.frame_offsets[:-1], device=tokens.device)
         frame_start = frame_start[batch.frame_video]
         x = self.spatial(tokens, im_idx, batch.num_frames)
@@ -419,6 +414,24 @@ def sttran_losses(
             * loss_weights[OBJECT_LOSS]
         )
     return losses
+
+
+def relation_tokens(
+    relation: RelationFeatures,
+    batch: Batch,
+    labels: torch.Tensor,
+    pair_idx: torch.Tensor,
+    source: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The relation tokens ``[P, token]`` of ``pair_idx`` (indices into the boxes) with box
+    classes ``labels``: the batch's boxes, or with ``source`` the batch boxes ``source`` picks
+    (copies allowed: sgdet), their features and the union maps of the picked pairs."""
+    features, boxes = batch.box_features, batch.boxes[:, 1:]
+    rows = pair_idx
+    if source is not None:
+        features, boxes, rows = features[source], boxes[source], source[pair_idx]
+    maps = batch.union_maps[batch.union_rows(rows)]
+    return relation(features, boxes, labels, pair_idx, maps)
 
 
 def _index_targets(multi_hot: torch.Tensor) -> torch.Tensor:

@@ -3,9 +3,9 @@
 In sgdet evaluation the original (``lib/sttran.py``, ``ObjectClassifier.forward``, sgdet branch)
 does not use its classifier's weights: from the detector's distributions over classes 1..36 it
 
-1. ``clean_class`` for classes 5, 8 and 17, in that order: every box whose label is the class gets
-   a copy, appended after its frame's boxes, whose distribution has that class zeroed and whose
-   label is the arg-max of what is left;
+1. ``clean_class`` for classes 5, 8 and 17, in that order: every box whose label (the detector's
+   arg-max class) is the class gets a copy, appended after its frame's boxes, whose distribution
+   has that class zeroed and whose label is the arg-max of what is left;
 2. per frame and per arg-max class, greedy NMS at IoU 0.6 in descending score (kept boxes ordered
    by frame, class, score);
 3. labels = the best object class (2..36), scores its probability; the most person-like box of
@@ -54,17 +54,27 @@ class SgdetBoxes(NamedTuple):
 
 
 def sgdet_boxes(
-    boxes: torch.Tensor, frame: torch.Tensor, dists: torch.Tensor, num_frames: int
+    boxes: torch.Tensor,
+    frame: torch.Tensor,
+    dists: torch.Tensor,
+    num_frames: int,
+    labels: torch.Tensor | None = None,
 ) -> SgdetBoxes:
     """The original's sgdet evaluation labelling (module docstring), vectorised over frames.
 
     Args:
         boxes: ``[N, 4]`` xyxy detections; frame: ``[N]`` their batch-level frames,
-            non-decreasing; dists: ``[N, C - 1]`` the detector's distributions over 1..C-1.
+            non-decreasing; dists: ``[N, C - 1]`` the distributions over 1..C-1 (STTran: the
+            detector's).
+        labels: ``[N]`` the labels step 1 (``clean_class``) reads to pick the boxes it copies;
+            default the arg-max of ``dists`` + 1 (STTran). TEMPURA passes the detector's labels
+            with its own classifier's ``dists``, as its original does; the copies' labels are
+            always the arg-max of their zeroed ``dists``.
     """
     device = boxes.device
     source = torch.arange(len(boxes), device=device)
-    labels = dists.argmax(dim=1) + 1 if len(dists) else frame.new_zeros(0)
+    if labels is None:
+        labels = dists.argmax(dim=1) + 1 if len(dists) else frame.new_zeros(0)
     copy = torch.zeros(len(boxes), dtype=torch.long, device=device)
     for step, cls in enumerate(CLEAN_CLASSES, start=1):
         picked = torch.nonzero(labels == cls).squeeze(1)

@@ -14,6 +14,15 @@ temporal decoder. TEMPURA adds (``lib/tempura.py``, ``lib/transformer.py`` of th
 
 Losses (``train.py``), per video, then averaged over videos: attention NLL on ``log(p + 1e-12)``,
 binary cross-entropy on the spatial and contacting probabilities (the recipes pass no ``-mlm``).
+
+sgcls and sgdet add TEMPURA's object classifier (:mod:`.objects`). sgdet trains as sgcls on the
+feature store's ``det_train`` section (STTran's sgdet inputs: detections with assigned labels and
+the missed GT boxes supplied, pairs and targets assigned). Its evaluation reads the ``det``
+section: unlike STTran, whose sgdet evaluation ignores its classifier, TEMPURA's classifier
+(tracking encoder included) labels the detections, ``softmax`` over classes 1.. of its logits,
+and STTran's :func:`~m3sgg.models.sttran.postprocess.sgdet_boxes` picks the boxes from that
+distribution, its ``clean_class`` copies chosen by the detector's labels (``batch.labels``), as
+the original's ``lib/tempura.py`` does.
 """
 
 from __future__ import annotations
@@ -30,8 +39,8 @@ from m3sgg.errors import ConfigError
 from m3sgg.models.base import SceneGraphModel
 from m3sgg.models.registry import register_model
 from m3sgg.models.sttran.classifier import label_boxes
-from m3sgg.models.sttran.model import per_video_mean
-from m3sgg.models.sttran.postprocess import person_pairs
+from m3sgg.models.sttran.model import per_video_mean, relation_tokens
+from m3sgg.models.sttran.postprocess import person_pairs, sgdet_boxes
 from m3sgg.models.sttran.relation import RelationFeatures, class_word_vectors
 from m3sgg.models.sttran.transformer import SpatialEncoder, TemporalDecoder
 from m3sgg.models.tempura.gmm import GMMHead
@@ -43,7 +52,7 @@ from m3sgg.vocab import AG_OBJECT_CLASSES, GROUP_SIZES, NUM_AG_CLASSES
 __all__ = ["TEMPURA", "TEMPURA_PREDICTION_KEYS"]
 
 DATASETS = frozenset({"action_genome"})
-MODES = frozenset({"predcls", "sgcls"})
+MODES = frozenset({"predcls", "sgcls", "sgdet"})
 LOSS_NAMES = ("attention", "spatial", "contacting")
 OBJECT_LOSSES = ("object", "contrastive")
 GROUPS = ("attention", "spatial", "contacting")
@@ -83,7 +92,8 @@ class TEMPURA(SceneGraphModel):
         class_names: names for word-vector look-up (default: AG's).
         word_vectors: optional GloVe-style text file initialising both class embeddings.
         dataset: ``"action_genome"``.
-        mode: ``"predcls"`` or ``"sgcls"``.
+        mode: ``"predcls"``, ``"sgcls"`` or ``"sgdet"`` (trains on the ``det_train`` section,
+            evaluates on ``det``; module docstring).
         k: mixture components of the heads (the recipes: 6 PredCLS, 4 SGCLS/SGDET).
         memory: ``"joint"`` (one attention over the 26 rows, the recipes), ``"separate"`` (one
             per predicate group, read-outs averaged) or ``None`` (no memory, no handlers).
@@ -91,13 +101,13 @@ class TEMPURA(SceneGraphModel):
         fusion: ``"late"`` (after the temporal decoder, the recipes) or ``"early"``.
         selection: ``"manual"`` (fixed ``lam``) or ``"automated"`` (learned per row).
         lam: the features' weight in the fusion (0.5 PredCLS/SGDET, 0.3 SGCLS).
-        tracking: sgcls: the object-sequence encoder over boxes grouped by the detector's class
-            (the SGCLS recipe uses it).
-        classifier_dim: hidden width of the object classifier (1024; sgcls).
-        pos_dim: width of the classifier's box-position embedding (128; sgcls).
-        eos_coef: sgcls: weight of the background class in the object loss (1).
-        contrastive_weight: sgcls: weight of the object contrastive loss (the SGCLS recipe: 1;
-            0 leaves it out).
+        tracking: sgcls/sgdet: the object-sequence encoder over boxes grouped by the
+            detector's class (the SGCLS and SGDET recipes use it).
+        classifier_dim: hidden width of the object classifier (1024; sgcls/sgdet).
+        pos_dim: width of the classifier's box-position embedding (128; sgcls/sgdet).
+        eos_coef: sgcls/sgdet: weight of the background class in the object loss (1).
+        contrastive_weight: sgcls/sgdet: weight of the object contrastive loss (the SGCLS and
+            SGDET recipes: 1; 0 leaves it out).
         loss_weights: multipliers of the named losses; missing names weigh 1.
 
     Example::
@@ -224,8 +234,9 @@ class TEMPURA(SceneGraphModel):
                 hidden=classifier_dim,
                 dropout=dropout,
                 tracking=tracking,
+                max_len=600 if mode == "sgdet" else 400,
             )
-            if mode == "sgcls"
+            if mode != "predcls"
             else None
         )
         if word_vectors is not None:
@@ -259,23 +270,36 @@ class TEMPURA(SceneGraphModel):
 
     # -- forward -------------------------------------------------------------------------------
 
+    @property
+    def train_section(self) -> str:
+        """The section training batches come from: ``"det_train"`` in sgdet (as STTran's),
+        else the input section."""
+        return "det_train" if self.mode == "sgdet" else self.input_section
+
     def _check_batch(self, batch: Batch) -> None:
-        if batch.section != self.input_section:
+        wanted = self.train_section if self.training else self.input_section
+        if batch.section != wanted:
             raise ConfigError(
-                f"tempura in {self.mode} needs batches collated with section="
-                f"{self.input_section!r}, got {batch.section!r}"
+                f"tempura in {self.mode} ({'training' if self.training else 'evaluation'}) "
+                f"needs batches collated with section={wanted!r}, got {batch.section!r}"
             )
 
     def _fuse(self, x: torch.Tensor) -> torch.Tensor:
         return x if self.memory_fusion is None else self.memory_fusion(x)
 
     def relation_context(
-        self, batch: Batch, labels: torch.Tensor, pair_idx: torch.Tensor, im_idx: torch.Tensor
+        self,
+        batch: Batch,
+        labels: torch.Tensor,
+        pair_idx: torch.Tensor,
+        im_idx: torch.Tensor,
+        source: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``(context, features)`` [P, token] of the pairs: ``context`` is what the heads read
-        (memory fused), ``features`` the pre-fusion features the memory is built from."""
-        maps = batch.union_maps[batch.union_rows(pair_idx)]
-        tokens = self.relation(batch.box_features, batch.boxes[:, 1:], labels, pair_idx, maps)
+        (memory fused), ``features`` the pre-fusion features the memory is built from. The
+        boxes are the batch's, or with ``source`` the batch boxes ``source`` picks (sgdet
+        evaluation: copies allowed; STTran's :func:`~m3sgg.models.sttran.model.relation_tokens`)."""
+        tokens = relation_tokens(self.relation, batch, labels, pair_idx, source)
         frame_start = torch.tensor(batch.frame_offsets[:-1], device=tokens.device)
         frame_start = frame_start[batch.frame_video]
         x = self.spatial(tokens, im_idx, batch.num_frames)
@@ -295,7 +319,8 @@ class TEMPURA(SceneGraphModel):
         out: dict[str, torch.Tensor] = {}
         labels, scores = batch.labels, batch.scores
         pair_idx, im_idx = batch.pair_idx, batch.im_idx
-        if self.object_classifier is not None:  # sgcls: as STTran's, with TEMPURA's classifier
+        source = None
+        if self.object_classifier is not None:  # as STTran's, with TEMPURA's classifier
             if batch.class_dists is None:
                 raise ConfigError(
                     f"tempura in {self.mode} needs the detector's class distributions of the "
@@ -307,13 +332,21 @@ class TEMPURA(SceneGraphModel):
             )
             out["object_logits"] = logits.float()
             out["object_embedding"] = embedding
-            if not self.training:
+            if not self.training and self.mode == "sgcls":
                 dist, labels, scores, human = label_boxes(
                     out["object_logits"], frame, batch.num_frames
                 )
                 out["object_distribution"] = dist
                 pair_idx, im_idx = person_pairs(labels, human, frame)
-        x, _ = self.relation_context(batch, labels, pair_idx, im_idx)
+            elif not self.training:  # sgdet: STTran's box picking on the classifier's output
+                dist = torch.softmax(out["object_logits"][:, 1:], dim=1)
+                picked = sgdet_boxes(
+                    batch.boxes[:, 1:], frame, dist, batch.num_frames, labels=batch.labels
+                )
+                source, labels, scores = picked.source, picked.labels, picked.scores
+                pair_idx, im_idx = picked.pair_idx, picked.im_idx
+                out["object_distribution"] = picked.dist
+        x, _ = self.relation_context(batch, labels, pair_idx, im_idx, source)
         out.update(
             attention_probabilities=self.a_rel_compress(x).float(),
             spatial_distribution=self.s_rel_compress(x).float(),
@@ -326,6 +359,10 @@ class TEMPURA(SceneGraphModel):
             im_idx=im_idx,
             pair_idx=pair_idx,
         )
+        if source is not None:  # sgdet evaluation: the kept boxes (copies included)
+            out.update(boxes=batch.boxes[source], labels=labels, scores=scores)
+            for key in ("object_logits", "object_embedding"):
+                out[key] = out[key][source]
         return out
 
     def memory_inputs(
