@@ -71,6 +71,8 @@ def test_widths_are_read_from_the_tensors(tmp_path: Path):
     assert "object_dim" not in options and "mode" not in options
     for key, value in model.state_dict().items():
         assert torch.equal(imported.state_dict()[key], value), key
+    twice = import_original("stket", source, mode="sgcls", heads=TINY["heads"], layer_passes=2)
+    assert twice.layer_passes == 2 and twice.config_options["layer_passes"] == 2
 
 
 @pytest.mark.parametrize("mode", ["predcls", "sgdet"])

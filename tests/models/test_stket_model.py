@@ -273,3 +273,50 @@ def test_sgcls_import_keeps_the_object_classifier(videos):
         a, b = source(batch), imported(batch)
     assert torch.equal(a["ensemble/contacting_distribution"], b["ensemble/contacting_distribution"])
     assert torch.equal(a["pred_scores"], b["pred_scores"])
+
+
+def test_layer_passes_rerun_the_spatial_encoder_on_its_output(batch):
+    """The original's N_layer = 2: spatial encoder on the tokens, then on its own output (same
+    weights, no new parameters); the temporal decoder and the heads read the last pass."""
+    from m3sgg.models.sttran.model import relation_tokens
+
+    torch.manual_seed(2)
+    model = _model(layer_passes=2).eval()
+    single = _model(layer_passes=1)
+    assert model.state_dict().keys() == single.state_dict().keys()
+    single.load_state_dict(model.state_dict())
+    single.eval()
+    with torch.no_grad():
+        out = model(batch)
+        once = single(batch)
+        tokens = relation_tokens(model.relation, batch, batch.labels, batch.pair_idx)
+        label = batch.labels[batch.pair_idx[:, 1]]
+        first, _ = model.spatial_encoder(tokens, batch.im_idx, label)
+        second, _ = model.spatial_encoder(first, batch.im_idx, label)
+        spatial = model._heads(second, "spa")
+        temporal, _ = model.temporal_decoder(
+            second,
+            spatial["contacting_distribution"],
+            batch.im_idx,
+            label,
+            None,
+            batch.frame_video,
+            None,
+        )
+    for group in GROUPS:
+        key = f"{group}_distribution"
+        torch.testing.assert_close(out[f"spatial/{key}"], spatial[key], rtol=0, atol=1e-6)
+    torch.testing.assert_close(
+        out["temporal/attention_distribution"],
+        model._heads(temporal, "tem")["attention_distribution"],
+        rtol=0,
+        atol=1e-6,
+    )
+    assert not torch.allclose(
+        out["spatial/attention_distribution"], once["spatial/attention_distribution"], atol=1e-3
+    )
+    torch.testing.assert_close(  # the spatial prior does not depend on the pass
+        out["spatial_prior/attention_distribution"], once["spatial_prior/attention_distribution"]
+    )
+    with pytest.raises(ConfigError, match="layer_passes must be a positive integer"):
+        _model(layer_passes=0)

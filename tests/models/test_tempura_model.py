@@ -12,7 +12,7 @@ from m3sgg.data.collate import collate
 from m3sgg.errors import ConfigError, DataError
 from m3sgg.models import build_model
 from m3sgg.models.tempura import TEMPURA
-from m3sgg.models.tempura.convert import convert_original, key_map
+from m3sgg.models.tempura.convert import convert_original, original_checkpoint
 
 
 def _model(**options) -> TEMPURA:
@@ -125,42 +125,18 @@ def test_bad_options(option: str, value: object) -> None:
         _model(**{option: value})
 
 
-def _original_layout(model: TEMPURA) -> dict:
-    """Our weights written in the original's layout (the inverse of the import)."""
-    state = model.state_dict()
-    original = {}
-    for source, target in key_map(model).items():
-        if target is None or target.split(".")[1] == "proj":  # a head's fused layer
-            continue
-        original[source] = state[target].clone()
-    for head in ("a_rel_compress", "s_rel_compress", "c_rel_compress"):
-        gmm = getattr(model, head)
-        for part in ("mu", "var", "pi"):
-            for i in range(model.k):
-                rows = gmm.fused_index(part, i)
-                original[f"{head}.heads.{part}_{i + 1}.weight"] = state[f"{head}.proj.weight"][rows]
-                original[f"{head}.heads.{part}_{i + 1}.bias"] = state[f"{head}.proj.bias"][rows]
-    memory = state["memory_fusion.memory"]
-    rel_memory = (
-        {"attention": memory[:3], "spatial": memory[3:9], "contacting": memory[9:]}
-        if model.memory_fusion.is_ready
-        else []  # the original's checkpoints before the first memory
-    )
-    return {"state_dict": original, "object_memory": [], "rel_memory": rel_memory}
-
-
 def test_import_round_trip_with_memory(tmp_path) -> None:
     source = _model()
     source.set_memory(torch.randn(26, source.memory_fusion.memory.shape[1]))
     path = tmp_path / "best_Mrecall_model.tar"
-    torch.save(_original_layout(source), path)
+    torch.save(original_checkpoint(source), path)
     target = _model()
     target.load_state_dict(convert_original(path, target))
     assert target.memory_fusion.is_ready
     for key, value in source.state_dict().items():
         assert torch.equal(target.state_dict()[key], value), key
     # a checkpoint from epoch 0 has no memory: the model starts without one
-    early = _original_layout(source)
+    early = original_checkpoint(source)
     early["rel_memory"] = []
     fresh = _model()
     fresh.load_state_dict(convert_original(early, fresh))
@@ -170,7 +146,7 @@ def test_import_round_trip_with_memory(tmp_path) -> None:
 def test_import_refuses_unknown_missing_and_misshaped_keys() -> None:
     model = _model()
     model.set_memory(torch.randn(26, model.memory_fusion.memory.shape[1]))
-    good = _original_layout(model)
+    good = original_checkpoint(model)
     unknown = {
         **good,
         "state_dict": {**good["state_dict"], "glocal_transformer.extra": torch.ones(1)},
@@ -194,7 +170,7 @@ def test_import_original_registry(tmp_path) -> None:
     source = _model()
     source.set_memory(torch.randn(26, source.memory_fusion.memory.shape[1]))
     path = tmp_path / "best_Mrecall_model.tar"
-    torch.save(_original_layout(source), path)
+    torch.save(original_checkpoint(source), path)
     assert "tempura" in original_importers()
     model = import_original("tempura", path, **{**TINY, "k": 3})
     assert not model.training
@@ -245,7 +221,7 @@ def test_sgcls_trains_with_object_losses_and_reforms_pairs_in_evaluation() -> No
 
 def test_sgcls_import_round_trip_with_tracking(tmp_path) -> None:
     source = build_model("tempura", "action_genome", "sgcls", **TINY, k=3, tracking=True)
-    layout = _original_layout(source)
+    layout = original_checkpoint(source)
     assert any(
         k.startswith("object_classifier.encoder_tran.layers.2.") for k in layout["state_dict"]
     )
@@ -300,3 +276,34 @@ def test_sgdet_evaluation_by_hand() -> None:
         model.train()(batch)
     with pytest.raises(ConfigError, match="section='det'"):
         model.eval()(collate([make_video(0, frames=1)]))
+
+
+def test_import_reads_the_options_from_the_checkpoint(tmp_path) -> None:
+    """Widths, K, memory kind, selection, classifier widths and tracking come from the file;
+    ``heads`` and ``lam`` (not in it) from the options; config_options records what was used."""
+    from m3sgg.models import import_original
+
+    source = build_model(
+        "tempura", "action_genome", "sgdet", **TINY, k=3, tracking=True, memory="separate",
+        selection="automated", classifier_dim=16, pos_dim=8, lam=0.3,
+    )  # fmt: skip
+    source.set_memory(torch.randn(26, source.memory_fusion.memory.shape[1]))
+    path = tmp_path / "model_3.tar"
+    torch.save(original_checkpoint(source), path)
+    model = import_original("tempura", path, mode="sgdet", heads=4, lam=0.3)
+    assert model.config_options == {
+        **{k: v for k, v in TINY.items() if k not in ("object_dim", "union_channels")},
+        "num_classes": 37,
+        "k": 3,
+        "memory": "separate",
+        "selection": "automated",
+        "classifier_dim": 16,
+        "pos_dim": 8,
+        "tracking": True,
+        "heads": 4,
+        "lam": 0.3,
+    }
+    for key, value in source.state_dict().items():
+        assert torch.equal(model.state_dict()[key], value), key
+    batch = collate(_videos(), section="det")
+    torch.testing.assert_close(model(batch), source.eval()(batch))

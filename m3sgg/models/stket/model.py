@@ -88,6 +88,9 @@ class STKET(SceneGraphModel):
         proj_dim, embed_dim, conv_dim: STTran's token widths (512, 200, 256; token 1936).
         heads, ff_dim: attention heads and feed-forward width of every layer (8, 2048).
         enc_layers, dec_layers: spatial encoder and temporal decoder layers (2, 2).
+        layer_passes: the original's ``N_layer`` (1): how many times the spatial encoder runs
+            on its own output (shared weights) before the temporal decoder; see
+            :meth:`forward`.
         window: key frames of the ensemble decoder (4).
         contact_threshold: contact probability that selects a temporal prior (0.8; 1.0 uses
             the ground-truth contacts).
@@ -121,6 +124,7 @@ class STKET(SceneGraphModel):
         ff_dim: int = 2048,
         enc_layers: int = 2,
         dec_layers: int = 2,
+        layer_passes: int = 1,
         window: int = 4,
         contact_threshold: float = 0.8,
         spatial_prior: bool = True,
@@ -148,7 +152,11 @@ class STKET(SceneGraphModel):
             raise ConfigError(
                 f"stket: relation_loss must be 'bce' or 'margin', got {relation_loss!r}"
             )
-        for key, value in (("enc_layers", enc_layers), ("dec_layers", dec_layers)):
+        for key, value in (
+            ("enc_layers", enc_layers),
+            ("dec_layers", dec_layers),
+            ("layer_passes", layer_passes),
+        ):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"stket: {key} must be a positive integer, got {value!r}")
         if not isinstance(window, int) or isinstance(window, bool) or window < 2:
@@ -169,6 +177,7 @@ class STKET(SceneGraphModel):
                 f"divisible by heads ({heads})"
             )
         self.rank_head = rank_head
+        self.layer_passes = layer_passes
         self.relation_loss = relation_loss
         self.prior_losses = prior_losses
         self.use_spatial_prior = spatial_prior
@@ -273,7 +282,16 @@ class STKET(SceneGraphModel):
     def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
         """Predictions with batch-level indices: the metric keys (the rank head's), and
         ``"<head>/<key>"`` for the heads spatial, temporal, ensemble, spatial_prior and
-        temporal_prior."""
+        temporal_prior.
+
+        With ``layer_passes`` N > 1 the original (``lib/stket.py``, ``for _ in
+        range(N_layer_num)``) runs the spatial encoder on the tokens, then N - 1 times more on
+        its own previous output, the same weights each time; in each pass it also runs the
+        temporal decoder on that pass's spatial features and contacts, and each pass overwrites
+        every output of the one before. Only the last pass's temporal output is read (by its
+        heads and the ensemble decoder), so here the temporal decoder runs once, on the last
+        spatial features: the same function. The spatial prior does not depend on the pass.
+        """
         wanted = self.train_section if self.training else self.input_section
         if batch.section != wanted:
             raise ConfigError(
@@ -316,6 +334,8 @@ class STKET(SceneGraphModel):
         gt_contacts = batch.contacting if self.mode == "predcls" else None
 
         spatial, spatial_priors = self.spatial_encoder(tokens, frame, label)
+        for _ in range(self.layer_passes - 1):
+            spatial, spatial_priors = self.spatial_encoder(spatial, frame, label)
         heads = {"spatial": self._heads(spatial, "spa")}
         if self.use_spatial_prior:
             heads["spatial_prior"] = self._heads(spatial_priors, "spa")

@@ -25,6 +25,7 @@ __all__ = [
     "key_map",
     "load_original_state",
     "original_state_dict",
+    "relation_widths",
 ]
 
 _LINEAR = ("weight", "bias")
@@ -164,6 +165,33 @@ def _shape(state: Mapping[str, torch.Tensor], key: str, where: str) -> tuple[int
     return tuple(state[key].shape)
 
 
+def relation_widths(state: Mapping[str, torch.Tensor], where: str) -> dict[str, int]:
+    """The relation part's widths of an original STTran-layout state dict, from its shapes:
+    ``object_dim``, ``union_channels``, ``proj_dim``, ``embed_dim``, ``conv_dim``,
+    ``num_classes``, ``enc_layers``, ``dec_layers`` and (with a temporal layer) ``ff_dim``. For
+    the models built on STTran whose checkpoints share its layout (TEMPURA).
+
+    Raises:
+        DataError: a key the widths are read from is missing (one line naming it).
+    """
+    proj, object_dim = _shape(state, "subj_fc.weight", where)
+    conv, union_channels = _shape(state, "union_func1.weight", where)[:2]
+    widths = {
+        "object_dim": object_dim,
+        "union_channels": union_channels,
+        "proj_dim": proj,
+        "embed_dim": _shape(state, "obj_embed.weight", where)[1],
+        "conv_dim": conv,
+        "num_classes": _shape(state, "obj_embed.weight", where)[0],
+        "enc_layers": _count(state, "glocal_transformer.local_attention.layers."),
+        "dec_layers": _count(state, "glocal_transformer.global_attention.layers."),
+    }
+    layers = "glocal_transformer.global_attention.layers.0.linear1.weight"
+    if layers in state:
+        widths["ff_dim"] = int(state[layers].shape[0])
+    return widths
+
+
 def import_sttran(source: Any, *, mode: str = "predcls", **options: Any) -> nn.Module:
     """Our :class:`~m3sgg.models.sttran.model.STTran` holding the original's weights.
 
@@ -179,21 +207,7 @@ def import_sttran(source: Any, *, mode: str = "predcls", **options: Any) -> nn.M
     from m3sgg.models.sttran.model import STTran
 
     state, where = load_original_state(source)
-    proj, object_dim = _shape(state, "subj_fc.weight", where)
-    conv, union_channels = _shape(state, "union_func1.weight", where)[:2]
-    inferred: dict[str, Any] = {
-        "object_dim": object_dim,
-        "union_channels": union_channels,
-        "proj_dim": proj,
-        "embed_dim": _shape(state, "obj_embed.weight", where)[1],
-        "conv_dim": conv,
-        "num_classes": _shape(state, "obj_embed.weight", where)[0],
-        "enc_layers": _count(state, "glocal_transformer.local_attention.layers."),
-        "dec_layers": _count(state, "glocal_transformer.global_attention.layers."),
-    }
-    layers = "glocal_transformer.global_attention.layers.0.linear1.weight"
-    if layers in state:
-        inferred["ff_dim"] = int(state[layers].shape[0])
+    inferred: dict[str, Any] = relation_widths(state, where)
     if mode != "predcls":
         hidden, _ = _shape(state, "object_classifier.decoder_lin.0.weight", where)
         inferred["classifier_dim"] = hidden

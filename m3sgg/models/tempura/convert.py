@@ -25,12 +25,18 @@ from typing import Any
 import torch
 
 from m3sgg.errors import DataError
-from m3sgg.models.sttran.convert import convert_state_dict, load_original_state
+from m3sgg.models.sttran.convert import convert_state_dict, load_original_state, relation_widths
 from m3sgg.models.sttran.convert import key_map as sttran_key_map
 from m3sgg.models.tempura.gmm import gmm_state_from_original
 from m3sgg.vocab import GROUP_SIZES
 
-__all__ = ["convert_original", "import_tempura", "key_map", "load_original"]
+__all__ = [
+    "convert_original",
+    "import_tempura",
+    "key_map",
+    "load_original",
+    "original_checkpoint",
+]
 
 _LINEAR = ("weight", "bias")
 _BATCHNORM = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
@@ -222,14 +228,81 @@ class _Buffers:
         }
 
 
-def import_tempura(source: Any, **options: Any) -> Any:
-    """``import_original("tempura", source, **options)``: a :class:`TEMPURA` built with
-    ``options`` (``mode``, ``k``, ``memory``, ...: the checkpoint's settings; the widths default to
-    the paper's) with the original checkpoint's weights and memory loaded, in eval mode."""
+def _inferred(state: Mapping[str, torch.Tensor], mode: str, where: str) -> dict[str, Any]:
+    """The options a checkpoint's keys and shapes tell: STTran's widths, ``k``, the memory kind,
+    the selection and, outside predcls, the classifier's widths and ``tracking``."""
+    inferred: dict[str, Any] = relation_widths(state, where)
+    k = sum(
+        1 for key in state if key.startswith("a_rel_compress.heads.mu_") and key.endswith(".weight")
+    )
+    if k:
+        inferred["k"] = k
+    joint = "glocal_transformer.mem_attention.in_proj_weight"
+    separate = "glocal_transformer.mem_attention.attention.in_proj_weight"
+    inferred["memory"] = "joint" if joint in state else "separate" if separate in state else None
+    inferred["selection"] = (
+        "automated" if "glocal_transformer.selector.weight" in state else "manual"
+    )
+    if mode != "predcls":
+        prefix = "object_classifier."
+        if f"{prefix}intermediate.0.weight" in state:
+            inferred["classifier_dim"] = int(state[f"{prefix}intermediate.0.weight"].shape[0])
+        if f"{prefix}pos_embed.1.weight" in state:
+            inferred["pos_dim"] = int(state[f"{prefix}pos_embed.1.weight"].shape[0])
+        inferred["tracking"] = f"{prefix}encoder_tran.layers.0.linear1.weight" in state
+    return inferred
+
+
+def import_tempura(source: Any, *, mode: str = "predcls", **options: Any) -> Any:
+    """``import_original("tempura", source, mode=..., **options)``: a :class:`TEMPURA` with the
+    original checkpoint's weights and memory loaded, in eval mode.
+
+    Read from the checkpoint: STTran's widths
+    (:func:`~m3sgg.models.sttran.convert.relation_widths`), ``k`` (the mixture components),
+    ``memory`` (joint, separate or none), ``selection`` (manual or automated) and, in
+    sgcls/sgdet, the classifier's widths and ``tracking``. Not in the file, so given in
+    ``options`` where they differ from the defaults: ``heads`` (8), ``fusion`` (late), ``lam``
+    (0.5), ``memory_weighting``, ``contrastive_weight``, ``eos_coef``. ``options`` win over what
+    is read. The options used are kept as ``model.config_options`` (what ``m3sgg
+    import-checkpoint`` writes into the checkpoint's config; the memory goes into the model's
+    state, which ``m3sgg evaluate`` loads).
+
+    Raises:
+        DataError: unreadable source, or a key unknown, missing or mis-shaped (one line).
+    """
     from m3sgg.models.tempura.model import TEMPURA
 
-    options.setdefault("object_dim", 2048)  # the AG detector's widths
-    options.setdefault("union_channels", 1024)
-    model = TEMPURA(**options)
-    model.load_state_dict(convert_original(source, model))
+    state, rel_memory, where = load_original(source)
+    chosen = {**_inferred(state, mode, where), **options}
+    model = TEMPURA(mode=mode, **chosen)
+    checkpoint = {"state_dict": state, "rel_memory": rel_memory}
+    model.load_state_dict(convert_original(checkpoint, model, where))
+    model.config_options = {
+        k: v for k, v in chosen.items() if k not in ("object_dim", "union_channels")
+    }
     return model.eval()
+
+
+def original_checkpoint(model: Any) -> dict[str, Any]:
+    """``model``'s weights and memory in the original's checkpoint layout (``{"state_dict",
+    "object_memory", "rel_memory"}``, ``rel_memory`` ``[]`` before the first memory): the
+    inverse of :func:`convert_original`, for tests and hand-over to the original's code."""
+    state = model.state_dict()
+    original = {}
+    for source, target in key_map(model).items():
+        if target is None or target.split(".")[1] == "proj":  # a head's fused layer
+            continue
+        original[source] = state[target].clone()
+    for head in _HEADS:
+        gmm = getattr(model, head)
+        for part in ("mu", "var", "pi"):
+            for i in range(model.k):
+                rows = gmm.fused_index(part, i)
+                original[f"{head}.heads.{part}_{i + 1}.weight"] = state[f"{head}.proj.weight"][rows]
+                original[f"{head}.heads.{part}_{i + 1}.bias"] = state[f"{head}.proj.bias"][rows]
+    rel_memory: Any = []
+    if model.memory_fusion is not None and model.memory_fusion.is_ready:
+        memory = state["memory_fusion.memory"]
+        rows = torch.cumsum(torch.tensor([0, *(GROUP_SIZES[g] for g in _GROUPS)]), 0).tolist()
+        rel_memory = {g: memory[rows[i] : rows[i + 1]].clone() for i, g in enumerate(_GROUPS)}
+    return {"state_dict": original, "object_memory": [], "rel_memory": rel_memory}
