@@ -222,15 +222,21 @@ def test_import_original_round_trip_and_bad_keys(tmp_path) -> None:
         load_original(shifted, target)
 
 
-def test_the_paper_recipe_config() -> None:
-    """examples/configs/dsg_detr_paper.yaml is the original train.py's recipe."""
+@pytest.mark.parametrize(
+    ("name", "mode", "small_boxes"),
+    [("dsg_detr_paper", "predcls", False), ("dsg_detr_sgdet", "sgdet", True)],
+)
+def test_the_paper_recipe_configs(name: str, mode: str, small_boxes: bool) -> None:
+    """examples/configs/dsg_detr_paper.yaml and dsg_detr_sgdet.yaml are the original train.py's
+    recipe (sgdet: the README's ``-mode sgdet``, with the small-box filter outside predcls)."""
     from pathlib import Path
 
     from m3sgg.config import load_config
 
     root = Path(__file__).resolve().parents[2]
-    config = load_config(root / "examples" / "configs" / "dsg_detr_paper.yaml")
+    config = load_config(root / "examples" / "configs" / f"{name}.yaml")
     assert config.model_name == "dsg_detr" and config.data.videos_per_batch == 1
+    assert (config.data.mode, config.data.filter_small_boxes) == (mode, small_boxes)
     optim = config.optim
     assert (optim.optimizer, optim.lr, optim.weight_decay, optim.grad_clip) == (
         "adamw",

@@ -14,6 +14,7 @@ keys with one line naming the key.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -28,7 +29,7 @@ from m3sgg.models.sttran.convert import (
     key_map as sttran_key_map,
 )
 
-__all__ = ["POSITION_TABLES", "key_map", "load_original"]
+__all__ = ["POSITION_TABLES", "import_dsg_detr", "key_map", "load_original", "original_widths"]
 
 _LINEAR = ("weight", "bias")
 _ATTENTION = ("in_proj_weight", "in_proj_bias", "out_proj.weight", "out_proj.bias")
@@ -73,7 +74,12 @@ def load_original(source: Any, model: torch.nn.Module) -> dict[str, torch.Tensor
         DataError: unreadable file; unknown, missing or mis-shaped key; a position table that is
             not the sinusoidal one.
     """
-    state, where = load_original_state(source)
+    return _convert(*load_original_state(source), model)
+
+
+def _convert(
+    state: Mapping[str, torch.Tensor], where: str, model: torch.nn.Module
+) -> dict[str, torch.Tensor]:
     table = key_map(
         len(model.local_encoder.encoder.layers),
         len(model.global_encoder.encoder.layers),
@@ -87,16 +93,75 @@ def load_original(source: Any, model: torch.nn.Module) -> dict[str, torch.Tensor
     return convert_state_dict(state, model, table, where)
 
 
+def _shape(state: Mapping[str, torch.Tensor], key: str, where: str) -> tuple[int, ...]:
+    if key not in state:
+        raise DataError(where, "missing key of the original's layout", field=key)
+    return tuple(state[key].shape)
+
+
+def _layers(state: Mapping[str, torch.Tensor], prefix: str) -> int:
+    """Layer count of the encoder whose keys start with ``prefix`` (``...layers.``)."""
+    found = {int(k[len(prefix) :].split(".")[0]) for k in state if k.startswith(prefix)}
+    return max(found) + 1 if found else 0
+
+
+def original_widths(state: Mapping[str, torch.Tensor], where: str) -> dict[str, int]:
+    """The :class:`~m3sgg.models.dsg_detr.model.DSGDETR` widths an original checkpoint was
+    trained with, read from its tensors' shapes (the heads are not in the weights).
+
+    Raises:
+        DataError: a key the widths are read from is missing (one line naming it).
+    """
+    proj_dim, object_token = _shape(state, "subj_fc.weight", where)
+    conv_dim, union_channels = _shape(state, "union_func1.weight", where)[:2]
+    num_classes, embed_dim = _shape(state, "obj_embed.weight", where)
+    box_embed_dim = _shape(state, "object_classifier.pos_embed.1.weight", where)[0]
+    widths = {
+        "object_dim": object_token - embed_dim - box_embed_dim,
+        "union_channels": union_channels,
+        "proj_dim": proj_dim,
+        "embed_dim": embed_dim,
+        "conv_dim": conv_dim,
+        "num_classes": num_classes,
+        "box_embed_dim": box_embed_dim,
+        "classifier_dim": _shape(state, "object_classifier.decoder_lin.0.weight", where)[0],
+        "enc_layers": _layers(state, "local_transformer.layers."),
+        "dec_layers": _layers(state, "global_transformer.layers."),
+        "object_layers": _layers(state, "object_classifier.encoder_tran.layers."),
+    }
+    for option, prefix in (
+        ("ff_dim", "local_transformer"),
+        ("ff_dim", "global_transformer"),
+        ("object_ff_dim", "object_classifier.encoder_tran"),
+    ):
+        key = f"{prefix}.layers.0.linear1.weight"
+        if key in state and option not in widths:
+            widths[option] = int(state[key].shape[0])
+    return widths
+
+
 def import_dsg_detr(source: Any, *, mode: str = "predcls", **options: Any) -> torch.nn.Module:
     """``import_original("dsg_detr", source, mode=..., **options)``: a
-    :class:`~m3sgg.models.dsg_detr.model.DSGDETR` at the original's widths (``options``
-    override them) holding the original checkpoint's weights, in evaluation mode.
+    :class:`~m3sgg.models.dsg_detr.model.DSGDETR` holding the original checkpoint's weights, in
+    evaluation mode.
+
+    The widths (box feature width, union channels, projections, embeddings, layer counts,
+    feed-forward and classifier widths) are read from the tensors' shapes
+    (:func:`original_widths`); ``heads`` and ``object_heads`` (8) and the other constructor
+    arguments may be given in ``options``, which win. The options used, except the two the
+    engine takes from the feature store (``object_dim``, ``union_channels``), are kept as
+    ``model.config_options``: what ``m3sgg import-checkpoint`` writes into the config.
 
     Raises:
         DataError: unreadable file; unknown, missing or mis-shaped key.
     """
     from m3sgg.models.dsg_detr.model import DSGDETR
 
-    model = DSGDETR(mode=mode, **options)
-    model.load_state_dict(load_original(source, model))
+    state, where = load_original_state(source)
+    chosen = {**original_widths(state, where), **options}
+    model = DSGDETR(mode=mode, **chosen)
+    model.load_state_dict(_convert(state, where, model))
+    model.config_options = {
+        k: v for k, v in chosen.items() if k not in ("object_dim", "union_channels")
+    }
     return model.eval()

@@ -17,6 +17,11 @@ heads and the losses. What DSG-DETR adds (``lib/sttran.py``, ``lib/track.py``):
    with sinusoidal positions (rank in the sequence; in sgdet the rank of the subject box). Both
    ``nn.TransformerEncoder`` layers (FFN 2048), not STTran's window decoder.
 
+sgdet (on STTran's sgdet pieces): training reads ``det_train`` (:attr:`DSGDETR.train_section`)
+and relates its assigned labels; evaluation reads ``det`` and keeps the boxes
+:func:`~m3sgg.models.sttran.postprocess.sgdet_boxes` picks from the *classifier's* softmax over
+classes 1.. (STTran's sgdet uses the detector's distribution), related with their encoded tokens.
+
 Faithful quirks: in sgcls *training* the relation token's class embeddings and the relation
 grouping use the classifier's predicted labels (STTran uses the GT labels there); the relation
 sequences group by object class over the whole video (two objects of one class share one).
@@ -47,14 +52,14 @@ from m3sgg.models.matching import HungarianMatcher
 from m3sgg.models.registry import register_model
 from m3sgg.models.sttran.classifier import ObjectClassifier, center_size, label_boxes
 from m3sgg.models.sttran.model import sttran_losses
-from m3sgg.models.sttran.postprocess import person_pairs
+from m3sgg.models.sttran.postprocess import person_pairs, sgdet_boxes
 from m3sgg.models.sttran.relation import RelationFeatures
 from m3sgg.vocab import GROUP_SIZES, NUM_AG_CLASSES
 
 __all__ = ["DSGDETR"]
 
 DATASETS = frozenset({"action_genome"})
-MODES = frozenset({"predcls", "sgcls"})
+MODES = frozenset({"predcls", "sgcls", "sgdet"})
 #: Positions the sinusoidal tables hold (the original: 400, 600 for sgdet objects; the values of a
 #: position do not depend on the table's length).
 MAX_POSITIONS = 1024
@@ -68,7 +73,7 @@ class DSGDETR(SceneGraphModel):
         object_dim: width of the store's box features (2048 for the AG detector).
         union_channels: channels of the store's union maps (1024).
         dataset: ``"action_genome"``.
-        mode: ``"predcls"`` or ``"sgcls"``.
+        mode: ``"predcls"``, ``"sgcls"`` or ``"sgdet"``.
         proj_dim: subject/object/union projection width of the relation token (512).
         embed_dim: class embedding width (200), of the relation token and the object token.
         conv_dim: channels of the relation token's union branch (256).
@@ -85,7 +90,7 @@ class DSGDETR(SceneGraphModel):
         num_classes: object classes including background (37).
         relation_loss: ``"margin"`` (multilabel margin on probabilities) or ``"bce"``, as STTran.
         loss_weights: multipliers of the named losses (``attention``, ``spatial``,
-            ``contacting``, and ``object`` in sgcls); missing names weigh 1.
+            ``contacting``, and ``object`` in sgcls and sgdet); missing names weigh 1.
         matcher: the sgcls tracker's assignment (default ``HungarianMatcher()``, DSG-DETR's
             weights); ``Trainer(matcher=...)`` sets it.
         accept: a tracked box joins its track when its class or feature cost is below this (0.5).
@@ -201,6 +206,11 @@ class DSGDETR(SceneGraphModel):
         """Sequence id of every box and its position (None: rank in the sequence)."""
         if self.mode == "predcls":
             return group_by_key(batch.box_video, batch.labels), None
+        if batch.class_dists is None and self.mode == "sgdet":
+            raise ConfigError(
+                f"dsg_detr in sgdet needs the detector's class distributions of the boxes: a "
+                f"feature store whose {batch.section!r} section has class_dists"
+            )
         if self.mode == "sgdet":
             sequence = group_by_key(batch.box_video, batch.class_dists.argmax(1))
             return sequence, sequence_positions(sequence, batch.boxes[:, 0].long())
@@ -250,14 +260,25 @@ class DSGDETR(SceneGraphModel):
     # -- relations -----------------------------------------------------------------------------
 
     def relations(
-        self, batch: Batch, features: Tensor, labels: Tensor, pair_idx: Tensor, im_idx: Tensor
+        self,
+        batch: Batch,
+        features: Tensor,
+        labels: Tensor,
+        pair_idx: Tensor,
+        im_idx: Tensor,
+        source: Tensor | None = None,
     ) -> dict[str, Tensor]:
-        """Relation heads for ``pair_idx`` ``[P, 2]`` (batch-level boxes, ordered by frame)
-        from the encoded object tokens ``features`` and box classes ``labels``."""
-        maps = batch.union_maps[batch.union_rows(pair_idx)]
-        tokens = self.relation(features, batch.boxes[:, 1:], labels, pair_idx, maps)
+        """Relation heads for ``pair_idx`` ``[P, 2]`` (box indices, pairs ordered by frame)
+        from the encoded object tokens ``features`` and box classes ``labels``. The boxes are
+        the batch's, or with ``source`` the batch boxes ``source`` picks (sgdet's kept boxes,
+        copies allowed; ``features`` and ``labels`` are then per picked box)."""
+        boxes, rows, video = batch.boxes[:, 1:], pair_idx, batch.box_video
+        if source is not None:
+            boxes, rows, video = boxes[source], source[pair_idx], video[source]
+        maps = batch.union_maps[batch.union_rows(rows)]
+        tokens = self.relation(features, boxes, labels, pair_idx, maps)
         x = self.local_encoder(tokens, group_by_key(im_idx))
-        video = batch.box_video[pair_idx[:, 1]]
+        video = video[pair_idx[:, 1]]
         sequence = group_by_key(video, labels[pair_idx[:, 1]])
         position = sequence_positions(sequence, pair_idx[:, 0]) if self.mode == "sgdet" else None
         x = self.global_encoder(x, sequence, position)
@@ -269,13 +290,23 @@ class DSGDETR(SceneGraphModel):
 
     # -- forward -------------------------------------------------------------------------------
 
+    @property
+    def train_section(self) -> str:
+        """The section training batches come from: ``"det_train"`` in sgdet (detections with
+        assigned labels and the missed GT boxes supplied, as STTran), else the input section."""
+        return "det_train" if self.mode == "sgdet" else self.input_section
+
     def forward(self, batch: Batch) -> dict[str, Tensor]:
         """Predictions with batch-level indices (the metric keys of ``docs/metrics.md``); in
-        sgcls training also ``object_logits`` ``[N, C]`` for the object loss."""
-        if batch.section != self.input_section:
+        sgcls and sgdet training also ``object_logits`` ``[N, C]`` for the object loss. sgdet
+        evaluation predicts on the boxes :func:`~m3sgg.models.sttran.postprocess.sgdet_boxes`
+        keeps from the classifier's distributions (``boxes``, ``labels``, ``scores``, the
+        ``pred_*`` keys and ``object_distribution`` per kept box)."""
+        wanted = self.train_section if self.training else self.input_section
+        if batch.section != wanted:
             raise ConfigError(
-                f"dsg_detr in {self.mode} needs batches collated with section="
-                f"{self.input_section!r}, got {batch.section!r}"
+                f"dsg_detr in {self.mode} ({'training' if self.training else 'evaluation'}) "
+                f"needs batches collated with section={wanted!r}, got {batch.section!r}"
             )
         if self.mode == "predcls":
             onehot = F.one_hot(batch.labels - 1, self.num_classes - 1)
@@ -293,6 +324,8 @@ class DSGDETR(SceneGraphModel):
             return out
         features = self.encode_objects(batch, batch.class_dists)
         logits = self.object_classifier.decoder_lin(features)
+        if self.mode == "sgdet":
+            return self._sgdet(batch, features, logits)
         if self.training:
             pred_labels = logits[:, 1:].argmax(1) + 1
             out = self.relations(batch, features, pred_labels, batch.pair_idx, batch.im_idx)
@@ -322,11 +355,53 @@ class DSGDETR(SceneGraphModel):
         )
         return out
 
+    def _sgdet(self, batch: Batch, features: Tensor, logits: Tensor) -> dict[str, Tensor]:
+        """sgdet. Training (``det_train``): the given pairs, related with the assigned labels
+        (``batch.labels``), the logits for the object loss. Evaluation (``det``): the
+        classifier's softmax over classes 1.. goes through STTran's
+        :func:`~m3sgg.models.sttran.postprocess.sgdet_boxes` (``clean_class``, per-class NMS,
+        person pick, pairs), and the kept boxes are related with their encoded tokens."""
+        if self.training:
+            out = self.relations(batch, features, batch.labels, batch.pair_idx, batch.im_idx)
+            out.update(
+                object_logits=logits,
+                boxes=batch.boxes,
+                labels=batch.labels,
+                scores=batch.scores,
+                pred_labels=batch.labels,
+                pred_scores=batch.scores,
+                im_idx=batch.im_idx,
+                pair_idx=batch.pair_idx,
+            )
+            return out
+        dist = torch.softmax(logits.float(), dim=1)[:, 1:]
+        picked = sgdet_boxes(batch.boxes[:, 1:], batch.boxes[:, 0].long(), dist, batch.num_frames)
+        out = self.relations(
+            batch,
+            features[picked.source],
+            picked.labels,
+            picked.pair_idx,
+            picked.im_idx,
+            source=picked.source,
+        )
+        out.update(
+            boxes=batch.boxes[picked.source],
+            labels=picked.labels,
+            scores=picked.scores,
+            pred_labels=picked.labels,
+            pred_scores=picked.scores,
+            im_idx=picked.im_idx,
+            pair_idx=picked.pair_idx,
+            object_distribution=picked.dist,
+        )
+        return out
+
     # -- losses --------------------------------------------------------------------------------
 
     def loss(self, predictions: Mapping[str, Tensor], batch: Batch) -> dict[str, Tensor]:
-        """STTran's relation losses (mean over videos of per-video means); sgcls adds
-        ``object``: cross-entropy of ``object_logits`` against the GT labels, likewise."""
+        """STTran's relation losses (mean over videos of per-video means); sgcls and sgdet add
+        ``object``: cross-entropy of ``object_logits`` against the box targets (sgdet: the
+        assigned labels, background 0 included), likewise."""
         return sttran_losses(
             predictions,
             batch,
