@@ -390,3 +390,81 @@ def test_mixture_object_head_import_round_trip(tmp_path) -> None:
         convert_original(layout, build_model("tempura", "action_genome", "sgdet", **TINY, k=3))
     with pytest.raises(ConfigError, match="object_head"):
         build_model("tempura", "action_genome", "sgcls", **TINY, object_head="mlp")
+
+
+def test_object_memory_inputs_fusion_and_handlers() -> None:
+    """The object memory's inputs are the classifier's pre-fusion features of the non-background
+    boxes with their one-hot class over 1..; once set, the memory is fused into those features
+    (lam f + (1 - lam) read(f)) before the decoder, and the fused features are the contrastive
+    embedding."""
+    model = build_model(
+        "tempura", "action_genome", "sgcls", **TINY, k=3, classifier_dim=16, object_memory=True,
+        lam=0.3, contrastive_weight=1.0,
+    ).eval()  # fmt: skip
+    batch = collate(_videos())
+    batch.object_targets[1] = 0  # a background box: left out
+    classifier = model.object_classifier
+    frame = batch.boxes[:, 0].long()
+    args = (batch.box_features, batch.boxes[:, 1:], batch.class_dists, batch.box_video, frame)
+    with torch.no_grad():
+        features, targets = model.object_memory_inputs(batch)
+        pre = classifier.memory_features(*args)
+        _, before = classifier(*args)
+    keep = batch.object_targets > 0
+    assert torch.equal(features, pre[keep])
+    assert targets.shape == (int(keep.sum()), 36)
+    assert targets.long().argmax(1).tolist() == (batch.object_targets[keep] - 1).tolist()
+    assert targets.long().sum(1).tolist() == [1] * int(keep.sum())
+    torch.testing.assert_close(before, pre)  # no memory yet: passed through
+    memory = torch.randn(36, 16)
+    model.set_object_memory(memory)
+    with torch.no_grad():
+        _, after = classifier(*args)
+        read = classifier.memory_fusion.read(pre)
+    torch.testing.assert_close(after, 0.3 * pre + 0.7 * read)
+    assert not torch.allclose(after, pre)
+    handlers = model.train_handlers()
+    assert handlers[0].object_accumulator.sums.shape == (36, 16)
+    assert handlers[0].accumulator is not None  # the predicate memory too
+
+
+def test_object_memory_import_round_trip(tmp_path) -> None:
+    from m3sgg.models import import_original
+
+    source = build_model(
+        "tempura", "action_genome", "sgcls", **TINY, k=3, tracking=True, object_memory=True
+    )
+    source.set_memory(torch.randn(26, source.memory_fusion.memory.shape[1]))
+    width = 12 + 4 + 128  # the tracking output: box feature, class embedding, position
+    source.set_object_memory(torch.randn(36, width))
+    layout = original_checkpoint(source)
+    assert layout["object_memory"].shape == (36, width)
+    assert "object_classifier.mem_attention.in_proj_weight" in layout["state_dict"]
+    path = tmp_path / "model_1.tar"
+    torch.save(layout, path)
+    model = import_original("tempura", path, mode="sgcls", heads=4)
+    assert model.config_options["object_memory"] is True
+    assert model.object_classifier.memory_fusion.is_ready
+    for key, value in source.state_dict().items():
+        assert torch.equal(model.state_dict()[key], value), key
+    plain = build_model("tempura", "action_genome", "sgcls", **TINY, k=3, tracking=True)
+    with pytest.raises(DataError, match="mem_attention"):
+        convert_original(layout, plain)
+    early = {**layout, "object_memory": []}  # before the first epoch's memory
+    fresh = build_model(
+        "tempura", "action_genome", "sgcls", **TINY, k=3, tracking=True, object_memory=True
+    )
+    fresh.load_state_dict(convert_original(early, fresh))
+    assert not fresh.object_classifier.memory_fusion.is_ready
+    bad = {**layout, "object_memory": torch.zeros(36, 5)}
+    with pytest.raises(DataError, match="object_memory"):
+        convert_original(bad, fresh)
+
+
+@pytest.mark.parametrize(
+    ("mode", "options"),
+    [("predcls", {}), ("sgcls", {"tracking": True, "selection": "automated"})],
+)
+def test_object_memory_bad_options(mode: str, options: dict) -> None:
+    with pytest.raises(ConfigError, match="object_memory"):
+        build_model("tempura", "action_genome", mode, **TINY, object_memory=True, **options)

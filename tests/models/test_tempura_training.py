@@ -37,6 +37,11 @@ MODES = {
         "model.options.tracking=true",
         "model.options.contrastive_weight=1.0",
     ],
+    "sgcls_object_memory": [  # the original's -obj_mem_compute beside the predicate memory
+        "data.mode=sgcls",
+        "model.options.tracking=true",
+        "model.options.object_memory=true",
+    ],
 }
 
 
@@ -112,6 +117,20 @@ def test_training_batches_come_from_the_models_train_section(trained: dict[str, 
     if trained["mode"] == "sgdet":
         assert (model.train_section, model.input_section) == ("det_train", "det")
         assert model.object_classifier.tracker is not None and model.contrastive_weight == 1.0
+
+
+def test_object_memory_is_rebuilt_and_checkpointed(trained: dict[str, Any]) -> None:
+    model = trained["trainer"].core_model
+    objects = model._object_memory()
+    if trained["mode"] != "sgcls_object_memory":
+        assert objects is None
+        return
+    assert objects.is_ready
+    run = trained["out"] / "full"
+    last = load_checkpoint(run / "checkpoints" / "last.pt")
+    memory = last["model"]["object_classifier.memory_fusion.memory"]
+    assert torch.equal(memory, objects.memory) and bool(memory.abs().sum() > 0)
+    assert "object" in last["handlers"]["uncertainty_pass"]
 
 
 def test_epoch_0_trains_without_memory_then_each_epoch_rebuilds_it(trained: dict[str, Any]):

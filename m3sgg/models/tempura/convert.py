@@ -13,7 +13,9 @@ restores it; here it becomes the model's memory). The state dict's keys are STTr
 - TEMPURA's object classifier (``intermediate`` + ``decoder_lin``, optional tracking encoder and
   object memory): known, and dropped in predcls, where the original never uses it; a mixture
   object head (``decoder_lin.heads.*``) is fused into ``object_classifier.decoder_lin.proj``;
-  the object memory's keys are refused outside predcls (not built here).
+  with ``object_memory`` the object memory's attention (``mem_attention``, ``selector``) and the
+  file's ``object_memory`` [36, W] (``[]`` before the first) fill the classifier's
+  ``memory_fusion``; a model without it refuses them outside predcls.
 
 An unknown, missing or mis-shaped key is refused with one line naming it
 (:class:`~m3sgg.errors.DataError`).
@@ -48,6 +50,7 @@ _GROUPS = ("attention", "spatial", "contacting")
 _SEPARATE = ("attention", "spatial", "contacting")
 _TRACKING_LAYERS = 3
 _OBJECT_HEAD = "object_classifier.decoder_lin"
+_OBJECT_MEMORY = "object_classifier.memory_fusion"
 
 
 def _classifier_keys(k: int) -> tuple[list[str], list[str], list[str], list[str], list[str]]:
@@ -111,6 +114,12 @@ def key_map(model: Any) -> dict[str, str | None]:
     else:  # the mixture object head, fused (convert_original)
         for name in _LINEAR:
             table[f"{_OBJECT_HEAD}.proj.{name}"] = f"{_OBJECT_HEAD}.proj.{name}"
+    if classifier is not None and classifier.memory_fusion is not None:  # the object memory
+        for name in ("in_proj_weight", "out_proj.weight"):
+            table[f"object_classifier.mem_attention.{name}"] = f"{_OBJECT_MEMORY}.attention.{name}"
+        if classifier.memory_fusion.selector is not None:
+            for name in _LINEAR:
+                table[f"object_classifier.selector.{name}"] = f"{_OBJECT_MEMORY}.selector.{name}"
     for key in tracking:
         target = f"object_classifier.tracker.encoder.{key.split('.', 1)[1]}"
         keep = classifier is not None and classifier.tracker is not None
@@ -135,10 +144,18 @@ def key_map(model: Any) -> dict[str, str | None]:
 
 def load_original(source: Any) -> tuple[dict[str, torch.Tensor], Any, str]:
     """``(state_dict, rel_memory, where)`` from a path, a checkpoint mapping or a state dict."""
+    state, rel_memory, _, where = _load(source)
+    return state, rel_memory, where
+
+
+def _load(source: Any) -> tuple[dict[str, torch.Tensor], Any, Any, str]:
+    """``(state_dict, rel_memory, object_memory, where)`` (:func:`load_original`)."""
     rel_memory: Any = []
+    object_memory: Any = []
     where = "<state dict>"
     if isinstance(source, Mapping) and "rel_memory" in source:
         rel_memory = source["rel_memory"]
+        object_memory = source.get("object_memory", [])
     elif not isinstance(source, Mapping):  # a path: read once, keep the memory
         import os
 
@@ -152,9 +169,30 @@ def load_original(source: Any) -> tuple[dict[str, torch.Tensor], Any, str]:
             raise DataError(where, f"cannot read as a torch checkpoint: {message}") from None
         if isinstance(loaded, Mapping):
             rel_memory = loaded.get("rel_memory", [])
+            object_memory = loaded.get("object_memory", [])
         source = loaded
     state, _ = load_original_state(source)
-    return state, rel_memory, where
+    return state, rel_memory, object_memory, where
+
+
+def _object_memory(object_memory: Any, model: Any, where: str) -> torch.Tensor | None:
+    """The checkpoint's object memory [C - 1, W], or None when it has none (``[]``)."""
+    if object_memory is None or (isinstance(object_memory, list | tuple) and not object_memory):
+        return None
+    classifier = model.object_classifier
+    objects = classifier.memory_fusion if classifier is not None else None
+    if objects is None:
+        raise DataError(
+            where, "the checkpoint has an object memory, this model none", field="object_memory"
+        )
+    memory = torch.as_tensor(object_memory).float()
+    if tuple(memory.shape) != tuple(objects.memory.shape):
+        raise DataError(
+            where,
+            f"shape {tuple(memory.shape)}, this model expects {tuple(objects.memory.shape)}",
+            field="object_memory",
+        )
+    return memory
 
 
 def _memory(rel_memory: Any, model: Any, where: str) -> torch.Tensor | None:
@@ -194,7 +232,7 @@ def convert_original(source: Any, model: Any, where: str | None = None) -> dict[
     Raises:
         DataError: unknown, missing or mis-shaped key, or a memory that does not fit.
     """
-    state, rel_memory, origin = load_original(source)
+    state, rel_memory, object_memory, origin = _load(source)
     where = where or origin
     state = dict(state)
     for head in _gmm_heads(model):
@@ -229,6 +267,16 @@ def convert_original(source: Any, model: Any, where: str | None = None) -> dict[
             memory if memory is not None else torch.zeros_like(model.memory_fusion.memory)
         )
         converted["memory_fusion.ready"] = torch.tensor(memory is not None)
+    classifier = model.object_classifier
+    if classifier is not None:  # predcls never reads the object memory
+        objects = _object_memory(object_memory, model, where)
+        if classifier.memory_fusion is not None:
+            converted[f"{_OBJECT_MEMORY}.memory"] = (
+                objects
+                if objects is not None
+                else torch.zeros_like(classifier.memory_fusion.memory)
+            )
+            converted[f"{_OBJECT_MEMORY}.ready"] = torch.tensor(objects is not None)
     return converted
 
 
@@ -240,11 +288,9 @@ class _Buffers:
         self.model = model
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        return {
-            k: v
-            for k, v in self.model.state_dict().items()
-            if k not in ("memory_fusion.memory", "memory_fusion.ready")
-        }
+        buffers = ("memory_fusion.memory", "memory_fusion.ready")
+        buffers += tuple(f"{_OBJECT_MEMORY}.{name}" for name in ("memory", "ready"))
+        return {k: v for k, v in self.model.state_dict().items() if k not in buffers}
 
 
 def _inferred(state: Mapping[str, torch.Tensor], mode: str, where: str) -> dict[str, Any]:
@@ -271,6 +317,8 @@ def _inferred(state: Mapping[str, torch.Tensor], mode: str, where: str) -> dict[
         inferred["tracking"] = f"{prefix}encoder_tran.layers.0.linear1.weight" in state
         if f"{prefix}decoder_lin.heads.mu_1.weight" in state:
             inferred["object_head"] = "gmm"
+        if f"{prefix}mem_attention.in_proj_weight" in state:
+            inferred["object_memory"] = True
     return inferred
 
 
@@ -293,10 +341,10 @@ def import_tempura(source: Any, *, mode: str = "predcls", **options: Any) -> Any
     """
     from m3sgg.models.tempura.model import TEMPURA
 
-    state, rel_memory, where = load_original(source)
+    state, rel_memory, object_memory, where = _load(source)
     chosen = {**_inferred(state, mode, where), **options}
     model = TEMPURA(mode=mode, **chosen)
-    checkpoint = {"state_dict": state, "rel_memory": rel_memory}
+    checkpoint = {"state_dict": state, "rel_memory": rel_memory, "object_memory": object_memory}
     model.load_state_dict(convert_original(checkpoint, model, where))
     model.config_options = {
         k: v for k, v in chosen.items() if k not in ("object_dim", "union_channels")
@@ -327,4 +375,9 @@ def original_checkpoint(model: Any) -> dict[str, Any]:
         memory = state["memory_fusion.memory"]
         rows = torch.cumsum(torch.tensor([0, *(GROUP_SIZES[g] for g in _GROUPS)]), 0).tolist()
         rel_memory = {g: memory[rows[i] : rows[i + 1]].clone() for i, g in enumerate(_GROUPS)}
-    return {"state_dict": original, "object_memory": [], "rel_memory": rel_memory}
+    object_memory: Any = []
+    classifier = model.object_classifier
+    objects = classifier.memory_fusion if classifier is not None else None
+    if objects is not None and objects.is_ready:
+        object_memory = state[f"{_OBJECT_MEMORY}.memory"].clone()
+    return {"state_dict": original, "object_memory": object_memory, "rel_memory": rel_memory}

@@ -111,6 +111,9 @@ class TEMPURA(SceneGraphModel):
         object_head: sgcls/sgdet: ``"linear"`` (the recipes' ``-obj_head linear``) or ``"gmm"``
             (a mixture head with ``k`` components, the original's default ``-obj_head gmm``;
             its loss is the NLL of its probabilities, background weighted ``eos_coef``).
+        object_memory: sgcls/sgdet: the original's object memory (``-obj_mem_compute``, simple
+            weighting): class means of the previous epoch's object features, read and fused
+            with ``selection``/``lam`` as the predicate memory (:mod:`.objects`).
         loss_weights: multipliers of the named losses; missing names weigh 1.
 
     Example::
@@ -154,6 +157,7 @@ class TEMPURA(SceneGraphModel):
         eos_coef: float = 1.0,
         contrastive_weight: float = 0.0,
         object_head: str = "linear",
+        object_memory: bool = False,
         loss_weights: Mapping[str, float] | None = None,
     ) -> None:
         if dataset not in DATASETS:
@@ -183,6 +187,14 @@ class TEMPURA(SceneGraphModel):
         if object_head not in ("linear", "gmm"):
             raise ConfigError(
                 f"tempura: object_head must be 'linear' or 'gmm', got {object_head!r}"
+            )
+        if object_memory and mode == "predcls":
+            raise ConfigError("tempura: object_memory needs the object classifier (sgcls, sgdet)")
+        if object_memory and tracking and selection == "automated":
+            raise ConfigError(
+                "tempura: object_memory with tracking takes manual selection only (the "
+                "original's object selector is Linear(1024, 1), which the 2376-wide tracking "
+                "output does not fit)"
             )
         if not 0.0 <= float(lam) <= 1.0:
             raise ConfigError(f"tempura: lam must lie in [0, 1], got {lam!r}")
@@ -245,6 +257,9 @@ class TEMPURA(SceneGraphModel):
                 max_len=600 if mode == "sgdet" else 400,
                 head=object_head,
                 k=k,
+                memory=object_memory,
+                selection=selection,
+                lam=lam,
             )
             if mode != "predcls"
             else None
@@ -264,13 +279,34 @@ class TEMPURA(SceneGraphModel):
 
     def train_handlers(self) -> list[Any]:
         """The uncertainty pass and the memory rebuild (none without a memory)."""
-        if self.memory_fusion is None:
+        objects = self._object_memory()
+        if self.memory_fusion is None and objects is None:
             return []
         from m3sgg.models.tempura.handlers import MemoryRebuild, UncertaintyPass
 
-        width = self.memory_fusion.memory.shape[1]
-        accumulator = MemoryAccumulator(NUM_PREDICATES, width, self.memory_weighting)  # type: ignore[arg-type]
-        return [UncertaintyPass(self, accumulator), MemoryRebuild(self, accumulator)]
+        accumulator = None
+        if self.memory_fusion is not None:
+            width = self.memory_fusion.memory.shape[1]
+            accumulator = MemoryAccumulator(NUM_PREDICATES, width, self.memory_weighting)  # type: ignore[arg-type]
+        object_accumulator = None
+        if objects is not None:  # the original's object memory: class means ("simple")
+            rows, width = objects.memory.shape
+            object_accumulator = MemoryAccumulator(rows, width, "simple")
+        return [
+            UncertaintyPass(self, accumulator, object_accumulator),
+            MemoryRebuild(self, accumulator, object_accumulator),
+        ]
+
+    def _object_memory(self) -> MemoryFusion | None:
+        classifier = self.object_classifier
+        return classifier.memory_fusion if classifier is not None else None
+
+    def set_object_memory(self, memory: torch.Tensor) -> None:
+        """Install an object memory [C - 1, width] (rows: classes 1..)."""
+        objects = self._object_memory()
+        if objects is None:
+            raise ValueError("tempura: this model was built without an object memory")
+        objects.set_memory(memory)
 
     def set_memory(self, memory: torch.Tensor) -> None:
         """Install a predicate memory [26, token] (see :class:`~.memory.MemoryFusion`)."""
@@ -400,6 +436,23 @@ class TEMPURA(SceneGraphModel):
         aleatoric = torch.cat([p[0] for p in parts], dim=1).float()
         epistemic = torch.cat([p[1] for p in parts], dim=1).float()
         return features.float(), targets, aleatoric, epistemic
+
+    def object_memory_inputs(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """What the uncertainty pass adds to the object memory's sums: the classifier's
+        pre-fusion features (:meth:`~.objects.TempuraObjectClassifier.memory_features`) of the
+        boxes whose class is not background [B, width], and their one-hot class over 1.. [B,
+        C - 1] (the original's ``background_mem=False``). The caller sets eval mode, no grad."""
+        classifier = self.object_classifier
+        if classifier is None or batch.class_dists is None:
+            raise ConfigError("tempura: the object memory needs the object classifier's inputs")
+        frame = batch.boxes[:, 0].long()
+        features = classifier.memory_features(
+            batch.box_features, batch.boxes[:, 1:], batch.class_dists, batch.box_video, frame
+        )
+        keep = batch.object_targets > 0
+        classes = classifier.obj_embed.weight.shape[0]
+        targets = F.one_hot(batch.object_targets[keep] - 1, classes).bool()
+        return features[keep].float(), targets
 
     # -- losses --------------------------------------------------------------------------------
 

@@ -13,8 +13,14 @@ head (``head="linear"``, the recipes) a Linear giving one logit per class; with 
 components giving probabilities: sampled over all classes in training, in evaluation the mixture
 of the component means' softmax over classes ``1..`` (the background column left out).
 
+With ``memory`` (the original's ``-obj_mem_compute``), an object memory (one row per class 1..,
+the class means of the previous epoch's features, :class:`~.memory.MemoryFusion`) is read and
+fused into the tracking output (with tracking) or the ``intermediate`` output (without), before
+the layers that follow; epoch 0 runs without it.
+
 The *embedding* the contrastive loss reads is the tracking encoder's output (2376 wide) with
-tracking, the ``intermediate`` output without.
+tracking, the ``intermediate`` output without; after the object memory's fusion when there is
+one (the original's ``object_mem_features``).
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from torch import nn
 from m3sgg.models.dsg_detr.encoders import SequenceEncoder
 from m3sgg.models.sttran.classifier import center_size
 from m3sgg.models.tempura.gmm import GMMHead
+from m3sgg.models.tempura.memory import MemoryFusion
 
 __all__ = ["TempuraObjectClassifier", "class_sequences"]
 
@@ -70,6 +77,9 @@ class TempuraObjectClassifier(nn.Module):
         max_len: int = 400,
         head: str = "linear",
         k: int = 4,
+        memory: bool = False,
+        selection: str = "manual",
+        lam: float = 0.5,
     ) -> None:
         super().__init__()
         if head not in ("linear", "gmm"):
@@ -96,6 +106,37 @@ class TempuraObjectClassifier(nn.Module):
             if head == "linear"
             else GMMHead(hidden, num_classes, k, "softmax")
         )
+        # the object memory: one row per object class 1.. (no background), read and fused into
+        # the tracking output (with tracking) or the intermediate output (without)
+        self.memory_fusion = (
+            MemoryFusion(
+                width if tracking else hidden,
+                num_classes - 1,
+                selection=selection,  # type: ignore[arg-type]
+                lam=lam,
+            )
+            if memory
+            else None
+        )
+
+    def memory_features(
+        self,
+        box_features: torch.Tensor,
+        boxes: torch.Tensor,
+        class_dists: torch.Tensor,
+        box_video: torch.Tensor,
+        box_frame: torch.Tensor,
+    ) -> torch.Tensor:
+        """The features [N, ·] the object memory is read with and built from (the original's
+        ``object_features``): the tracking output with tracking, else the intermediate output."""
+        dists = class_dists.to(box_features.dtype)
+        embed = dists @ self.obj_embed.weight
+        position = self.pos_embed(center_size(boxes.to(box_features.dtype)))
+        x = torch.cat([box_features, embed, position], dim=1)
+        if self.tracker is not None:
+            sequence, rank = class_sequences(dists, box_video, box_frame)
+            return self.tracker(x, sequence, rank)
+        return self.intermediate(x)
 
     def forward(
         self,
@@ -105,18 +146,12 @@ class TempuraObjectClassifier(nn.Module):
         box_video: torch.Tensor,
         box_frame: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        dists = class_dists.to(box_features.dtype)
-        embed = dists @ self.obj_embed.weight
-        position = self.pos_embed(center_size(boxes.to(box_features.dtype)))
-        x = torch.cat([box_features, embed, position], dim=1)
+        x = self.memory_features(box_features, boxes, class_dists, box_video, box_frame)
+        if self.memory_fusion is not None:
+            x = self.memory_fusion(x)
+        embedding = x  # the original's object_mem_features (what the contrastive loss reads)
         if self.tracker is not None:
-            sequence, rank = class_sequences(dists, box_video, box_frame)
-            x = self.tracker(x, sequence, rank)
-            embedding = x
             x = self.intermediate(x)
-        else:
-            x = self.intermediate(x)
-            embedding = x
         if self.head == "gmm":
             return self.decoder_lin(x, from_class=1), embedding
         return self.decoder_lin(x), embedding
