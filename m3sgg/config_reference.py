@@ -53,7 +53,7 @@ END_MARKER = "<!-- END config-reference -->"
 #: the meaning shown for a field without a trailing comment (the drift test refuses it)
 UNDOCUMENTED = "(undocumented)"
 #: built-in models documented under ``model.options``, in this order
-BUILTIN_MODELS = ("sttran", "tempura", "dsg_detr", "easg_fc", "sttran_easg")
+BUILTIN_MODELS = ("sttran", "tempura", "dsg_detr", "stket", "easg_fc", "sttran_easg")
 #: the default shown for a model argument the engine fills from the dataset
 FROM_DATA = "from the data"
 #: modes in the order the reference lists them

@@ -229,6 +229,7 @@ def test_the_paper_recipe_loads_as_a_config():
     assert (schedule.patience, schedule.threshold, schedule.threshold_mode) == (0, 1e-3, "abs")
     options = config.model.options
     assert (options["enc_layers"], options["dec_layers"], options["window"]) == (2, 2, 4)
+    assert options["layer_passes"] == 1
     assert (options["contact_threshold"], options["relation_loss"]) == (0.8, "bce")
     assert options["rank_head"] == "temporal" and schedule.metric == "with/R@20"
 

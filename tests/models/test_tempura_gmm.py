@@ -106,3 +106,16 @@ def test_bad_arguments() -> None:
         GMMHead(4, 3, k=0, activation="softmax")
     with pytest.raises(ValueError, match="activation"):
         GMMHead(4, 3, k=2, activation="relu")  # type: ignore[arg-type]
+
+
+def test_evaluation_from_class_leaves_out_the_first_columns_by_hand() -> None:
+    """The object head's evaluation: the mixture of softmax(mu_k[1:]). Component 1 logits
+    [5, 1, 0], component 2 [0, 0, ln 3], weights 1/2: softmax over the last two columns gives
+    [e/(e+1), 1/(e+1)] and [1/4, 3/4]. Training samples over every column."""
+    head = _head("softmax", [[5.0, 1.0, 0.0], [0.0, 0.0, math.log(3.0)]], [0.0, 0.0]).eval()
+    e = math.e
+    expected = [0.5 * (e / (e + 1) + 0.25), 0.5 * (1 / (e + 1) + 0.75)]
+    out = head(torch.zeros(2, 4), from_class=1)
+    torch.testing.assert_close(out, torch.tensor([expected, expected]))
+    assert head(torch.zeros(2, 4)).shape == (2, 3)
+    assert head.train()(torch.zeros(2, 4), from_class=1).shape == (2, 3)

@@ -307,3 +307,86 @@ def test_import_reads_the_options_from_the_checkpoint(tmp_path) -> None:
         assert torch.equal(model.state_dict()[key], value), key
     batch = collate(_videos(), section="det")
     torch.testing.assert_close(model(batch), source.eval()(batch))
+
+
+def _gmm_object_model() -> TEMPURA:
+    """sgcls, mixture object head K 2 depending on its biases only: component 1 says class 2
+    (logit 2), component 2 class 4 (logit 3), equal weights."""
+    model = build_model("tempura", "action_genome", "sgcls", **TINY, k=2, object_head="gmm")
+    head = model.object_classifier.decoder_lin
+    with torch.no_grad():
+        head.proj.weight.zero_()
+        head.proj.bias.zero_()
+        head.proj.bias[head.fused_index("mu", 0).start + 2] = 2.0
+        head.proj.bias[head.fused_index("mu", 1).start + 4] = 3.0
+    return model
+
+
+def test_mixture_object_head_evaluation_by_hand() -> None:
+    """One frame, the person and one object: both boxes get the same distribution over classes
+    1..36, 1/2 (softmax(b1[1:]) + softmax(b2[1:])): class 2 (e^2/(e^2+35) + 1/(e^3+35))/2, class
+    4 (1/(e^2+35) + e^3/(e^3+35))/2, the others (1/(e^2+35) + 1/(e^3+35))/2. The person column
+    ties: the first box is the person; the second's best class is 4."""
+    model = _gmm_object_model().eval()
+    batch = collate([make_video(0, frames=1, max_objects=1, seed=3)])
+    assert batch.num_boxes == 2
+    with torch.no_grad():
+        out = model(batch)
+    e2, e3 = math.exp(2), math.exp(3)
+    rest = (1 / (e2 + 35) + 1 / (e3 + 35)) / 2
+    row = torch.full((36,), rest)
+    row[1] = (e2 / (e2 + 35) + 1 / (e3 + 35)) / 2
+    row[3] = (1 / (e2 + 35) + e3 / (e3 + 35)) / 2
+    assert "object_logits" not in out
+    torch.testing.assert_close(out["object_probabilities"], torch.stack([row, row]))
+    torch.testing.assert_close(out["object_distribution"], torch.stack([row, row]))
+    assert out["pred_labels"].tolist() == [1, 4] and out["pair_idx"].tolist() == [[0, 1]]
+    torch.testing.assert_close(out["pred_scores"], torch.stack([row[0], row[3]]))
+
+
+def test_mixture_object_head_loss_by_hand() -> None:
+    """Training: sampled probabilities over all 37 classes; the object loss is, per video, the
+    plain mean over boxes of -w[t] log(p_t + 1e-12) (w: eos_coef for the background), then the
+    mean over videos (Python loops)."""
+    model = _gmm_object_model()
+    model.eos_coef = 0.25
+    batch = collate(_videos())
+    batch.object_targets[0] = 0  # one background box
+    torch.manual_seed(0)
+    out = model(batch)
+    probs = out["object_probabilities"]
+    assert probs.shape == (batch.num_boxes, 37)
+    torch.testing.assert_close(probs.sum(1), torch.ones(batch.num_boxes))
+    per_video = []
+    for v in range(batch.num_videos):
+        terms = []
+        for i in range(batch.box_offsets[v], batch.box_offsets[v + 1]):
+            t = int(batch.object_targets[i])
+            weight = 0.25 if t == 0 else 1.0
+            terms.append(-weight * math.log(float(probs[i, t].detach()) + 1e-12))
+        per_video.append(sum(terms) / len(terms))
+    losses = model.loss(out, batch)
+    torch.testing.assert_close(losses["object"], torch.tensor(sum(per_video) / len(per_video)))
+    losses["object"].backward()
+    assert model.object_classifier.decoder_lin.proj.weight.grad is not None
+
+
+def test_mixture_object_head_import_round_trip(tmp_path) -> None:
+    from m3sgg.models import import_original
+
+    source = build_model(
+        "tempura", "action_genome", "sgdet", **TINY, k=3, object_head="gmm", tracking=True
+    )
+    layout = original_checkpoint(source)
+    assert "object_classifier.decoder_lin.heads.pi_3.bias" in layout["state_dict"]
+    assert not any(k.startswith("object_classifier.decoder_lin.proj") for k in layout["state_dict"])
+    path = tmp_path / "model_0.tar"
+    torch.save(layout, path)
+    model = import_original("tempura", path, mode="sgdet", heads=4)
+    assert model.config_options["object_head"] == "gmm"
+    for key, value in source.state_dict().items():
+        assert torch.equal(model.state_dict()[key], value), key
+    with pytest.raises(DataError, match=r"decoder_lin\.heads"):  # a linear model refuses it
+        convert_original(layout, build_model("tempura", "action_genome", "sgdet", **TINY, k=3))
+    with pytest.raises(ConfigError, match="object_head"):
+        build_model("tempura", "action_genome", "sgcls", **TINY, object_head="mlp")

@@ -88,9 +88,9 @@ class STKET(SceneGraphModel):
         proj_dim, embed_dim, conv_dim: STTran's token widths (512, 200, 256; token 1936).
         heads, ff_dim: attention heads and feed-forward width of every layer (8, 2048).
         enc_layers, dec_layers: spatial encoder and temporal decoder layers (2, 2).
-        layer_passes: the original's ``N_layer`` (1): how many times the spatial encoder runs
-            on its own output (shared weights) before the temporal decoder; see
-            :meth:`forward`.
+        layer_passes: the original's ``N_layer`` (1): how many times the spatial encoder runs,
+            each pass on the previous one's output (shared weights), before the temporal
+            decoder reads the last pass.
         window: key frames of the ensemble decoder (4).
         contact_threshold: contact probability that selects a temporal prior (0.8; 1.0 uses
             the ground-truth contacts).
@@ -100,7 +100,7 @@ class STKET(SceneGraphModel):
         relation_loss: ``"bce"`` (the paper's recipe) or ``"margin"``.
         state_dims: hidden widths of ``state_fc`` (128, 256, 512).
         dropout: of every attention layer and the object classifier (0.1).
-        classifier_dim, pos_dim: the sgcls object classifier's widths (1024, 128).
+        classifier_dim, pos_dim: the object classifier's widths (1024, 128; sgcls and sgdet).
         loss_weights: multipliers of the named losses; missing names weigh 1.
     """
 

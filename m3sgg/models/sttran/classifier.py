@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["ObjectClassifier", "center_size", "label_boxes"]
+__all__ = ["ObjectClassifier", "center_size", "label_boxes", "label_distribution"]
 
 
 def center_size(boxes: torch.Tensor) -> torch.Tensor:
@@ -82,24 +82,32 @@ def label_boxes(
         person of each frame), their scores, and each frame's person box (-1 for a frame
         without boxes).
     """
-    dist = torch.softmax(logits[:, 1:], dim=1)
+    return label_distribution(torch.softmax(logits[:, 1:], dim=1), box_frame, num_frames)
+
+
+def label_distribution(
+    dist: torch.Tensor, box_frame: torch.Tensor, num_frames: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`label_boxes` from the distribution over classes ``1..`` itself, ``dist``
+    ``[N, C - 1]`` (column 0 person), for classifiers whose output is already one (TEMPURA's
+    mixture object head); same returns."""
     n, width = dist.shape
     scores, labels = dist[:, 1:].max(dim=1)
     labels = labels + 2
-    rows = torch.arange(n, device=logits.device)
+    rows = torch.arange(n, device=dist.device)
     # The most person-like box of each frame (first on ties).
     person = dist[:, 0]
     best = torch.full((num_frames,), float("-inf"), dtype=person.dtype, device=person.device)
     best = best.scatter_reduce(0, box_frame, person, "amax")
     candidate = torch.where(person == best[box_frame], rows, n)
-    human = torch.full((num_frames,), n, dtype=torch.long, device=logits.device)
+    human = torch.full((num_frames,), n, dtype=torch.long, device=dist.device)
     human = human.scatter_reduce(0, box_frame, candidate, "amin")
     has = human < n
     labels[human[has]] = 1
     scores[human[has]] = dist[human[has], 0]
     # Duplicates: the frame's most frequent label (smallest on ties) keeps its best box only.
     classes = width + 1
-    counts = torch.zeros(num_frames * classes, dtype=torch.long, device=logits.device)
+    counts = torch.zeros(num_frames * classes, dtype=torch.long, device=dist.device)
     counts = counts.index_add(0, box_frame * classes + labels, torch.ones_like(labels))
     mode = counts.view(num_frames, classes).argmax(dim=1)  # first maximum = smallest class
     in_mode = labels == mode[box_frame]
@@ -109,7 +117,7 @@ def label_boxes(
     key = torch.where(in_mode, value, torch.full_like(value, float("-inf")))
     top = torch.full((num_frames,), float("-inf"), dtype=key.dtype, device=key.device)
     top = top.scatter_reduce(0, box_frame, key, "amax")
-    last = torch.full((num_frames,), -1, dtype=torch.long, device=logits.device)
+    last = torch.full((num_frames,), -1, dtype=torch.long, device=dist.device)
     kept = torch.where(in_mode & (key == top[box_frame]), rows, -1)
     last = last.scatter_reduce(0, box_frame, kept, "amax")
     change = in_mode & (rows != last[box_frame])

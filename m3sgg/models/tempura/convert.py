@@ -11,7 +11,9 @@ restores it; here it becomes the model's memory). The state dict's keys are STTr
 - the memory read-out: ``glocal_transformer.mem_attention.*`` (joint: one attention;
   separate: one per group) and, with automated selection, ``glocal_transformer.selector.*``;
 - TEMPURA's object classifier (``intermediate`` + ``decoder_lin``, optional tracking encoder and
-  object memory): known, and dropped in predcls, where the original never uses it.
+  object memory): known, and dropped in predcls, where the original never uses it; a mixture
+  object head (``decoder_lin.heads.*``) is fused into ``object_classifier.decoder_lin.proj``;
+  the object memory's keys are refused outside predcls (not built here).
 
 An unknown, missing or mis-shaped key is refused with one line naming it
 (:class:`~m3sgg.errors.DataError`).
@@ -45,16 +47,24 @@ _GROUPS = ("attention", "spatial", "contacting")
 #: the original's separate memory attentions, in the order of our groups
 _SEPARATE = ("attention", "spatial", "contacting")
 _TRACKING_LAYERS = 3
+_OBJECT_HEAD = "object_classifier.decoder_lin"
 
 
-def _classifier_keys(k: int) -> tuple[list[str], list[str], list[str]]:
-    """TEMPURA's ObjectClassifier keys (below ``object_classifier.``): ``(ours, tracking,
-    others)``: the linear-head classifier ours mirrors, its tracking encoder (ours below
-    ``tracker.encoder.``), and the parts no recipe uses (mixture object head, object memory)."""
+def _classifier_keys(k: int) -> tuple[list[str], list[str], list[str], list[str], list[str]]:
+    """TEMPURA's ObjectClassifier keys (below ``object_classifier.``): ``(ours, linear, gmm,
+    tracking, memory)``: the parts every classifier has, the linear object head (the recipes),
+    the mixture object head (``-obj_head gmm``, fused here into ``decoder_lin.proj``), the
+    tracking encoder (ours below ``tracker.encoder.``) and the object memory (not built here)."""
     ours = ["obj_embed.weight"]
     ours += [f"pos_embed.0.{n}" for n in _BATCHNORM] + [f"pos_embed.1.{n}" for n in _LINEAR]
     ours += [f"intermediate.0.{n}" for n in _LINEAR] + [f"intermediate.1.{n}" for n in _BATCHNORM]
-    ours += [f"decoder_lin.0.{n}" for n in _LINEAR]  # the linear object head (the recipes)
+    linear = [f"decoder_lin.0.{n}" for n in _LINEAR]
+    gmm = [
+        f"decoder_lin.heads.{part}_{i}.{n}"
+        for part in ("mu", "var", "pi")
+        for i in range(1, k + 1)
+        for n in _LINEAR
+    ]
     tracking = []
     for i in range(_TRACKING_LAYERS):
         layer = f"encoder_tran.layers.{i}"
@@ -62,15 +72,18 @@ def _classifier_keys(k: int) -> tuple[list[str], list[str], list[str]]:
         tracking += [f"{layer}.self_attn.out_proj.{n}" for n in _LINEAR]
         for part in ("linear1", "linear2", "norm1", "norm2"):
             tracking += [f"{layer}.{part}.{n}" for n in _LINEAR]
-    others = [
-        f"decoder_lin.heads.{part}_{i}.{n}"
-        for part in ("mu", "var", "pi")
-        for i in range(1, k + 1)
-        for n in _LINEAR
-    ]
-    others += ["mem_attention.in_proj_weight", "mem_attention.out_proj.weight"]
-    others += [f"selector.{n}" for n in _LINEAR]
-    return ours, tracking, others
+    memory = ["mem_attention.in_proj_weight", "mem_attention.out_proj.weight"]
+    memory += [f"selector.{n}" for n in _LINEAR]
+    return ours, linear, gmm, tracking, memory
+
+
+def _gmm_heads(model: Any) -> dict[str, Any]:
+    """Key prefix → mixture head of ``model``: the relation heads and a mixture object head."""
+    heads = {head: getattr(model, head) for head in _HEADS}
+    classifier = model.object_classifier
+    if classifier is not None and classifier.head == "gmm":
+        heads[_OBJECT_HEAD] = classifier.decoder_lin
+    return heads
 
 
 def key_map(model: Any) -> dict[str, str | None]:
@@ -85,18 +98,24 @@ def key_map(model: Any) -> dict[str, str | None]:
     for head in _HEADS:
         for name in _LINEAR:
             table[f"{head}.proj.{name}"] = f"{head}.proj.{name}"
-    ours, tracking, others = _classifier_keys(model.k)
+    ours, linear, gmm, tracking, memory = _classifier_keys(model.k)
     classifier = model.object_classifier
     for key in ours:
         table[f"object_classifier.{key}"] = f"object_classifier.{key}" if classifier else None
+    if classifier is None:  # predcls: the original never uses its classifier
+        for key in linear + gmm + memory:
+            table[f"object_classifier.{key}"] = None
+    elif classifier.head == "linear":
+        for key in linear:
+            table[f"object_classifier.{key}"] = f"object_classifier.{key}"
+    else:  # the mixture object head, fused (convert_original)
+        for name in _LINEAR:
+            table[f"{_OBJECT_HEAD}.proj.{name}"] = f"{_OBJECT_HEAD}.proj.{name}"
     for key in tracking:
         target = f"object_classifier.tracker.encoder.{key.split('.', 1)[1]}"
         keep = classifier is not None and classifier.tracker is not None
         table[f"object_classifier.{key}"] = target if keep else None
     table["object_classifier.positional_encoder.pe"] = None  # a constant table here
-    if classifier is None:  # predcls: the original never uses its classifier
-        for key in others:
-            table[f"object_classifier.{key}"] = None
     fusion = model.memory_fusion
     if fusion is not None:
         source = "glocal_transformer.mem_attention"
@@ -178,7 +197,7 @@ def convert_original(source: Any, model: Any, where: str | None = None) -> dict[
     state, rel_memory, origin = load_original(source)
     where = where or origin
     state = dict(state)
-    for head in _HEADS:
+    for head in _gmm_heads(model):
         original_keys = [k for k in state if k.startswith(f"{head}.heads.")]
         if not original_keys:
             continue
@@ -250,6 +269,8 @@ def _inferred(state: Mapping[str, torch.Tensor], mode: str, where: str) -> dict[
         if f"{prefix}pos_embed.1.weight" in state:
             inferred["pos_dim"] = int(state[f"{prefix}pos_embed.1.weight"].shape[0])
         inferred["tracking"] = f"{prefix}encoder_tran.layers.0.linear1.weight" in state
+        if f"{prefix}decoder_lin.heads.mu_1.weight" in state:
+            inferred["object_head"] = "gmm"
     return inferred
 
 
@@ -260,10 +281,10 @@ def import_tempura(source: Any, *, mode: str = "predcls", **options: Any) -> Any
     Read from the checkpoint: STTran's widths
     (:func:`~m3sgg.models.sttran.convert.relation_widths`), ``k`` (the mixture components),
     ``memory`` (joint, separate or none), ``selection`` (manual or automated) and, in
-    sgcls/sgdet, the classifier's widths and ``tracking``. Not in the file, so given in
-    ``options`` where they differ from the defaults: ``heads`` (8), ``fusion`` (late), ``lam``
-    (0.5), ``memory_weighting``, ``contrastive_weight``, ``eos_coef``. ``options`` win over what
-    is read. The options used are kept as ``model.config_options`` (what ``m3sgg
+    sgcls/sgdet, the classifier's widths, ``tracking`` and ``object_head``. Not in the file, so
+    given in ``options`` where they differ from the defaults: ``heads`` (8), ``fusion`` (late),
+    ``lam`` (0.5), ``memory_weighting``, ``contrastive_weight``, ``eos_coef``. ``options`` win
+    over what is read. The options used are kept as ``model.config_options`` (what ``m3sgg
     import-checkpoint`` writes into the checkpoint's config; the memory goes into the model's
     state, which ``m3sgg evaluate`` loads).
 
@@ -288,13 +309,14 @@ def original_checkpoint(model: Any) -> dict[str, Any]:
     "object_memory", "rel_memory"}``, ``rel_memory`` ``[]`` before the first memory): the
     inverse of :func:`convert_original`, for tests and hand-over to the original's code."""
     state = model.state_dict()
+    heads = _gmm_heads(model)
+    fused = {f"{head}.proj.{name}" for head in heads for name in _LINEAR}
     original = {}
     for source, target in key_map(model).items():
-        if target is None or target.split(".")[1] == "proj":  # a head's fused layer
+        if target is None or target in fused:  # a mixture head's fused layer: below
             continue
         original[source] = state[target].clone()
-    for head in _HEADS:
-        gmm = getattr(model, head)
+    for head, gmm in heads.items():
         for part in ("mu", "var", "pi"):
             for i in range(model.k):
                 rows = gmm.fused_index(part, i)

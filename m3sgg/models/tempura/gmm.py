@@ -88,13 +88,18 @@ class GMMHead(nn.Module):
             return torch.softmax(logits, dim=-1)
         return torch.sigmoid(logits)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, from_class: int = 0) -> torch.Tensor:
+        """The mixture's probabilities [N, C]; in evaluation with ``from_class``, the mixture of
+        ``act(mu_k[:, from_class:])`` [N, C - from_class] (the original's object head leaves
+        out the background column in evaluation only; training always covers every class)."""
         mu, var, pi = self.components(x)
         if self.training:
             # one [N, C] draw per component, in the original's order (on the CPU the same
             # numbers as the original under the same seed; it draws on the CPU even on a GPU)
             eps = torch.stack([torch.randn_like(var[:, 0]) for _ in range(self.k)], dim=1)
             mu = mu + torch.sqrt(var) * eps
+        else:
+            mu = mu[:, :, from_class:]
         return (pi.unsqueeze(-1) * self._act(mu)).sum(dim=1)
 
     def uncertainty(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

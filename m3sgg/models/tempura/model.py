@@ -38,7 +38,7 @@ from m3sgg.data.collate import Batch
 from m3sgg.errors import ConfigError
 from m3sgg.models.base import SceneGraphModel
 from m3sgg.models.registry import register_model
-from m3sgg.models.sttran.classifier import label_boxes
+from m3sgg.models.sttran.classifier import label_distribution
 from m3sgg.models.sttran.model import per_video_mean, relation_tokens
 from m3sgg.models.sttran.postprocess import person_pairs, sgdet_boxes
 from m3sgg.models.sttran.relation import RelationFeatures, class_word_vectors
@@ -108,6 +108,9 @@ class TEMPURA(SceneGraphModel):
         eos_coef: sgcls/sgdet: weight of the background class in the object loss (1).
         contrastive_weight: sgcls/sgdet: weight of the object contrastive loss (the SGCLS and
             SGDET recipes: 1; 0 leaves it out).
+        object_head: sgcls/sgdet: ``"linear"`` (the recipes' ``-obj_head linear``) or ``"gmm"``
+            (a mixture head with ``k`` components, the original's default ``-obj_head gmm``;
+            its loss is the NLL of its probabilities, background weighted ``eos_coef``).
         loss_weights: multipliers of the named losses; missing names weigh 1.
 
     Example::
@@ -150,6 +153,7 @@ class TEMPURA(SceneGraphModel):
         pos_dim: int = 128,
         eos_coef: float = 1.0,
         contrastive_weight: float = 0.0,
+        object_head: str = "linear",
         loss_weights: Mapping[str, float] | None = None,
     ) -> None:
         if dataset not in DATASETS:
@@ -175,6 +179,10 @@ class TEMPURA(SceneGraphModel):
         if selection not in ("manual", "automated"):
             raise ConfigError(
                 f"tempura: selection must be 'manual' or 'automated', got {selection!r}"
+            )
+        if object_head not in ("linear", "gmm"):
+            raise ConfigError(
+                f"tempura: object_head must be 'linear' or 'gmm', got {object_head!r}"
             )
         if not 0.0 <= float(lam) <= 1.0:
             raise ConfigError(f"tempura: lam must lie in [0, 1], got {lam!r}")
@@ -235,6 +243,8 @@ class TEMPURA(SceneGraphModel):
                 dropout=dropout,
                 tracking=tracking,
                 max_len=600 if mode == "sgdet" else 400,
+                head=object_head,
+                k=k,
             )
             if mode != "predcls"
             else None
@@ -327,19 +337,20 @@ class TEMPURA(SceneGraphModel):
                     f"boxes: a feature store whose {batch.section!r} section has class_dists"
                 )
             frame = batch.boxes[:, 0].long()
-            logits, embedding = self.object_classifier(
+            object_scores, embedding = self.object_classifier(
                 batch.box_features, batch.boxes[:, 1:], batch.class_dists, batch.box_video, frame
             )
-            out["object_logits"] = logits.float()
+            gmm = self.object_classifier.head == "gmm"
+            object_key = "object_probabilities" if gmm else "object_logits"
+            out[object_key] = object_scores.float()
             out["object_embedding"] = embedding
+            if not self.training:  # the distribution over classes 1..
+                dist = out[object_key] if gmm else torch.softmax(out[object_key][:, 1:], dim=1)
             if not self.training and self.mode == "sgcls":
-                dist, labels, scores, human = label_boxes(
-                    out["object_logits"], frame, batch.num_frames
-                )
+                dist, labels, scores, human = label_distribution(dist, frame, batch.num_frames)
                 out["object_distribution"] = dist
                 pair_idx, im_idx = person_pairs(labels, human, frame)
             elif not self.training:  # sgdet: STTran's box picking on the classifier's output
-                dist = torch.softmax(out["object_logits"][:, 1:], dim=1)
                 picked = sgdet_boxes(
                     batch.boxes[:, 1:], frame, dist, batch.num_frames, labels=batch.labels
                 )
@@ -361,7 +372,7 @@ class TEMPURA(SceneGraphModel):
         )
         if source is not None:  # sgdet evaluation: the kept boxes (copies included)
             out.update(boxes=batch.boxes[source], labels=labels, scores=scores)
-            for key in ("object_logits", "object_embedding"):
+            for key in (object_key, "object_embedding"):
                 out[key] = out[key][source]
         return out
 
@@ -397,7 +408,8 @@ class TEMPURA(SceneGraphModel):
     ) -> dict[str, torch.Tensor]:
         """Weighted named losses ``attention`` (NLL of the mixture probabilities), ``spatial``
         and ``contacting`` (BCE): each the mean over videos of the video's mean over its pairs
-        with targets. sgcls adds ``object`` (cross-entropy, background weighted ``eos_coef``, per
+        with targets. sgcls/sgdet add ``object`` (cross-entropy of the linear head's logits, or
+        the NLL of the mixture head's ``log(p + 1e-12)``; background weighted ``eos_coef``, per
         video the plain mean over its boxes) and, when ``contrastive_weight`` > 0,
         ``contrastive`` (:func:`~.losses.contrastive_loss` on the classifier's embedding with the
         GT labels, per video). Needs the training-mode predictions (the given pairs)."""
@@ -416,13 +428,22 @@ class TEMPURA(SceneGraphModel):
             for name, value in per_pair.items()
         }
         if self.object_classifier is not None:
-            logits = predictions["object_logits"]
+            gmm = self.object_classifier.head == "gmm"
+            scores = predictions["object_probabilities" if gmm else "object_logits"]
             keep_box = batch.object_targets >= 0
-            weight = torch.ones(logits.shape[1], dtype=logits.dtype, device=logits.device)
+            weight = torch.ones(scores.shape[1], dtype=scores.dtype, device=scores.device)
             weight[0] = self.eos_coef
-            per_box = F.cross_entropy(
-                logits[keep_box], batch.object_targets[keep_box], weight=weight, reduction="none"
-            )
+            if gmm:  # the original's NLLLoss on log(p + 1e-12)
+                log_p = torch.log(scores[keep_box] + 1e-12)
+                targets = batch.object_targets[keep_box]
+                per_box = F.nll_loss(log_p, targets, weight=weight, reduction="none")
+            else:
+                per_box = F.cross_entropy(
+                    scores[keep_box],
+                    batch.object_targets[keep_box],
+                    weight=weight,
+                    reduction="none",
+                )
             box_video = batch.box_video[keep_box]
             losses["object"] = (
                 per_video_mean(per_box, box_video, batch.num_videos) * self.loss_weights["object"]

@@ -7,8 +7,11 @@ concatenated (2048 + 200 + 128 = 2376 wide). Then, with ``tracking``, the object
 over the object sequences of each video: the boxes grouped by the arg-max class of the detector's
 distribution over the whole video (``lib/ds_track.py``), a box's position being the rank of its
 frame among the sequence's frames; a box alone in its group is encoded alone. Then
-``intermediate`` (Linear -> ``hidden``, BatchNorm, ReLU) and ``decoder_lin`` (Linear ->
-``num_classes``) give one logit per class.
+``intermediate`` (Linear -> ``hidden``, BatchNorm, ReLU) and ``decoder_lin``: with the linear
+head (``head="linear"``, the recipes) a Linear giving one logit per class; with the mixture head
+(``"gmm"``, the original's ``-obj_head gmm``) a softmax :class:`~.gmm.GMMHead` with ``k``
+components giving probabilities: sampled over all classes in training, in evaluation the mixture
+of the component means' softmax over classes ``1..`` (the background column left out).
 
 The *embedding* the contrastive loss reads is the tracking encoder's output (2376 wide) with
 tracking, the ``intermediate`` output without.
@@ -21,6 +24,7 @@ from torch import nn
 
 from m3sgg.models.dsg_detr.encoders import SequenceEncoder
 from m3sgg.models.sttran.classifier import center_size
+from m3sgg.models.tempura.gmm import GMMHead
 
 __all__ = ["TempuraObjectClassifier", "class_sequences"]
 
@@ -45,8 +49,10 @@ def class_sequences(
 
 
 class TempuraObjectClassifier(nn.Module):
-    """``forward(box_features, boxes xyxy, class_dists, box_video, box_frame) -> (logits [N, C],
-    embedding [N, ·])`` (module docstring)."""
+    """``forward(box_features, boxes xyxy, class_dists, box_video, box_frame) -> (scores,
+    embedding [N, ·])`` (module docstring): ``scores`` are logits [N, C] with the linear head;
+    with the mixture head probabilities [N, C] in training, [N, C - 1] (classes 1..) in
+    evaluation."""
 
     def __init__(
         self,
@@ -62,8 +68,13 @@ class TempuraObjectClassifier(nn.Module):
         tracking_ff: int = 1024,
         tracking_layers: int = 3,
         max_len: int = 400,
+        head: str = "linear",
+        k: int = 4,
     ) -> None:
         super().__init__()
+        if head not in ("linear", "gmm"):
+            raise ValueError(f"the object head is 'linear' or 'gmm', got {head!r}")
+        self.head = head
         width = object_dim + embed_dim + pos_dim
         self.obj_embed = nn.Embedding(num_classes - 1, embed_dim)
         self.pos_embed = nn.Sequential(
@@ -80,7 +91,11 @@ class TempuraObjectClassifier(nn.Module):
         self.intermediate = nn.Sequential(
             nn.Linear(width, hidden), nn.BatchNorm1d(hidden), nn.ReLU()
         )
-        self.decoder_lin = nn.Sequential(nn.Linear(hidden, num_classes))
+        self.decoder_lin: nn.Module = (
+            nn.Sequential(nn.Linear(hidden, num_classes))
+            if head == "linear"
+            else GMMHead(hidden, num_classes, k, "softmax")
+        )
 
     def forward(
         self,
@@ -102,4 +117,6 @@ class TempuraObjectClassifier(nn.Module):
         else:
             x = self.intermediate(x)
             embedding = x
+        if self.head == "gmm":
+            return self.decoder_lin(x, from_class=1), embedding
         return self.decoder_lin(x), embedding
