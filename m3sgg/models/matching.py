@@ -41,6 +41,7 @@ __all__ = [
     "BoxFormat",
     "HungarianMatcher",
     "Match",
+    "MatchTerms",
     "box_cxcywh_to_xyxy",
     "box_xywh_to_cxcywh",
     "box_xyxy_to_cxcywh",
@@ -49,6 +50,7 @@ __all__ = [
     "generalized_box_iou",
     "linear_sum_assignment",
     "to_cxcywh",
+    "unit_rows",
 ]
 
 BoxFormat = Literal["xyxy", "xywh", "cxcywh"]
@@ -98,10 +100,21 @@ def generalized_box_iou(a: Tensor, b: Tensor) -> Tensor:
     Raises:
         ValueError: a box with ``x2 < x1`` or ``y2 < y1``.
     """
-    if bool((a[:, 2:] < a[:, :2]).any()) or bool((b[:, 2:] < b[:, :2]).any()):
+    _check_xyxy(a)
+    _check_xyxy(b)
+    return _giou(a, b, _area(a), _area(b))
+
+
+def _check_xyxy(boxes: Tensor) -> None:
+    if bool((boxes[:, 2:] < boxes[:, :2]).any()):
         raise ValueError("generalized_box_iou needs xyxy boxes with x2 >= x1 and y2 >= y1")
-    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
-    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+
+
+def _area(boxes: Tensor) -> Tensor:
+    return (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+
+
+def _giou(a: Tensor, b: Tensor, area_a: Tensor, area_b: Tensor) -> Tensor:
     lt = torch.max(a[:, None, :2], b[:, :2])
     rb = torch.min(a[:, None, 2:], b[:, 2:])
     wh = (rb - lt).clamp(min=0)
@@ -115,12 +128,15 @@ def generalized_box_iou(a: Tensor, b: Tensor) -> Tensor:
     return iou - (hull - union) / hull
 
 
+def unit_rows(x: Tensor) -> Tensor:
+    """Rows scaled by ``1 / (norm + 1e-12)`` (what :func:`cosine_cost` compares)."""
+    return x / (torch.linalg.vector_norm(x, dim=1, keepdim=True) + 1e-12)
+
+
 def cosine_cost(x: Tensor, y: Tensor) -> Tensor:
     """``[len(x), len(y)]`` cosine distances ``1 - cos``; rows scaled by ``1 / (norm + 1e-12)``
     (a zero row has cost 1 to everything)."""
-    x = x / (torch.linalg.vector_norm(x, dim=1, keepdim=True) + 1e-12)
-    y = y / (torch.linalg.vector_norm(y, dim=1, keepdim=True) + 1e-12)
-    return 1 - x @ y.T
+    return 1 - unit_rows(x) @ unit_rows(y).T
 
 
 def linear_sum_assignment(cost: Tensor) -> tuple[Tensor, Tensor]:
@@ -153,6 +169,27 @@ class Match(NamedTuple):
     class_cost: Tensor
     #: ``1 - cos`` of the features of each matched pair
     feature_cost: Tensor
+
+
+class MatchTerms(NamedTuple):
+    """One side's per-row terms of the cost (:meth:`HungarianMatcher.terms`): rows of a side
+    can be prepared once and indexed (a tracker prepares a video's boxes once, not per frame).
+    """
+
+    #: boxes as ``(cx, cy, w, h)``
+    cxcywh: Tensor
+    #: the same boxes as ``(x1, y1, x2, y2)`` (checked: ``x2 >= x1``, ``y2 >= y1``)
+    xyxy: Tensor
+    #: their areas
+    area: Tensor
+    #: class distributions scaled to unit norm (:func:`unit_rows`)
+    dists: Tensor
+    #: features scaled to unit norm
+    features: Tensor
+
+    def rows(self, index: Tensor | slice) -> MatchTerms:
+        """The terms of rows ``index``, each a new tensor."""
+        return MatchTerms(*(t[index].clone() for t in self))
 
 
 class HungarianMatcher(nn.Module):
@@ -193,29 +230,64 @@ class HungarianMatcher(nn.Module):
         self.cost_giou = cost_giou
         self.box_format: BoxFormat = box_format
 
+    def terms(self, side: Mapping[str, Tensor]) -> MatchTerms:
+        """The per-row terms of ``side`` (``"boxes"``, ``"features"``, ``"dists"``).
+
+        Raises:
+            ValueError: a degenerate box.
+        """
+        box = to_cxcywh(side["boxes"], self.box_format)
+        xyxy = box_cxcywh_to_xyxy(box)
+        _check_xyxy(xyxy)
+        return MatchTerms(
+            box, xyxy, _area(xyxy), unit_rows(side["dists"]), unit_rows(side["features"])
+        )
+
+    def appearance_costs(self, outputs: MatchTerms, targets: MatchTerms) -> tuple[Tensor, Tensor]:
+        """``(1 - cos)`` of the class distributions and of the features, unweighted,
+        ``[len(outputs), len(targets)]`` each."""
+        return 1 - outputs.dists @ targets.dists.T, 1 - outputs.features @ targets.features.T
+
+    def box_costs(self, outputs: MatchTerms, targets: MatchTerms) -> tuple[Tensor, Tensor]:
+        """The weighted box terms ``(cost_bbox * L1, cost_giou * -GIoU)``,
+        ``[len(outputs), len(targets)]`` each; an entry depends only on its two boxes, so a
+        block of a larger matrix equals the matrix of the block's boxes."""
+        return (
+            self.cost_bbox * torch.cdist(outputs.cxcywh, targets.cxcywh, p=1),
+            self.cost_giou * -_giou(outputs.xyxy, targets.xyxy, outputs.area, targets.area),
+        )
+
+    def total_cost(
+        self, cost_dist: Tensor, cost_feat: Tensor, box_l1: Tensor, box_giou: Tensor
+    ) -> Tensor:
+        """The cost ``C`` from :meth:`appearance_costs` and :meth:`box_costs`."""
+        return self.cost_class * cost_dist + self.cost_feature * cost_feat + box_l1 + box_giou
+
     def cost_matrix(
         self, outputs: Mapping[str, Tensor], targets: Mapping[str, Tensor]
     ) -> tuple[Tensor, Tensor, Tensor]:
         """``(C, class_cost, feature_cost)``, each ``[len(outputs), len(targets)]``."""
-        out_box = to_cxcywh(outputs["boxes"], self.box_format)
-        tgt_box = to_cxcywh(targets["boxes"], self.box_format)
-        cost_dist = cosine_cost(outputs["dists"], targets["dists"])
-        cost_feat = cosine_cost(outputs["features"], targets["features"])
-        cost_box = torch.cdist(out_box, tgt_box, p=1)
-        cost_giou = -generalized_box_iou(box_cxcywh_to_xyxy(out_box), box_cxcywh_to_xyxy(tgt_box))
-        total = (
-            self.cost_class * cost_dist
-            + self.cost_feature * cost_feat
-            + self.cost_bbox * cost_box
-            + self.cost_giou * cost_giou
+        out, tgt = self.terms(outputs), self.terms(targets)
+        cost_dist, cost_feat = self.appearance_costs(out, tgt)
+        return (
+            self.total_cost(cost_dist, cost_feat, *self.box_costs(out, tgt)),
+            cost_dist,
+            cost_feat,
         )
-        return total, cost_dist, cost_feat
+
+    @torch.no_grad()
+    def match_costs(
+        self, cost_dist: Tensor, cost_feat: Tensor, box_l1: Tensor, box_giou: Tensor
+    ) -> Match:
+        """The assignment from the cost parts (what calling the matcher returns)."""
+        total = self.total_cost(cost_dist, cost_feat, box_l1, box_giou)
+        rows, cols = linear_sum_assignment(total)
+        return Match(rows, cols, cost_dist[rows, cols], cost_feat[rows, cols])
 
     @torch.no_grad()
     def forward(self, outputs: Mapping[str, Tensor], targets: Mapping[str, Tensor]) -> Match:
-        total, cost_dist, cost_feat = self.cost_matrix(outputs, targets)
-        rows, cols = linear_sum_assignment(total)
-        return Match(rows, cols, cost_dist[rows, cols], cost_feat[rows, cols])
+        out, tgt = self.terms(outputs), self.terms(targets)
+        return self.match_costs(*self.appearance_costs(out, tgt), *self.box_costs(out, tgt))
 
     def extra_repr(self) -> str:
         return (

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from m3sgg.models.dsg_detr.tracking import (
     frame_number,
@@ -219,3 +220,44 @@ def test_frame_numbers_from_keys() -> None:
     assert frame_number("toy_0003/12") == 12
     with pytest.raises(ValueError, match="frame number"):
         frame_number("50N4E.mp4/cover.png")
+
+
+class PerFrame(HungarianMatcher):
+    """A matcher with its own ``forward``: the tracker calls it once per frame."""
+
+    def __init__(self, *weights: float) -> None:
+        super().__init__(*weights)
+        self.calls = 0
+
+    def forward(self, outputs, targets):  # type: ignore[no-untyped-def, override]
+        self.calls += 1
+        return super().forward(outputs, targets)
+
+
+@pytest.mark.parametrize("weights", [(), (1.0, 0.2, 2.0, 0.0)])
+def test_prepared_terms_give_the_tracks_of_the_per_frame_matcher(weights) -> None:
+    """The stock HungarianMatcher runs on terms prepared once per video; the same matcher
+    called once per frame gives the same sequences on random videos with exact ties
+    (duplicated boxes and features), boxes outside the image and expiring tracks."""
+    g = torch.Generator().manual_seed(8)
+    differences = calls = 0
+    for trial in range(60):
+        frames = int(torch.randint(1, 25, (1,), generator=g))
+        counts = torch.randint(0, 6, (frames,), generator=g)
+        frame = torch.repeat_interleave(torch.arange(frames), counts)
+        n = len(frame)
+        xy = torch.rand(n, 2, generator=g) * 120 - 10
+        boxes = torch.cat([xy, xy + 1 + torch.rand(n, 2, generator=g) * 60], 1)
+        dup = torch.rand(n, generator=g) < 0.3
+        boxes[1:][dup[1:]] = boxes[:-1][dup[1:]]
+        cls = torch.randint(0, 4, (n,), generator=g)
+        dists = F.one_hot(cls, C).float() + torch.rand(n, C, generator=g) * 0.1
+        feats = torch.randn(n, (3, 64)[trial % 2], generator=g)
+        feats[1:][dup[1:]] = feats[:-1][dup[1:]]
+        numbers = torch.cumsum(torch.randint(1, 40, (frames,), generator=g), 0).tolist()
+        args = (boxes, frame, dists, feats, numbers, (100.0, 110.0))
+        per_frame = PerFrame(*weights)
+        prepared = track_video(*args, matcher=HungarianMatcher(*weights))
+        differences += not torch.equal(prepared, track_video(*args, matcher=per_frame))
+        calls += per_frame.calls
+    assert differences == 0 and calls > 100

@@ -128,3 +128,36 @@ def test_matcher_is_weightless_and_validates() -> None:
         HungarianMatcher(0, 0, 0, 0)
     with pytest.raises(ValueError, match="box_format"):
         HungarianMatcher(box_format="yxyx")  # type: ignore[arg-type]
+
+
+def test_terms_prepared_once_give_the_costs_of_each_call_bitwise() -> None:
+    """A tracker prepares a video's boxes once and picks rows: the costs of picked rows are
+    exactly (not approximately) those of a call on the rows alone, so assignments and
+    acceptance thresholds cannot change."""
+    g = torch.Generator().manual_seed(4)
+    matcher = HungarianMatcher(0.3, 0.7, 1.3, 0.9)
+    xy = torch.rand(60, 2, generator=g)
+    side = {
+        "boxes": torch.cat([xy, torch.rand(60, 2, generator=g) * 0.5], 1),  # xywh
+        "features": torch.randn(60, 2048, generator=g),
+        "dists": torch.rand(60, 36, generator=g),
+    }
+    prepared = matcher.terms(side)
+    for lo, hi, picked in ((0, 5, [7, 3, 59]), (20, 21, [0]), (30, 60, list(range(12)))):
+        index = torch.tensor(picked)
+        out = {k: v[lo:hi].clone() for k, v in side.items()}
+        tgt = {k: v[index] for k, v in side.items()}
+        want_total, want_dist, want_feat = matcher.cost_matrix(out, tgt)
+        rows, cols = prepared.rows(slice(lo, hi)), prepared.rows(index)
+        dist, feat = matcher.appearance_costs(rows, cols)
+        total = matcher.total_cost(dist, feat, *matcher.box_costs(rows, cols))
+        assert torch.equal(total, want_total)
+        assert torch.equal(dist, want_dist) and torch.equal(feat, want_feat)
+        match, want = (
+            matcher.match_costs(dist, feat, *matcher.box_costs(rows, cols)),
+            matcher(out, tgt),
+        )
+        for a, b in zip(match, want, strict=True):
+            assert torch.equal(a, b)
+    with pytest.raises(ValueError, match="x2 >= x1"):
+        matcher.terms({**side, "boxes": -side["boxes"]})

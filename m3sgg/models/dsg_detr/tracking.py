@@ -40,13 +40,20 @@ deterministic. :func:`sequence_positions` gives each box its position in its seq
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from m3sgg.models.matching import HungarianMatcher, box_xyxy_to_xywh
+from m3sgg.models.matching import (
+    HungarianMatcher,
+    Match,
+    MatchTerms,
+    box_xyxy_to_xywh,
+    unit_rows,
+)
 
 __all__ = [
     "ACCEPT_COST",
@@ -134,6 +141,146 @@ def _outside(xywh: Tensor, height: float, width: float) -> Tensor:
     return (x + w > width) | (y + h > height) | (x < 0) | (y < 0)
 
 
+class _Tracks:
+    """The tracker's state, one row per track ever created (at most one per box), in numpy:
+    sequence id, last box (index into the video's boxes), time of the last update, running sums
+    of the one-hot classes and features (float64, as the original's means) and box counts."""
+
+    def __init__(self, feats: np.ndarray, onehot: np.ndarray) -> None:
+        n = len(feats)
+        self.feats, self.onehot = feats, onehot  # float32 [n, D], [n, C]; summed in float64
+        self.seq = np.zeros(n, dtype=np.int64)
+        self.last = np.zeros(n, dtype=np.int64)
+        self.time = np.zeros(n, dtype=np.int64)
+        self.feat_sum = np.zeros(feats.shape, dtype=np.float64)
+        self.dist_sum = np.zeros(onehot.shape, dtype=np.float64)
+        self.count = np.zeros(n, dtype=np.float64)
+        self.size = 0
+        #: tracks whose sums changed since :meth:`take_changed`
+        self.changed: list[np.ndarray] = []
+
+    def update(self, tracks: np.ndarray, boxes: np.ndarray, now: int) -> None:
+        """Tracks ``tracks`` (distinct) take boxes ``boxes`` at frame number ``now``."""
+        self.last[tracks] = boxes
+        self.time[tracks] = now
+        self.feat_sum[tracks] += self.feats[boxes]
+        self.dist_sum[tracks] += self.onehot[boxes]
+        self.count[tracks] += 1
+        self.changed.append(tracks)
+
+    def open(self, boxes: np.ndarray, seq: np.ndarray, now: int) -> np.ndarray:
+        """New tracks started by ``boxes`` in sequences ``seq``; returns their rows."""
+        new = self.size + np.arange(len(boxes))
+        self.seq[new] = seq
+        self.last[new] = boxes
+        self.time[new] = now
+        self.feat_sum[new] = self.feats[boxes]
+        self.dist_sum[new] = self.onehot[boxes]
+        self.count[new] = 1
+        self.size += len(boxes)
+        self.changed.append(new)
+        return new
+
+    def means(self, tracks: np.ndarray) -> tuple[Tensor, Tensor]:
+        """Mean feature and mean one-hot class of ``tracks``, float32."""
+        count = self.count[tracks][:, None]
+        return (
+            torch.from_numpy(self.feat_sum[tracks] / count).float(),
+            torch.from_numpy(self.dist_sum[tracks] / count).float(),
+        )
+
+    def take_changed(self) -> np.ndarray:
+        """The tracks changed since the last call (possibly repeated)."""
+        changed = np.concatenate(self.changed) if self.changed else np.zeros(0, np.int64)
+        self.changed = []
+        return changed
+
+
+#: ``assign(lo, hi, live)``: the matched rows of the frame's boxes ``lo:hi``, the positions in
+#: ``live`` of their tracks, and whether each match is accepted.
+_Assign = Callable[[int, int, np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray]]
+
+
+def _accepted(match: Match, accept: float) -> np.ndarray:
+    return ((match.class_cost < accept) | (match.feature_cost < accept)).numpy()
+
+
+def _call_matcher(
+    matcher: HungarianMatcher,
+    tracks: _Tracks,
+    norm: Tensor,
+    xywh: Tensor,
+    scale: Tensor,
+    feats: Tensor,
+    onehot: Tensor,
+    accept: float,
+) -> _Assign:
+    """Calls ``matcher`` on each frame's boxes and the live tracks (any matcher)."""
+
+    def assign(lo: int, hi: int, live: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        tracks.take_changed()
+        mean_feat, mean_dist = tracks.means(live)
+        match = matcher(
+            {"boxes": norm[lo:hi], "features": feats[lo:hi], "dists": onehot[lo:hi]},
+            {
+                "boxes": xywh[torch.from_numpy(tracks.last[live])] / scale,
+                "features": mean_feat,
+                "dists": mean_dist,
+            },
+        )
+        return match.rows.numpy(), match.cols.numpy(), _accepted(match, accept)
+
+    return assign
+
+
+def _prepared(
+    matcher: HungarianMatcher,
+    tracks: _Tracks,
+    norm: Tensor,
+    feats: Tensor,
+    onehot: Tensor,
+    accept: float,
+) -> _Assign:
+    """The same assignment for a :class:`HungarianMatcher` whose ``forward`` and
+    ``cost_matrix`` are its own, with fewer operations per frame: the boxes' cost terms
+    (``(cx, cy, w, h)``, ``xyxy``, unit-norm one-hot and features) are prepared once per video;
+    a track's box terms are those of its last box (picked by index), and its unit-norm means
+    are recomputed only when it changed. Every cost is the value the per-frame call computes:
+    these terms are row-wise, so a row does not depend on the rows computed with it."""
+    boxes = matcher.terms({"boxes": norm, "features": feats, "dists": onehot})
+    unit_feat = torch.empty_like(feats)  # a track's row is written when it is created
+    unit_dist = torch.empty_like(onehot)
+
+    def assign(lo: int, hi: int, live: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        changed = tracks.take_changed()
+        if len(changed):
+            mean_feat, mean_dist = tracks.means(changed)
+            index = torch.from_numpy(changed)
+            unit_feat[index] = unit_rows(mean_feat)
+            unit_dist[index] = unit_rows(mean_dist)
+        rows = torch.from_numpy(live)
+        last = torch.from_numpy(tracks.last[live])
+        targets = MatchTerms(
+            boxes.cxcywh[last], boxes.xyxy[last], boxes.area[last], unit_dist[rows], unit_feat[rows]
+        )
+        frame = boxes.rows(slice(lo, hi))
+        costs = matcher.appearance_costs(frame, targets) + matcher.box_costs(frame, targets)
+        match = matcher.match_costs(*costs)
+        return match.rows.numpy(), match.cols.numpy(), _accepted(match, accept)
+
+    return assign
+
+
+def _own_costs(matcher: HungarianMatcher) -> bool:
+    """The matcher computes DSG-DETR's cost as :class:`HungarianMatcher` does."""
+    kind = type(matcher)
+    return (
+        isinstance(matcher, HungarianMatcher)
+        and kind.forward is HungarianMatcher.forward
+        and kind.cost_matrix is HungarianMatcher.cost_matrix
+    )
+
+
 @torch.no_grad()
 def track_video(
     boxes: Tensor,
@@ -156,7 +303,9 @@ def track_video(
         frame_numbers: ``F`` frame numbers (timestamps in the video) of the frames.
         image_size: ``(height, width)`` of the video's images, in the boxes' pixels.
         matcher: the assignment (default ``HungarianMatcher()``, DSG-DETR's weights; it gets
-            ``(x, y, w, h)`` boxes).
+            ``(x, y, w, h)`` boxes). A :class:`~m3sgg.models.matching.HungarianMatcher` that
+            keeps its own ``forward`` and ``cost_matrix`` runs on cost terms prepared once per
+            video (the same costs, fewer operations); any other is called once per frame.
         accept: a match is accepted when its class or feature cost is below this.
         expiry: frame-number gap after which an unmatched track ends.
 
@@ -166,9 +315,8 @@ def track_video(
     matcher = matcher if matcher is not None else HungarianMatcher()
     device = boxes.device
     n = boxes.shape[0]
-    sequence = torch.full((n,), -1, dtype=torch.int64)
     if n == 0:
-        return sequence.to(device)
+        return torch.zeros(0, dtype=torch.int64, device=device)
     frame = frame.detach().cpu().long()
     if bool((frame[1:] < frame[:-1]).any()):
         raise ValueError("track_video: boxes must be ordered by frame")
@@ -176,69 +324,46 @@ def track_video(
     height, width = float(image_size[0]), float(image_size[1])
     scale = torch.tensor([[height, width, height, width]])  # the original's (w, h) = (H, W)
     norm = xywh / scale
-    outside = _outside(xywh, height, width)
+    outside = _outside(xywh, height, width).numpy()
     dists = class_dists.detach().cpu().float()
     onehot = F.one_hot(dists.argmax(1), dists.shape[1]).float()
     feats = features.detach().cpu().float()
     starts = torch.searchsorted(frame, torch.arange(len(frame_numbers) + 1)).tolist()
+    tracks = _Tracks(feats.numpy(), onehot.numpy())
+    if _own_costs(matcher):
+        assign = _prepared(matcher, tracks, norm, feats, onehot, accept)
+    else:
+        assign = _call_matcher(matcher, tracks, norm, xywh, scale, feats, onehot, accept)
 
-    # track state, one row per track ever created (at most one per box)
-    track_seq = torch.zeros(n, dtype=torch.int64)
-    track_box = torch.zeros(n, 4)
-    track_time = torch.zeros(n, dtype=torch.int64)
-    feat_sum = torch.zeros(n, feats.shape[1], dtype=torch.float64)
-    dist_sum = torch.zeros(n, onehot.shape[1], dtype=torch.float64)
-    count = torch.zeros(n, dtype=torch.float64)
-    live = torch.zeros(0, dtype=torch.int64)  # live tracks in creation order
-    num_tracks = num_seqs = 0
-
+    sequence = np.full(n, -1, dtype=np.int64)
+    live = np.zeros(0, dtype=np.int64)  # live tracks in creation order
+    none = np.zeros(0, dtype=np.int64)
+    num_seqs = 0
     for f, now in enumerate(frame_numbers):
         lo, hi = starts[f], starts[f + 1]
-        rows = torch.arange(hi - lo)
-        matched_rows = torch.zeros(0, dtype=torch.int64)
-        refused_rows = torch.zeros(0, dtype=torch.int64)
-        updated = torch.zeros(0, dtype=torch.int64)
+        matched_rows, refused_rows, updated = none, none, none
         if len(live) and hi > lo:
-            mean = count[live].unsqueeze(1)
-            match = matcher(
-                {"boxes": norm[lo:hi], "features": feats[lo:hi], "dists": onehot[lo:hi]},
-                {
-                    "boxes": track_box[live] / scale,
-                    "features": (feat_sum[live] / mean).float(),
-                    "dists": (dist_sum[live] / mean).float(),
-                },
-            )
-            ok = (match.class_cost < accept) | (match.feature_cost < accept)
-            r, t = match.rows[ok], live[match.cols[ok]]
-            sequence[lo + r] = track_seq[t]
+            rows, cols, ok = assign(lo, hi, live)
+            r, t = rows[ok], live[cols[ok]]
+            sequence[lo + r] = tracks.seq[t]
             inside = ~outside[lo + r]
             r, updated = r[inside], t[inside]
-            track_box[updated] = xywh[lo + r]
-            track_time[updated] = now
-            feat_sum[updated] += feats[lo + r].double()
-            dist_sum[updated] += onehot[lo + r].double()
-            count[updated] += 1
-            matched_rows, refused_rows = match.rows, match.rows[~ok]
-        unmatched = torch.ones(hi - lo, dtype=torch.bool)
+            tracks.update(updated, lo + r, now)
+            matched_rows, refused_rows = rows, rows[~ok]
+        unmatched = np.ones(hi - lo, dtype=bool)
         unmatched[matched_rows] = False
-        opened = torch.cat([refused_rows, rows[unmatched]])  # the original's order
-        sequence[lo + opened] = num_seqs + torch.arange(len(opened))
+        opened = np.concatenate([refused_rows, np.flatnonzero(unmatched)])  # the original's order
+        sequence[lo + opened] = num_seqs + np.arange(len(opened))
         starters = opened[~outside[lo + opened]]
-        new = num_tracks + torch.arange(len(starters))
-        track_seq[new] = sequence[lo + starters]
-        track_box[new] = xywh[lo + starters]
-        track_time[new] = now
-        feat_sum[new] = feats[lo + starters].double()
-        dist_sum[new] = onehot[lo + starters].double()
-        count[new] = 1
+        new = tracks.open(lo + starters, sequence[lo + starters], now)
         num_seqs += len(opened)
-        num_tracks += len(starters)
-        keep = now - track_time[live] < expiry
-        keep[torch.isin(live, updated)] = True
-        live = torch.cat([live[keep], new])
+        fresh = np.zeros(tracks.size, dtype=bool)
+        fresh[updated] = True
+        keep = (now - tracks.time[live] < expiry) | fresh[live]
+        live = np.concatenate([live[keep], new])
     if bool((sequence < 0).any()):
         raise ValueError("track_video: some boxes lie outside the given frames")
-    return sequence.to(device)
+    return torch.from_numpy(sequence).to(device)
 
 
 def track_batch(
