@@ -141,3 +141,28 @@ def test_relation_tokens_of_a_copy_are_the_tokens_of_its_detection(videos) -> No
     assert torch.equal(tokens[0], tokens[1])
     assert torch.equal(plain, direct)
     torch.testing.assert_close(plain[0], tokens[0], rtol=0, atol=1e-6)  # batched conv rounding
+
+
+def test_relation_tokens_with_other_features(videos) -> None:
+    """``features`` stand in for the batch's box features, copies picking their source's row."""
+    from synthetic_videos import TINY
+
+    from m3sgg.data.collate import collate
+    from m3sgg.models import build_model
+    from m3sgg.models.sttran.model import relation_tokens
+
+    model = build_model("sttran", "action_genome", "sgdet", **TINY).eval()
+    batch = collate(videos[:1], section="det")
+    n = len(batch.boxes)
+    other = torch.randn(n, batch.box_features.shape[1])
+    source = torch.cat([torch.arange(n), torch.tensor([n - 1])])
+    labels = torch.cat([batch.labels, batch.labels[-1:]])
+    pairs = torch.tensor([[0, n - 1], [0, n]])
+    with torch.no_grad():
+        given = relation_tokens(model.relation, batch, labels, pairs, source, features=other)
+        same = relation_tokens(model.relation, batch, labels, pairs, source, batch.box_features)
+        plain = relation_tokens(model.relation, batch, labels, pairs, source)
+        maps = batch.union_maps[batch.union_rows(source[pairs])]
+        direct = model.relation(other[source], batch.boxes[source, 1:], labels, pairs, maps)
+    assert torch.equal(same, plain) and torch.equal(given, direct)
+    assert not torch.allclose(given, plain)

@@ -468,3 +468,48 @@ def test_object_memory_import_round_trip(tmp_path) -> None:
 def test_object_memory_bad_options(mode: str, options: dict) -> None:
     with pytest.raises(ConfigError, match="object_memory"):
         build_model("tempura", "action_genome", mode, **TINY, object_memory=True, **options)
+
+
+@pytest.mark.parametrize("tracking", [False, True])
+def test_take_object_features_feeds_the_classifier_features_to_the_relations(
+    tracking: bool, tmp_path
+) -> None:
+    """-take_obj_mem_feat: the relation token's subject/object projections read the classifier's
+    (fused) features, 16 wide (its hidden width) without tracking, 12 + 4 + 8 with; so the
+    relation features move with the classifier's weights, which they do not otherwise."""
+    from m3sgg.models import import_original
+
+    options = {**TINY, "k": 3, "classifier_dim": 16, "pos_dim": 8, "tracking": tracking}
+    model = build_model("tempura", "action_genome", "sgcls", **options, take_object_features=True)
+    plain = build_model("tempura", "action_genome", "sgcls", **options)
+    assert model.relation.subj_fc.in_features == (24 if tracking else 16)
+    batch = collate(_videos())
+
+    def relation_features(m: TEMPURA) -> torch.Tensor:
+        m.eval()
+        with torch.no_grad():
+            return m.memory_inputs(batch, False)[0]
+
+    before, plain_before = relation_features(model), relation_features(plain)
+    for m in (model, plain):
+        with torch.no_grad():
+            m.object_classifier.obj_embed.weight.add_(1.0)
+    assert not torch.allclose(relation_features(model), before)
+    assert torch.equal(relation_features(plain), plain_before)
+    frame = batch.boxes[:, 0].long()
+    with torch.no_grad():
+        _, taken = model.object_classifier(
+            batch.box_features, batch.boxes[:, 1:], batch.class_dists, batch.box_video, frame
+        )
+        _, direct = model.relation_context(
+            batch, batch.labels, batch.pair_idx, batch.im_idx, object_features=taken
+        )
+    torch.testing.assert_close(relation_features(model), direct)
+    # the import reads the box width from the classifier when told the relations take its features
+    path = tmp_path / "model.tar"
+    torch.save(original_checkpoint(model), path)
+    again = import_original("tempura", path, mode="sgcls", heads=4, take_object_features=True)
+    for key, value in model.state_dict().items():
+        assert torch.equal(again.state_dict()[key], value), key
+    with pytest.raises(ConfigError, match="take_object_features"):
+        build_model("tempura", "action_genome", "predcls", **TINY, take_object_features=True)

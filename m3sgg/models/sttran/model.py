@@ -422,11 +422,15 @@ def relation_tokens(
     labels: torch.Tensor,
     pair_idx: torch.Tensor,
     source: torch.Tensor | None = None,
+    features: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The relation tokens ``[P, token]`` of ``pair_idx`` (indices into the boxes) with box
     classes ``labels``: the batch's boxes, or with ``source`` the batch boxes ``source`` picks
-    (copies allowed: sgdet), their features and the union maps of the picked pairs."""
-    features, boxes = batch.box_features, batch.boxes[:, 1:]
+    (copies allowed: sgdet), their features and the union maps of the picked pairs.
+    ``features`` (one row per batch box) replace the batch's box features (TEMPURA's
+    ``-take_obj_mem_feat``: its classifier's features)."""
+    features = batch.box_features if features is None else features
+    boxes = batch.boxes[:, 1:]
     rows = pair_idx
     if source is not None:
         features, boxes, rows = features[source], boxes[source], source[pair_idx]

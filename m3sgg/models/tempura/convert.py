@@ -331,7 +331,8 @@ def import_tempura(source: Any, *, mode: str = "predcls", **options: Any) -> Any
     ``memory`` (joint, separate or none), ``selection`` (manual or automated) and, in
     sgcls/sgdet, the classifier's widths, ``tracking`` and ``object_head``. Not in the file, so
     given in ``options`` where they differ from the defaults: ``heads`` (8), ``fusion`` (late),
-    ``lam`` (0.5), ``memory_weighting``, ``contrastive_weight``, ``eos_coef``. ``options`` win
+    ``lam`` (0.5), ``memory_weighting``, ``contrastive_weight``, ``eos_coef``,
+    ``take_object_features`` (then the box width is read from the classifier). ``options`` win
     over what is read. The options used are kept as ``model.config_options`` (what ``m3sgg
     import-checkpoint`` writes into the checkpoint's config; the memory goes into the model's
     state, which ``m3sgg evaluate`` loads).
@@ -343,6 +344,12 @@ def import_tempura(source: Any, *, mode: str = "predcls", **options: Any) -> Any
 
     state, rel_memory, object_memory, where = _load(source)
     chosen = {**_inferred(state, mode, where), **options}
+    intermediate = "object_classifier.intermediate.0.weight"
+    if chosen.get("take_object_features") and "object_dim" not in options and intermediate in state:
+        # subj_fc reads the classifier's features: the box width is the classifier's input
+        # less the class embedding and the position embedding
+        width = int(state[intermediate].shape[1])
+        chosen["object_dim"] = width - chosen["embed_dim"] - chosen.get("pos_dim", 128)
     model = TEMPURA(mode=mode, **chosen)
     checkpoint = {"state_dict": state, "rel_memory": rel_memory, "object_memory": object_memory}
     model.load_state_dict(convert_original(checkpoint, model, where))

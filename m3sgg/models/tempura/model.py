@@ -114,6 +114,10 @@ class TEMPURA(SceneGraphModel):
         object_memory: sgcls/sgdet: the original's object memory (``-obj_mem_compute``, simple
             weighting): class means of the previous epoch's object features, read and fused
             with ``selection``/``lam`` as the predicate memory (:mod:`.objects`).
+        take_object_features: sgcls/sgdet: the relation token's subject and object features are
+            the classifier's (after the object memory's fusion: the tracking output with
+            tracking, the intermediate output without) instead of the box features (the
+            original's ``-take_obj_mem_feat``).
         loss_weights: multipliers of the named losses; missing names weigh 1.
 
     Example::
@@ -158,6 +162,7 @@ class TEMPURA(SceneGraphModel):
         contrastive_weight: float = 0.0,
         object_head: str = "linear",
         object_memory: bool = False,
+        take_object_features: bool = False,
         loss_weights: Mapping[str, float] | None = None,
     ) -> None:
         if dataset not in DATASETS:
@@ -187,6 +192,10 @@ class TEMPURA(SceneGraphModel):
         if object_head not in ("linear", "gmm"):
             raise ConfigError(
                 f"tempura: object_head must be 'linear' or 'gmm', got {object_head!r}"
+            )
+        if take_object_features and mode == "predcls":
+            raise ConfigError(
+                "tempura: take_object_features needs the object classifier (sgcls, sgdet)"
             )
         if object_memory and mode == "predcls":
             raise ConfigError("tempura: object_memory needs the object classifier (sgcls, sgdet)")
@@ -221,8 +230,12 @@ class TEMPURA(SceneGraphModel):
         self.eos_coef = float(eos_coef)
         self.contrastive_weight = float(contrastive_weight)
         self.loss_weights = {name: float(weights.get(name, 1.0)) for name in names_}
+        self.take_object_features = bool(take_object_features)
+        relation_dim = object_dim
+        if self.take_object_features:  # the classifier's (fused) features: tracking or hidden
+            relation_dim = object_dim + embed_dim + pos_dim if tracking else classifier_dim
         self.relation = RelationFeatures(
-            object_dim=object_dim,
+            object_dim=relation_dim,
             union_channels=union_channels,
             num_classes=num_classes,
             proj_dim=proj_dim,
@@ -340,12 +353,15 @@ class TEMPURA(SceneGraphModel):
         pair_idx: torch.Tensor,
         im_idx: torch.Tensor,
         source: torch.Tensor | None = None,
+        object_features: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``(context, features)`` [P, token] of the pairs: ``context`` is what the heads read
         (memory fused), ``features`` the pre-fusion features the memory is built from. The
         boxes are the batch's, or with ``source`` the batch boxes ``source`` picks (sgdet
-        evaluation: copies allowed; STTran's :func:`~m3sgg.models.sttran.model.relation_tokens`)."""
-        tokens = relation_tokens(self.relation, batch, labels, pair_idx, source)
+        evaluation: copies allowed; STTran's :func:`~m3sgg.models.sttran.model.relation_tokens`);
+        ``object_features`` (one row per batch box) replace the box features
+        (``take_object_features``)."""
+        tokens = relation_tokens(self.relation, batch, labels, pair_idx, source, object_features)
         frame_start = torch.tensor(batch.frame_offsets[:-1], device=tokens.device)
         frame_start = frame_start[batch.frame_video]
         x = self.spatial(tokens, im_idx, batch.num_frames)
@@ -393,7 +409,8 @@ class TEMPURA(SceneGraphModel):
                 source, labels, scores = picked.source, picked.labels, picked.scores
                 pair_idx, im_idx = picked.pair_idx, picked.im_idx
                 out["object_distribution"] = picked.dist
-        x, _ = self.relation_context(batch, labels, pair_idx, im_idx, source)
+        taken = out["object_embedding"] if self.take_object_features else None
+        x, _ = self.relation_context(batch, labels, pair_idx, im_idx, source, taken)
         out.update(
             attention_probabilities=self.a_rel_compress(x).float(),
             spatial_distribution=self.s_rel_compress(x).float(),
@@ -420,7 +437,15 @@ class TEMPURA(SceneGraphModel):
         contacting) and, when ``uncertainty``, the heads' aleatoric and epistemic values [P, 26].
         Runs the training-phase logic; the caller puts the model in eval mode (no grad)."""
         keep = batch.relation_mask
-        x, features = self.relation_context(batch, batch.labels, batch.pair_idx, batch.im_idx)
+        taken = None
+        if self.take_object_features and self.object_classifier is not None:
+            frame = batch.boxes[:, 0].long()
+            _, taken = self.object_classifier(
+                batch.box_features, batch.boxes[:, 1:], batch.class_dists, batch.box_video, frame
+            )
+        x, features = self.relation_context(
+            batch, batch.labels, batch.pair_idx, batch.im_idx, object_features=taken
+        )
         x, features = x[keep], features[keep]
         attention = F.one_hot(batch.attention[keep].clamp(min=0), GROUP_SIZES["attention"])
         attention = attention * (batch.attention[keep] >= 0)[:, None]
