@@ -513,3 +513,46 @@ def test_take_object_features_feeds_the_classifier_features_to_the_relations(
         assert torch.equal(again.state_dict()[key], value), key
     with pytest.raises(ConfigError, match="take_object_features"):
         build_model("tempura", "action_genome", "predcls", **TINY, take_object_features=True)
+
+
+def test_linear_relation_head_by_hand(tmp_path) -> None:
+    """-rel_head linear: with zero weights, attention softmax(bias) = softmax(0, ln 2, ln 5) =
+    (1/8, 2/8, 5/8) and spatial sigmoid(ln 3) = 3/4 for every pair; the attention loss is the
+    cross-entropy of the logits (per pair -log of the labelled class's softmax)."""
+    from m3sgg.models import import_original
+
+    model = _model(relation_head="linear")
+    with torch.no_grad():
+        for head in (model.a_rel_compress, model.s_rel_compress, model.c_rel_compress):
+            head.weight.zero_()
+            head.bias.zero_()
+        model.a_rel_compress.bias.copy_(torch.tensor([0.0, math.log(2), math.log(5)]))
+        model.s_rel_compress.bias.fill_(math.log(3))
+    batch = collate(_videos())
+    out = model.eval()(batch)
+    p = batch.num_pairs
+    torch.testing.assert_close(
+        out["attention_probabilities"], torch.tensor([[1 / 8, 2 / 8, 5 / 8]]).expand(p, 3)
+    )
+    torch.testing.assert_close(out["spatial_distribution"], torch.full((p, 6), 0.75))
+    torch.testing.assert_close(out["contacting_distribution"], torch.full((p, 17), 0.5))
+    train_out = model.train()(batch)
+    per_video = []
+    for v in range(batch.num_videos):
+        rows = range(batch.pair_offsets[v], batch.pair_offsets[v + 1])
+        terms = [-math.log([1 / 8, 2 / 8, 5 / 8][int(batch.attention[i])]) for i in rows]
+        per_video.append(sum(terms) / len(terms))
+    losses = model.loss(train_out, batch)
+    torch.testing.assert_close(losses["attention"], torch.tensor(sum(per_video) / len(per_video)))
+    layout = original_checkpoint(model)
+    assert "a_rel_compress.weight" in layout["state_dict"]
+    path = tmp_path / "linear.tar"
+    torch.save(layout, path)
+    again = import_original("tempura", path, heads=4)
+    assert again.config_options["relation_head"] == "linear"
+    for key, value in model.state_dict().items():
+        assert torch.equal(again.state_dict()[key], value), key
+    with pytest.raises(ConfigError, match="relation_head"):
+        _model(relation_head="linear", memory_weighting="al")
+    with pytest.raises(ConfigError, match="relation_head"):
+        _model(relation_head="mlp")

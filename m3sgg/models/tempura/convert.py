@@ -82,7 +82,7 @@ def _classifier_keys(k: int) -> tuple[list[str], list[str], list[str], list[str]
 
 def _gmm_heads(model: Any) -> dict[str, Any]:
     """Key prefix → mixture head of ``model``: the relation heads and a mixture object head."""
-    heads = {head: getattr(model, head) for head in _HEADS}
+    heads = {head: getattr(model, head) for head in _HEADS} if model.relation_head == "gmm" else {}
     classifier = model.object_classifier
     if classifier is not None and classifier.head == "gmm":
         heads[_OBJECT_HEAD] = classifier.decoder_lin
@@ -100,7 +100,10 @@ def key_map(model: Any) -> dict[str, str | None]:
     }
     for head in _HEADS:
         for name in _LINEAR:
-            table[f"{head}.proj.{name}"] = f"{head}.proj.{name}"
+            if model.relation_head == "gmm":  # fused (convert_original)
+                table[f"{head}.proj.{name}"] = f"{head}.proj.{name}"
+            else:  # -rel_head linear: the same keys
+                table[f"{head}.{name}"] = f"{head}.{name}"
     ours, linear, gmm, tracking, memory = _classifier_keys(model.k)
     classifier = model.object_classifier
     for key in ours:
@@ -302,6 +305,8 @@ def _inferred(state: Mapping[str, torch.Tensor], mode: str, where: str) -> dict[
     )
     if k:
         inferred["k"] = k
+    if "a_rel_compress.weight" in state:
+        inferred["relation_head"] = "linear"
     joint = "glocal_transformer.mem_attention.in_proj_weight"
     separate = "glocal_transformer.mem_attention.attention.in_proj_weight"
     inferred["memory"] = "joint" if joint in state else "separate" if separate in state else None

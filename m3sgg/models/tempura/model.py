@@ -33,6 +33,7 @@ from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from m3sgg.data.collate import Batch
 from m3sgg.errors import ConfigError
@@ -114,6 +115,9 @@ class TEMPURA(SceneGraphModel):
         object_memory: sgcls/sgdet: the original's object memory (``-obj_mem_compute``, simple
             weighting): class means of the previous epoch's object features, read and fused
             with ``selection``/``lam`` as the predicate memory (:mod:`.objects`).
+        relation_head: ``"gmm"`` (the mixture heads, the recipes) or ``"linear"`` (the
+            original's ``-rel_head linear``: a Linear per group, attention softmax and
+            cross-entropy on its logits, spatial/contacting sigmoid; simple memory only).
         take_object_features: sgcls/sgdet: the relation token's subject and object features are
             the classifier's (after the object memory's fusion: the tracking output with
             tracking, the intermediate output without) instead of the box features (the
@@ -163,6 +167,7 @@ class TEMPURA(SceneGraphModel):
         object_head: str = "linear",
         object_memory: bool = False,
         take_object_features: bool = False,
+        relation_head: str = "gmm",
         loss_weights: Mapping[str, float] | None = None,
     ) -> None:
         if dataset not in DATASETS:
@@ -192,6 +197,15 @@ class TEMPURA(SceneGraphModel):
         if object_head not in ("linear", "gmm"):
             raise ConfigError(
                 f"tempura: object_head must be 'linear' or 'gmm', got {object_head!r}"
+            )
+        if relation_head not in ("gmm", "linear"):
+            raise ConfigError(
+                f"tempura: relation_head must be 'gmm' or 'linear', got {relation_head!r}"
+            )
+        if relation_head == "linear" and memory is not None and memory_weighting != "simple":
+            raise ConfigError(
+                f"tempura: memory_weighting {memory_weighting!r} needs the uncertainty of the "
+                "mixture relation heads (relation_head: gmm); the linear head has none"
             )
         if take_object_features and mode == "predcls":
             raise ConfigError(
@@ -255,9 +269,18 @@ class TEMPURA(SceneGraphModel):
             if memory is not None
             else None
         )
-        self.a_rel_compress = GMMHead(token_dim, GROUP_SIZES["attention"], k, "softmax")
-        self.s_rel_compress = GMMHead(token_dim, GROUP_SIZES["spatial"], k, "sigmoid")
-        self.c_rel_compress = GMMHead(token_dim, GROUP_SIZES["contacting"], k, "sigmoid")
+        self.relation_head = relation_head
+        self.a_rel_compress: nn.Module
+        self.s_rel_compress: nn.Module
+        self.c_rel_compress: nn.Module
+        if relation_head == "gmm":
+            self.a_rel_compress = GMMHead(token_dim, GROUP_SIZES["attention"], k, "softmax")
+            self.s_rel_compress = GMMHead(token_dim, GROUP_SIZES["spatial"], k, "sigmoid")
+            self.c_rel_compress = GMMHead(token_dim, GROUP_SIZES["contacting"], k, "sigmoid")
+        else:  # the original's -rel_head linear
+            self.a_rel_compress = nn.Linear(token_dim, GROUP_SIZES["attention"])
+            self.s_rel_compress = nn.Linear(token_dim, GROUP_SIZES["spatial"])
+            self.c_rel_compress = nn.Linear(token_dim, GROUP_SIZES["contacting"])
         self.object_classifier = (
             TempuraObjectClassifier(
                 object_dim=object_dim,
@@ -411,10 +434,8 @@ class TEMPURA(SceneGraphModel):
                 out["object_distribution"] = picked.dist
         taken = out["object_embedding"] if self.take_object_features else None
         x, _ = self.relation_context(batch, labels, pair_idx, im_idx, source, taken)
+        out.update(self._heads(x))
         out.update(
-            attention_probabilities=self.a_rel_compress(x).float(),
-            spatial_distribution=self.s_rel_compress(x).float(),
-            contacting_distribution=self.c_rel_compress(x).float(),
             boxes=batch.boxes,
             labels=batch.labels,
             scores=batch.scores,
@@ -428,6 +449,23 @@ class TEMPURA(SceneGraphModel):
             for key in (object_key, "object_embedding"):
                 out[key] = out[key][source]
         return out
+
+    def _heads(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The relation heads' outputs: probabilities; the linear head adds its attention
+        logits (``attention_logits``, what its loss reads)."""
+        if self.relation_head == "gmm":
+            return {
+                "attention_probabilities": self.a_rel_compress(x).float(),
+                "spatial_distribution": self.s_rel_compress(x).float(),
+                "contacting_distribution": self.c_rel_compress(x).float(),
+            }
+        logits = self.a_rel_compress(x).float()
+        return {
+            "attention_logits": logits,
+            "attention_probabilities": torch.softmax(logits, dim=1),
+            "spatial_distribution": torch.sigmoid(self.s_rel_compress(x).float()),
+            "contacting_distribution": torch.sigmoid(self.c_rel_compress(x).float()),
+        }
 
     def memory_inputs(
         self, batch: Batch, uncertainty: bool
@@ -493,10 +531,13 @@ class TEMPURA(SceneGraphModel):
         GT labels, per video). Needs the training-mode predictions (the given pairs)."""
         keep = batch.relation_mask
         video = batch.pair_video[keep]
-        probs = predictions["attention_probabilities"][keep]
-        per_pair = {
-            "attention": -torch.log(probs + 1e-12).gather(1, batch.attention[keep][:, None])[:, 0]
-        }
+        if self.relation_head == "gmm":  # NLL of the mixture's probabilities
+            probs = predictions["attention_probabilities"][keep]
+            attention = -torch.log(probs + 1e-12).gather(1, batch.attention[keep][:, None])[:, 0]
+        else:  # the linear head: cross-entropy of its logits
+            logits = predictions["attention_logits"][keep]
+            attention = F.cross_entropy(logits, batch.attention[keep], reduction="none")
+        per_pair = {"attention": attention}
         for group in ("spatial", "contacting"):
             p = predictions[f"{group}_distribution"][keep]
             target = getattr(batch, group)[keep].to(p.dtype)
