@@ -556,3 +556,61 @@ def test_linear_relation_head_by_hand(tmp_path) -> None:
         _model(relation_head="linear", memory_weighting="al")
     with pytest.raises(ConfigError, match="relation_head"):
         _model(relation_head="mlp")
+
+
+@pytest.mark.parametrize("weighting", ["al", "ep"])
+def test_uncertainty_weighted_relation_losses_by_hand(weighting: str) -> None:
+    """relation_loss_weighting: per group and video, pair p's loss weighs 1 + e_p / (sum_q e_q +
+    1e-12), e_p = exp(sum of its uncertainty values over the group's classes), the values the
+    eval-mode uncertainty pass gives (here a stub with known values; the model is back in
+    training mode afterwards)."""
+    model = _model(relation_loss_weighting=weighting)
+    batch = collate(_videos())
+    p = batch.num_pairs
+    torch.manual_seed(0)
+    values = {"al": torch.rand(p, 26), "ep": torch.rand(p, 26)}
+    seen = []
+
+    def stub(b, uncertainty):
+        seen.append((model.training, torch.is_grad_enabled(), uncertainty))
+        return None, None, values["al"], values["ep"]
+
+    model.memory_inputs = stub  # type: ignore[method-assign]
+    attention = torch.softmax(torch.randn(p, 3), 1)
+    spatial, contacting = torch.rand(p, 6), torch.rand(p, 17)
+    model.train()
+    losses = model.loss(
+        {
+            "attention_probabilities": attention,
+            "spatial_distribution": spatial,
+            "contacting_distribution": contacting,
+        },
+        batch,
+    )
+    assert seen == [(False, False, True)] and model.training
+    u = values[weighting]
+    columns = {"attention": range(0, 3), "spatial": range(3, 9), "contacting": range(9, 26)}
+    expected = {"attention": 0.0, "spatial": 0.0, "contacting": 0.0}
+    for v in range(batch.num_videos):
+        rows = list(range(batch.pair_offsets[v], batch.pair_offsets[v + 1]))
+        for name in expected:
+            e = {i: math.exp(sum(float(u[i, c]) for c in columns[name])) for i in rows}
+            total = sum(e.values())
+            per_pair = []
+            for i in rows:
+                if name == "attention":
+                    loss = -math.log(float(attention[i, batch.attention[i]]) + 1e-12)
+                else:
+                    probs = (spatial if name == "spatial" else contacting)[i].tolist()
+                    target = getattr(batch, name)[i].tolist()
+                    terms = [
+                        -(t * math.log(q) + (1 - t) * math.log(1 - q))
+                        for q, t in zip(probs, target, strict=True)
+                    ]
+                    loss = sum(terms) / len(terms)
+                per_pair.append((1 + e[i] / (total + 1e-12)) * loss)
+            expected[name] += sum(per_pair) / len(per_pair) / batch.num_videos
+    for name, value in expected.items():
+        assert float(losses[name]) == pytest.approx(value, rel=1e-5)
+    with pytest.raises(ConfigError, match="relation_loss_weighting"):
+        _model(relation_loss_weighting="both")

@@ -118,6 +118,10 @@ class TEMPURA(SceneGraphModel):
         relation_head: ``"gmm"`` (the mixture heads, the recipes) or ``"linear"`` (the
             original's ``-rel_head linear``: a Linear per group, attention softmax and
             cross-entropy on its logits, spatial/contacting sigmoid; simple memory only).
+        relation_loss_weighting: ``"al"`` or ``"ep"`` (the original's ``-rel_unc
+            -rel_loss_weighting``): each pair's relation losses weighted ``1 + e_p / sum_q e_q``,
+            ``e_p`` the exponential of the pair's summed aleatoric/epistemic values of the
+            group (an extra eval-mode pass in the loss); ``None`` (the recipes) unweighted.
         take_object_features: sgcls/sgdet: the relation token's subject and object features are
             the classifier's (after the object memory's fusion: the tracking output with
             tracking, the intermediate output without) instead of the box features (the
@@ -168,6 +172,7 @@ class TEMPURA(SceneGraphModel):
         object_memory: bool = False,
         take_object_features: bool = False,
         relation_head: str = "gmm",
+        relation_loss_weighting: str | None = None,
         loss_weights: Mapping[str, float] | None = None,
     ) -> None:
         if dataset not in DATASETS:
@@ -206,6 +211,16 @@ class TEMPURA(SceneGraphModel):
             raise ConfigError(
                 f"tempura: memory_weighting {memory_weighting!r} needs the uncertainty of the "
                 "mixture relation heads (relation_head: gmm); the linear head has none"
+            )
+        if relation_loss_weighting not in (None, "al", "ep"):
+            raise ConfigError(
+                "tempura: relation_loss_weighting must be 'al', 'ep' or null, got "
+                f"{relation_loss_weighting!r}"
+            )
+        if relation_loss_weighting is not None and relation_head != "gmm":
+            raise ConfigError(
+                "tempura: relation_loss_weighting needs the mixture relation heads' uncertainty "
+                "(relation_head: gmm)"
             )
         if take_object_features and mode == "predcls":
             raise ConfigError(
@@ -270,6 +285,7 @@ class TEMPURA(SceneGraphModel):
             else None
         )
         self.relation_head = relation_head
+        self.relation_loss_weighting = relation_loss_weighting
         self.a_rel_compress: nn.Module
         self.s_rel_compress: nn.Module
         self.c_rel_compress: nn.Module
@@ -519,6 +535,30 @@ class TEMPURA(SceneGraphModel):
 
     # -- losses --------------------------------------------------------------------------------
 
+    def _uncertainty_weights(self, batch: Batch, video: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``relation_loss_weighting``: per group, each pair's loss weight ``1 + e_p / (sum_q e_q
+        + 1e-12)`` with ``e_p = exp(sum_c u_pc)`` (``u``: the pair's aleatoric or epistemic
+        values over the group's classes from the uncertainty pass, eval mode, no grad) and the
+        sum over the pairs of the pair's video (the original's step: one video)."""
+        was_training = self.training
+        self.train(False)
+        try:
+            with torch.no_grad():
+                _, _, aleatoric, epistemic = self.memory_inputs(batch, uncertainty=True)
+        finally:
+            self.train(was_training)
+        values = aleatoric if self.relation_loss_weighting == "al" else epistemic
+        assert values is not None
+        weights = {}
+        start = 0
+        for group in GROUPS:
+            size = GROUP_SIZES[group]
+            e = torch.exp(values[:, start : start + size].sum(dim=1))
+            start += size
+            total = e.new_zeros(batch.num_videos).index_add(0, video, e)
+            weights[group] = 1 + e / (total[video] + 1e-12)
+        return weights
+
     def loss(
         self, predictions: Mapping[str, torch.Tensor], batch: Batch
     ) -> dict[str, torch.Tensor]:
@@ -542,6 +582,9 @@ class TEMPURA(SceneGraphModel):
             p = predictions[f"{group}_distribution"][keep]
             target = getattr(batch, group)[keep].to(p.dtype)
             per_pair[group] = F.binary_cross_entropy(p, target, reduction="none").mean(dim=1)
+        if self.relation_loss_weighting is not None:
+            for group, weight in self._uncertainty_weights(batch, video).items():
+                per_pair[group] = per_pair[group] * weight
         losses = {
             name: per_video_mean(value, video, batch.num_videos) * self.loss_weights[name]
             for name, value in per_pair.items()
