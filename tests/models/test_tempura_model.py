@@ -309,10 +309,12 @@ def test_import_reads_the_options_from_the_checkpoint(tmp_path) -> None:
     torch.testing.assert_close(model(batch), source.eval()(batch))
 
 
-def _gmm_object_model() -> TEMPURA:
+def _gmm_object_model(**options) -> TEMPURA:
     """sgcls, mixture object head K 2 depending on its biases only: component 1 says class 2
     (logit 2), component 2 class 4 (logit 3), equal weights."""
-    model = build_model("tempura", "action_genome", "sgcls", **TINY, k=2, object_head="gmm")
+    model = build_model(
+        "tempura", "action_genome", "sgcls", **TINY, k=2, object_head="gmm", **options
+    )
     head = model.object_classifier.decoder_lin
     with torch.no_grad():
         head.proj.weight.zero_()
@@ -342,6 +344,13 @@ def test_mixture_object_head_evaluation_by_hand() -> None:
     torch.testing.assert_close(out["object_distribution"], torch.stack([row, row]))
     assert out["pred_labels"].tolist() == [1, 4] and out["pair_idx"].tolist() == [[0, 1]]
     torch.testing.assert_close(out["pred_scores"], torch.stack([row[0], row[3]]))
+    # its uncertainty: aleatoric sum_k pi_k sigmoid(0) = 1/2 for every class
+    frame = batch.boxes[:, 0].long()
+    aleatoric, epistemic = model.object_classifier.uncertainty(
+        batch.box_features, batch.boxes[:, 1:], batch.class_dists, batch.box_video, frame
+    )
+    torch.testing.assert_close(aleatoric, torch.full((2, 37), 0.5))
+    assert epistemic.shape == (2, 37) and bool((epistemic > 0).any())
 
 
 def test_mixture_object_head_loss_by_hand() -> None:
@@ -614,3 +623,48 @@ def test_uncertainty_weighted_relation_losses_by_hand(weighting: str) -> None:
         assert float(losses[name]) == pytest.approx(value, rel=1e-5)
     with pytest.raises(ConfigError, match="relation_loss_weighting"):
         _model(relation_loss_weighting="both")
+
+
+@pytest.mark.parametrize("weighting", ["al", "ep"])
+def test_uncertainty_weighted_object_loss_by_hand(weighting: str) -> None:
+    """object_loss_weighting: box b's object loss weighs 1 + e_b / sum_c e_c (its video's
+    boxes; no epsilon), e_b = exp(sum of its values over the 37 classes) from the eval-mode
+    uncertainty of the mixture object head (a stub here)."""
+    model = _gmm_object_model(object_loss_weighting=weighting, eos_coef=0.5)
+    batch = collate(_videos())
+    batch.object_targets[0] = 0
+    n = batch.num_boxes
+    torch.manual_seed(0)
+    values = {"al": torch.rand(n, 37) * 0.2, "ep": torch.rand(n, 37) * 0.1}
+    seen = []
+
+    def stub(*inputs):
+        seen.append((model.training, torch.is_grad_enabled()))
+        return values["al"], values["ep"]
+
+    model.object_classifier.uncertainty = stub  # type: ignore[method-assign]
+    probs = torch.softmax(torch.randn(n, 37), 1)
+    predictions = {
+        "attention_probabilities": torch.full((batch.num_pairs, 3), 1 / 3),
+        "spatial_distribution": torch.full((batch.num_pairs, 6), 0.5),
+        "contacting_distribution": torch.full((batch.num_pairs, 17), 0.5),
+        "object_probabilities": probs,
+        "object_embedding": torch.randn(n, 8),
+    }
+    model.train()
+    loss = model.loss(predictions, batch)["object"]
+    assert seen == [(False, False)] and model.training
+    expected = 0.0
+    for v in range(batch.num_videos):
+        rows = list(range(batch.box_offsets[v], batch.box_offsets[v + 1]))
+        e = {b: math.exp(float(values[weighting][b].sum())) for b in rows}
+        total = sum(e.values())
+        terms = []
+        for b in rows:
+            t = int(batch.object_targets[b])
+            nll = -(0.5 if t == 0 else 1.0) * math.log(float(probs[b, t]) + 1e-12)
+            terms.append((1 + e[b] / total) * nll)
+        expected += sum(terms) / len(terms) / batch.num_videos
+    assert float(loss) == pytest.approx(expected, rel=1e-5)
+    with pytest.raises(ConfigError, match="object_loss_weighting"):
+        build_model("tempura", "action_genome", "sgcls", **TINY, object_loss_weighting="al")

@@ -122,6 +122,10 @@ class TEMPURA(SceneGraphModel):
             -rel_loss_weighting``): each pair's relation losses weighted ``1 + e_p / sum_q e_q``,
             ``e_p`` the exponential of the pair's summed aleatoric/epistemic values of the
             group (an extra eval-mode pass in the loss); ``None`` (the recipes) unweighted.
+        object_loss_weighting: sgcls/sgdet with ``object_head: gmm``: ``"al"`` or ``"ep"`` (the
+            original's ``-obj_unc -obj_loss_weighting``): each box's object loss weighted
+            ``1 + e_b / sum_c e_c``, ``e_b`` the exponential of the box's summed uncertainty
+            values over the classes (its video's boxes in the sum); ``None`` unweighted.
         take_object_features: sgcls/sgdet: the relation token's subject and object features are
             the classifier's (after the object memory's fusion: the tracking output with
             tracking, the intermediate output without) instead of the box features (the
@@ -173,6 +177,7 @@ class TEMPURA(SceneGraphModel):
         take_object_features: bool = False,
         relation_head: str = "gmm",
         relation_loss_weighting: str | None = None,
+        object_loss_weighting: str | None = None,
         loss_weights: Mapping[str, float] | None = None,
     ) -> None:
         if dataset not in DATASETS:
@@ -221,6 +226,16 @@ class TEMPURA(SceneGraphModel):
             raise ConfigError(
                 "tempura: relation_loss_weighting needs the mixture relation heads' uncertainty "
                 "(relation_head: gmm)"
+            )
+        if object_loss_weighting not in (None, "al", "ep"):
+            raise ConfigError(
+                "tempura: object_loss_weighting must be 'al', 'ep' or null, got "
+                f"{object_loss_weighting!r}"
+            )
+        if object_loss_weighting is not None and (mode == "predcls" or object_head != "gmm"):
+            raise ConfigError(
+                "tempura: object_loss_weighting needs the mixture object head's uncertainty "
+                "(sgcls/sgdet, object_head: gmm)"
             )
         if take_object_features and mode == "predcls":
             raise ConfigError(
@@ -286,6 +301,7 @@ class TEMPURA(SceneGraphModel):
         )
         self.relation_head = relation_head
         self.relation_loss_weighting = relation_loss_weighting
+        self.object_loss_weighting = object_loss_weighting
         self.a_rel_compress: nn.Module
         self.s_rel_compress: nn.Module
         self.c_rel_compress: nn.Module
@@ -535,6 +551,33 @@ class TEMPURA(SceneGraphModel):
 
     # -- losses --------------------------------------------------------------------------------
 
+    def _object_uncertainty_weights(self, batch: Batch, keep: torch.Tensor) -> torch.Tensor:
+        """``object_loss_weighting``: each kept box's weight ``1 + e_b / sum_c e_c`` (the sum
+        over the kept boxes of its video; no epsilon, as the original), ``e_b = exp`` of the
+        mixture head's aleatoric or epistemic values summed over the classes, from an eval-mode,
+        no-grad pass (the training-phase logic: the given boxes)."""
+        classifier = self.object_classifier
+        assert classifier is not None and batch.class_dists is not None
+        was_training = self.training
+        self.train(False)
+        try:
+            with torch.no_grad():
+                frame = batch.boxes[:, 0].long()
+                aleatoric, epistemic = classifier.uncertainty(
+                    batch.box_features,
+                    batch.boxes[:, 1:],
+                    batch.class_dists,
+                    batch.box_video,
+                    frame,
+                )
+        finally:
+            self.train(was_training)
+        values = (aleatoric if self.object_loss_weighting == "al" else epistemic)[keep]
+        e = torch.exp(values.float().sum(dim=1))
+        video = batch.box_video[keep]
+        total = e.new_zeros(batch.num_videos).index_add(0, video, e)
+        return 1 + e / total[video]
+
     def _uncertainty_weights(self, batch: Batch, video: torch.Tensor) -> dict[str, torch.Tensor]:
         """``relation_loss_weighting``: per group, each pair's loss weight ``1 + e_p / (sum_q e_q
         + 1e-12)`` with ``e_p = exp(sum_c u_pc)`` (``u``: the pair's aleatoric or epistemic
@@ -607,6 +650,8 @@ class TEMPURA(SceneGraphModel):
                     reduction="none",
                 )
             box_video = batch.box_video[keep_box]
+            if self.object_loss_weighting is not None:
+                per_box = per_box * self._object_uncertainty_weights(batch, keep_box)
             losses["object"] = (
                 per_video_mean(per_box, box_video, batch.num_videos) * self.loss_weights["object"]
             )

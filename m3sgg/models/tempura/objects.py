@@ -138,6 +138,31 @@ class TempuraObjectClassifier(nn.Module):
             return self.tracker(x, sequence, rank)
         return self.intermediate(x)
 
+    def _head_input(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(decoder input, embedding)``: the features through the object memory's fusion and,
+        with tracking, ``intermediate``."""
+        x = self.memory_features(*inputs)
+        if self.memory_fusion is not None:
+            x = self.memory_fusion(x)
+        embedding = x  # the original's object_mem_features (what the contrastive loss reads)
+        if self.tracker is not None:
+            x = self.intermediate(x)
+        return x, embedding
+
+    def uncertainty(
+        self,
+        box_features: torch.Tensor,
+        boxes: torch.Tensor,
+        class_dists: torch.Tensor,
+        box_video: torch.Tensor,
+        box_frame: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The mixture head's aleatoric and epistemic values [N, C] of the boxes."""
+        if self.head != "gmm":
+            raise ValueError("only the mixture object head has uncertainty values")
+        x, _ = self._head_input(box_features, boxes, class_dists, box_video, box_frame)
+        return self.decoder_lin.uncertainty(x)  # type: ignore[operator]
+
     def forward(
         self,
         box_features: torch.Tensor,
@@ -146,12 +171,7 @@ class TempuraObjectClassifier(nn.Module):
         box_video: torch.Tensor,
         box_frame: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        x = self.memory_features(box_features, boxes, class_dists, box_video, box_frame)
-        if self.memory_fusion is not None:
-            x = self.memory_fusion(x)
-        embedding = x  # the original's object_mem_features (what the contrastive loss reads)
-        if self.tracker is not None:
-            x = self.intermediate(x)
+        x, embedding = self._head_input(box_features, boxes, class_dists, box_video, box_frame)
         if self.head == "gmm":
             return self.decoder_lin(x, from_class=1), embedding
         return self.decoder_lin(x), embedding
