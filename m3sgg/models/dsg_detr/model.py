@@ -52,7 +52,7 @@ from m3sgg.models.matching import HungarianMatcher
 from m3sgg.models.registry import register_model
 from m3sgg.models.sttran.classifier import ObjectClassifier, center_size, label_boxes
 from m3sgg.models.sttran.model import sttran_losses
-from m3sgg.models.sttran.postprocess import person_pairs, sgdet_boxes
+from m3sgg.models.sttran.postprocess import box_predictions, person_pairs, sgdet_boxes
 from m3sgg.models.sttran.relation import RelationFeatures
 from m3sgg.vocab import GROUP_SIZES, NUM_AG_CLASSES
 
@@ -312,15 +312,7 @@ class DSGDETR(SceneGraphModel):
             onehot = F.one_hot(batch.labels - 1, self.num_classes - 1)
             features = self.encode_objects(batch, onehot)
             out = self.relations(batch, features, batch.labels, batch.pair_idx, batch.im_idx)
-            out.update(
-                boxes=batch.boxes,
-                labels=batch.labels,
-                scores=batch.scores,
-                pred_labels=batch.labels,
-                pred_scores=batch.scores,
-                im_idx=batch.im_idx,
-                pair_idx=batch.pair_idx,
-            )
+            out.update(box_predictions(batch))
             return out
         features = self.encode_objects(batch, batch.class_dists)
         logits = self.object_classifier.decoder_lin(features)
@@ -329,30 +321,14 @@ class DSGDETR(SceneGraphModel):
         if self.training:
             pred_labels = logits[:, 1:].argmax(1) + 1
             out = self.relations(batch, features, pred_labels, batch.pair_idx, batch.im_idx)
-            out.update(
-                object_logits=logits,
-                boxes=batch.boxes,
-                labels=batch.labels,
-                scores=batch.scores,
-                pred_labels=pred_labels,
-                pred_scores=torch.softmax(logits.float(), 1).gather(1, pred_labels[:, None])[:, 0],
-                im_idx=batch.im_idx,
-                pair_idx=batch.pair_idx,
-            )
+            pred_scores = torch.softmax(logits.float(), 1).gather(1, pred_labels[:, None])[:, 0]
+            out.update(box_predictions(batch, pred_labels, pred_scores), object_logits=logits)
             return out
         box_frame = batch.boxes[:, 0].long()
         _, pred_labels, pred_scores, human = label_boxes(logits, box_frame, batch.num_frames)
         pair_idx, im_idx = person_pairs(pred_labels, human, box_frame)
         out = self.relations(batch, features, pred_labels, pair_idx, im_idx)
-        out.update(
-            boxes=batch.boxes,
-            labels=batch.labels,
-            scores=batch.scores,
-            pred_labels=pred_labels,
-            pred_scores=pred_scores,
-            im_idx=im_idx,
-            pair_idx=pair_idx,
-        )
+        out.update(box_predictions(batch, pred_labels, pred_scores, pair_idx, im_idx))
         return out
 
     def _sgdet(self, batch: Batch, features: Tensor, logits: Tensor) -> dict[str, Tensor]:
@@ -363,16 +339,7 @@ class DSGDETR(SceneGraphModel):
         person pick, pairs), and the kept boxes are related with their encoded tokens."""
         if self.training:
             out = self.relations(batch, features, batch.labels, batch.pair_idx, batch.im_idx)
-            out.update(
-                object_logits=logits,
-                boxes=batch.boxes,
-                labels=batch.labels,
-                scores=batch.scores,
-                pred_labels=batch.labels,
-                pred_scores=batch.scores,
-                im_idx=batch.im_idx,
-                pair_idx=batch.pair_idx,
-            )
+            out.update(box_predictions(batch), object_logits=logits)
             return out
         dist = torch.softmax(logits.float(), dim=1)[:, 1:]
         picked = sgdet_boxes(batch.boxes[:, 1:], batch.boxes[:, 0].long(), dist, batch.num_frames)
@@ -384,16 +351,7 @@ class DSGDETR(SceneGraphModel):
             picked.im_idx,
             source=picked.source,
         )
-        out.update(
-            boxes=batch.boxes[picked.source],
-            labels=picked.labels,
-            scores=picked.scores,
-            pred_labels=picked.labels,
-            pred_scores=picked.scores,
-            im_idx=picked.im_idx,
-            pair_idx=picked.pair_idx,
-            object_distribution=picked.dist,
-        )
+        out.update(picked.predictions(batch.boxes))
         return out
 
     # -- losses --------------------------------------------------------------------------------

@@ -46,7 +46,7 @@ from m3sgg.errors import ConfigError
 from m3sgg.models.base import AG_PREDICTION_KEYS, SceneGraphModel
 from m3sgg.models.registry import register_model
 from m3sgg.models.sttran.classifier import ObjectClassifier, label_boxes
-from m3sgg.models.sttran.postprocess import person_pairs, sgdet_boxes
+from m3sgg.models.sttran.postprocess import box_predictions, person_pairs, sgdet_boxes
 from m3sgg.models.sttran.relation import RelationFeatures, class_word_vectors
 from m3sgg.models.sttran.transformer import SpatialEncoder, TemporalDecoder
 from m3sgg.vocab import AG_OBJECT_CLASSES, GROUP_SIZES, NUM_AG_CLASSES
@@ -307,15 +307,7 @@ class STTran(SceneGraphModel):
                 pair_idx, im_idx = person_pairs(labels, human, frame)
         out.update(self.relations(batch, labels, pair_idx, im_idx))
         out.pop("context")
-        out.update(
-            boxes=batch.boxes,
-            labels=batch.labels,
-            scores=batch.scores,
-            pred_labels=labels,
-            pred_scores=scores,
-            im_idx=im_idx,
-            pair_idx=pair_idx,
-        )
+        out.update(box_predictions(batch, labels, scores, pair_idx, im_idx))
         return out
 
     def _sgdet_evaluation(self, batch: Batch) -> dict[str, torch.Tensor]:
@@ -331,16 +323,7 @@ class STTran(SceneGraphModel):
             batch, picked.labels, picked.pair_idx, picked.im_idx, source=picked.source
         )
         out.pop("context")
-        out.update(
-            boxes=batch.boxes[picked.source],
-            labels=picked.labels,
-            scores=picked.scores,
-            pred_labels=picked.labels,
-            pred_scores=picked.scores,
-            im_idx=picked.im_idx,
-            pair_idx=picked.pair_idx,
-            object_distribution=picked.dist,
-        )
+        out.update(picked.predictions(batch.boxes))
         return out
 
     # -- losses ----------------------------------------------------------------------------------

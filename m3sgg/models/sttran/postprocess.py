@@ -13,18 +13,30 @@ does not use its classifier's weights: from the detector's distributions over cl
 4. pairs (the frame's person, every box not labelled person), in box order.
 
 :func:`sgdet_boxes` does this for a whole batch at once; ``source`` maps every kept box back to
-its detection (its box, feature and union-table row).
+its detection (its box, feature and union-table row), and :meth:`SgdetBoxes.predictions` gives
+the metric's keys for them. :func:`box_predictions` gives those keys for predictions on the
+batch's own boxes (predcls, sgcls, sgdet training).
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 
 from m3sgg.ops.nms import nms
 
-__all__ = ["CLEAN_CLASSES", "NMS_THRESHOLD", "SgdetBoxes", "sgdet_boxes"]
+if TYPE_CHECKING:
+    from m3sgg.data.collate import Batch
+
+__all__ = [
+    "CLEAN_CLASSES",
+    "NMS_THRESHOLD",
+    "SgdetBoxes",
+    "box_predictions",
+    "person_pairs",
+    "sgdet_boxes",
+]
 
 #: The classes ``clean_class`` duplicates, in the original's order.
 CLEAN_CLASSES = (5, 8, 17)
@@ -51,6 +63,44 @@ class SgdetBoxes(NamedTuple):
     scores: torch.Tensor
     pair_idx: torch.Tensor
     im_idx: torch.Tensor
+
+    def predictions(self, boxes: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The metric's box and pair keys (``docs/metrics.md``) for these boxes: ``boxes`` (the
+        rows of the batch's ``boxes`` ``[N, 5]`` they are copies of), ``labels``/``scores`` and
+        ``pred_labels``/``pred_scores`` (both the predicted ones: detections have no given
+        class), ``im_idx``, ``pair_idx`` and ``object_distribution``."""
+        return {
+            "boxes": boxes[self.source],
+            "labels": self.labels,
+            "scores": self.scores,
+            "pred_labels": self.labels,
+            "pred_scores": self.scores,
+            "im_idx": self.im_idx,
+            "pair_idx": self.pair_idx,
+            "object_distribution": self.dist,
+        }
+
+
+def box_predictions(
+    batch: Batch,
+    pred_labels: torch.Tensor | None = None,
+    pred_scores: torch.Tensor | None = None,
+    pair_idx: torch.Tensor | None = None,
+    im_idx: torch.Tensor | None = None,
+) -> dict[str, torch.Tensor]:
+    """The metric's box and pair keys (``docs/metrics.md``) for predictions on the batch's own
+    boxes: ``boxes``, ``labels`` and ``scores`` as given, ``pred_labels``/``pred_scores`` (the
+    given labels and scores unless predicted ones are passed) and the pairs ``pair_idx``/
+    ``im_idx`` (the batch's unless re-formed ones are passed)."""
+    return {
+        "boxes": batch.boxes,
+        "labels": batch.labels,
+        "scores": batch.scores,
+        "pred_labels": batch.labels if pred_labels is None else pred_labels,
+        "pred_scores": batch.scores if pred_scores is None else pred_scores,
+        "im_idx": batch.im_idx if im_idx is None else im_idx,
+        "pair_idx": batch.pair_idx if pair_idx is None else pair_idx,
+    }
 
 
 def sgdet_boxes(
