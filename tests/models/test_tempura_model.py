@@ -668,3 +668,33 @@ def test_uncertainty_weighted_object_loss_by_hand(weighting: str) -> None:
     assert float(loss) == pytest.approx(expected, rel=1e-5)
     with pytest.raises(ConfigError, match="object_loss_weighting"):
         build_model("tempura", "action_genome", "sgcls", **TINY, object_loss_weighting="al")
+
+
+def test_empty_frame_relabel_by_hand() -> None:
+    """Video 0 (frames 0-2) has no detection in frame 1, before its last detected frame: its
+    first kept box (A, an object of frame 0) becomes a person with its person probability, and
+    its pair (B, A) goes. Video 1 (frames 3-4) has none in frame 4, after its last detected
+    frame: unchanged."""
+    from m3sgg.models.sttran.postprocess import SgdetBoxes
+    from m3sgg.models.tempura.postprocess import empty_frame_relabel
+
+    dist = torch.rand(6, 36)
+    picked = SgdetBoxes(
+        source=torch.arange(6),
+        frame=torch.tensor([0, 0, 2, 2, 3, 3]),
+        dist=dist,
+        labels=torch.tensor([5, 1, 1, 7, 1, 3]),
+        scores=torch.full((6,), 0.5),
+        pair_idx=torch.tensor([[1, 0], [2, 3], [4, 5]]),
+        im_idx=torch.tensor([0, 2, 3]),
+    )
+    detection_frame = torch.tensor([0, 0, 2, 2, 3, 3])
+    out = empty_frame_relabel(picked, detection_frame, torch.tensor([0, 0, 0, 1, 1]))
+    assert out.labels.tolist() == [1, 1, 1, 7, 1, 3]
+    assert out.scores[0] == dist[0, 0] and out.scores[1:].tolist() == [0.5] * 5
+    assert out.pair_idx.tolist() == [[2, 3], [4, 5]] and out.im_idx.tolist() == [2, 3]
+    assert torch.equal(out.source, picked.source) and torch.equal(out.dist, dist)
+    untouched = empty_frame_relabel(
+        picked, torch.tensor([0, 0, 1, 2, 3, 3]), torch.tensor([0] * 3 + [1] * 2)
+    )
+    assert untouched is picked  # no frame without detections before a video's last one

@@ -48,6 +48,7 @@ from m3sgg.models.tempura.gmm import GMMHead
 from m3sgg.models.tempura.losses import contrastive_loss
 from m3sgg.models.tempura.memory import WEIGHTINGS, MemoryAccumulator, MemoryFusion
 from m3sgg.models.tempura.objects import TempuraObjectClassifier
+from m3sgg.models.tempura.postprocess import empty_frame_relabel
 from m3sgg.vocab import AG_OBJECT_CLASSES, GROUP_SIZES, NUM_AG_CLASSES
 
 __all__ = ["TEMPURA", "TEMPURA_PREDICTION_KEYS"]
@@ -461,6 +462,7 @@ class TEMPURA(SceneGraphModel):
                 picked = sgdet_boxes(
                     batch.boxes[:, 1:], frame, dist, batch.num_frames, labels=batch.labels
                 )
+                picked = empty_frame_relabel(picked, frame, batch.frame_video)
                 source, labels, scores = picked.source, picked.labels, picked.scores
                 pair_idx, im_idx = picked.pair_idx, picked.im_idx
                 out["object_distribution"] = picked.dist
