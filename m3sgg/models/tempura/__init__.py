@@ -10,6 +10,10 @@ One concept per module:
   pass, memory rebuild);
 - :mod:`~m3sgg.models.tempura.losses`: attention NLL, object cross-entropy with the background
   weight, the object contrastive loss;
+- :mod:`~m3sgg.models.tempura.objects`: the object classifier (tracking encoder, mixture head,
+  object memory);
+- :mod:`~m3sgg.models.tempura.postprocess`: the original's sgdet relabelling for frames without
+  detections;
 - :mod:`~m3sgg.models.tempura.convert`: the original's checkpoints
   (``import_original("tempura", ...)``).
 """
