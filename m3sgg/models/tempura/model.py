@@ -41,7 +41,7 @@ from m3sgg.models.base import SceneGraphModel
 from m3sgg.models.registry import register_model
 from m3sgg.models.sttran.classifier import label_distribution
 from m3sgg.models.sttran.model import per_video_mean, relation_tokens
-from m3sgg.models.sttran.postprocess import person_pairs, sgdet_boxes
+from m3sgg.models.sttran.postprocess import SgdetBoxes, box_predictions, person_pairs, sgdet_boxes
 from m3sgg.models.sttran.relation import RelationFeatures, class_word_vectors
 from m3sgg.models.sttran.transformer import SpatialEncoder, TemporalDecoder
 from m3sgg.models.tempura.gmm import GMMHead
@@ -437,7 +437,7 @@ class TEMPURA(SceneGraphModel):
         out: dict[str, torch.Tensor] = {}
         labels, scores = batch.labels, batch.scores
         pair_idx, im_idx = batch.pair_idx, batch.im_idx
-        source = None
+        picked: SgdetBoxes | None = None
         if self.object_classifier is not None:  # as STTran's, with TEMPURA's classifier
             if batch.class_dists is None:
                 raise ConfigError(
@@ -463,25 +463,17 @@ class TEMPURA(SceneGraphModel):
                     batch.boxes[:, 1:], frame, dist, batch.num_frames, labels=batch.labels
                 )
                 picked = empty_frame_relabel(picked, frame, batch.frame_video)
-                source, labels, scores = picked.source, picked.labels, picked.scores
-                pair_idx, im_idx = picked.pair_idx, picked.im_idx
-                out["object_distribution"] = picked.dist
+                labels, pair_idx, im_idx = picked.labels, picked.pair_idx, picked.im_idx
         taken = out["object_embedding"] if self.take_object_features else None
+        source = None if picked is None else picked.source
         x, _ = self.relation_context(batch, labels, pair_idx, im_idx, source, taken)
         out.update(self._heads(x))
-        out.update(
-            boxes=batch.boxes,
-            labels=batch.labels,
-            scores=batch.scores,
-            pred_labels=labels,
-            pred_scores=scores,
-            im_idx=im_idx,
-            pair_idx=pair_idx,
-        )
-        if source is not None:  # sgdet evaluation: the kept boxes (copies included)
-            out.update(boxes=batch.boxes[source], labels=labels, scores=scores)
+        if picked is None:
+            out.update(box_predictions(batch, labels, scores, pair_idx, im_idx))
+        else:  # sgdet evaluation: the kept boxes (copies included)
+            out.update(picked.predictions(batch.boxes))
             for key in (object_key, "object_embedding"):
-                out[key] = out[key][source]
+                out[key] = out[key][picked.source]
         return out
 
     def _heads(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
