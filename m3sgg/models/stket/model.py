@@ -60,7 +60,7 @@ from m3sgg.models.stket.decoders import EnsembleDecoder, SpatialPriorEncoder, Te
 from m3sgg.models.stket.priors import load_priors
 from m3sgg.models.sttran.classifier import ObjectClassifier, label_boxes
 from m3sgg.models.sttran.model import _index_targets, per_video_mean, relation_tokens
-from m3sgg.models.sttran.postprocess import person_pairs, sgdet_boxes
+from m3sgg.models.sttran.postprocess import SgdetBoxes, box_predictions, person_pairs, sgdet_boxes
 from m3sgg.models.sttran.relation import RelationFeatures
 from m3sgg.vocab import GROUP_SIZES, NUM_AG_CLASSES
 
@@ -301,7 +301,7 @@ class STKET(SceneGraphModel):
         out: dict[str, torch.Tensor] = {}
         labels, box_scores = batch.labels, batch.scores
         pair_idx, frame = batch.pair_idx, batch.im_idx
-        source = None  # sgdet evaluation: the detection each kept box is (a copy of)
+        picked: SgdetBoxes | None = None  # sgdet evaluation: the kept boxes (copies included)
         scores = None  # training and predcls: the latest relation of a label and frame wins
         if self.mode == "sgdet" and not self.training:
             if batch.class_dists is None:
@@ -309,10 +309,8 @@ class STKET(SceneGraphModel):
             picked = sgdet_boxes(
                 batch.boxes[:, 1:], batch.boxes[:, 0].long(), batch.class_dists, batch.num_frames
             )
-            source, labels, box_scores = picked.source, picked.labels, picked.scores
-            pair_idx, frame = picked.pair_idx, picked.im_idx
-            out["object_distribution"] = picked.dist
-            scores = box_scores[pair_idx[:, 1]]  # the best-scoring object holds the state
+            labels, pair_idx, frame = picked.labels, picked.pair_idx, picked.im_idx
+            scores = picked.scores[pair_idx[:, 1]]  # the best-scoring object holds the state
         elif self.object_classifier is not None:
             if batch.class_dists is None:
                 raise ConfigError(
@@ -329,6 +327,7 @@ class STKET(SceneGraphModel):
                 out["object_distribution"] = dist
                 pair_idx, frame = person_pairs(labels, human, box_frame)
                 scores = box_scores[pair_idx[:, 1]]  # the best-scoring object holds the state
+        source = None if picked is None else picked.source
         tokens = relation_tokens(self.relation, batch, labels, pair_idx, source)
         label = labels[pair_idx[:, 1]]
         gt_contacts = batch.contacting if self.mode == "predcls" else None
@@ -356,16 +355,10 @@ class STKET(SceneGraphModel):
         for head, values in heads.items():
             out.update({f"{head}/{key}": value for key, value in values.items()})
         out.update(heads[self.rank_head])
-        kept = slice(None) if source is None else source
-        out.update(
-            boxes=batch.boxes[kept],
-            labels=batch.labels if source is None else labels,
-            scores=batch.scores if source is None else box_scores,
-            pred_labels=labels,
-            pred_scores=box_scores,
-            im_idx=frame,
-            pair_idx=pair_idx,
-        )
+        if picked is None:
+            out.update(box_predictions(batch, labels, box_scores, pair_idx, frame))
+        else:
+            out.update(picked.predictions(batch.boxes))
         return out
 
     def loss(
