@@ -105,6 +105,7 @@ class DSGDETR(SceneGraphModel):
     prediction_keys: ClassVar[tuple[str, ...]] = AG_PREDICTION_KEYS
     supported_datasets: ClassVar[frozenset[str]] = DATASETS
     supported_modes: ClassVar[frozenset[str]] = MODES
+    model_name: ClassVar[str] = "dsg_detr"
 
     def __init__(
         self,
@@ -290,24 +291,13 @@ class DSGDETR(SceneGraphModel):
 
     # -- forward -------------------------------------------------------------------------------
 
-    @property
-    def train_section(self) -> str:
-        """The section training batches come from: ``"det_train"`` in sgdet (detections with
-        assigned labels and the missed GT boxes supplied, as STTran), else the input section."""
-        return "det_train" if self.mode == "sgdet" else self.input_section
-
     def forward(self, batch: Batch) -> dict[str, Tensor]:
         """Predictions with batch-level indices (the metric keys of ``docs/metrics.md``); in
         sgcls and sgdet training also ``object_logits`` ``[N, C]`` for the object loss. sgdet
         evaluation predicts on the boxes :func:`~m3sgg.models.sttran.postprocess.sgdet_boxes`
         keeps from the classifier's distributions (``boxes``, ``labels``, ``scores``, the
         ``pred_*`` keys and ``object_distribution`` per kept box)."""
-        wanted = self.train_section if self.training else self.input_section
-        if batch.section != wanted:
-            raise ConfigError(
-                f"dsg_detr in {self.mode} ({'training' if self.training else 'evaluation'}) "
-                f"needs batches collated with section={wanted!r}, got {batch.section!r}"
-            )
+        self.check_section(batch)
         if self.mode == "predcls":
             onehot = F.one_hot(batch.labels - 1, self.num_classes - 1)
             features = self.encode_objects(batch, onehot)

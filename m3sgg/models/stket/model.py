@@ -108,6 +108,7 @@ class STKET(SceneGraphModel):
     supported_datasets: ClassVar[frozenset[str]] = DATASETS
     supported_modes: ClassVar[frozenset[str]] = MODES
     output_heads: tuple[str, ...] = HEADS
+    model_name: ClassVar[str] = "stket"
 
     def __init__(
         self,
@@ -272,13 +273,6 @@ class STKET(SceneGraphModel):
             "contacting_distribution": torch.sigmoid(layers[2](x).float()),
         }
 
-    @property
-    def train_section(self) -> str:
-        """The section training batches come from: ``"det_train"`` in sgdet (as STTran's:
-        detections with assigned labels, the missed GT boxes supplied), else the input
-        section."""
-        return "det_train" if self.mode == "sgdet" else self.input_section
-
     def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
         """Predictions with batch-level indices: the metric keys (the rank head's), and
         ``"<head>/<key>"`` for the heads spatial, temporal, ensemble, spatial_prior and
@@ -292,12 +286,7 @@ class STKET(SceneGraphModel):
         heads and the ensemble decoder), so here the temporal decoder runs once, on the last
         spatial features: the same function. The spatial prior does not depend on the pass.
         """
-        wanted = self.train_section if self.training else self.input_section
-        if batch.section != wanted:
-            raise ConfigError(
-                f"stket in {self.mode} ({'training' if self.training else 'evaluation'}) needs "
-                f"batches collated with section={wanted!r}, got {batch.section!r}"
-            )
+        self.check_section(batch)
         out: dict[str, torch.Tensor] = {}
         labels, box_scores = batch.labels, batch.scores
         pair_idx, frame = batch.pair_idx, batch.im_idx

@@ -106,6 +106,7 @@ class STTran(SceneGraphModel):
     prediction_keys: ClassVar[tuple[str, ...]] = AG_PREDICTION_KEYS
     supported_datasets: ClassVar[frozenset[str]] = DATASETS
     supported_modes: ClassVar[frozenset[str]] = MODES
+    model_name: ClassVar[str] = "sttran"
 
     def __init__(
         self,
@@ -233,21 +234,6 @@ class STTran(SceneGraphModel):
 
     # -- forward ---------------------------------------------------------------------------------
 
-    @property
-    def train_section(self) -> str:
-        """The section training batches come from: ``"det_train"`` in sgdet (the original's
-        training inputs: detections with assigned labels and the missed GT boxes supplied),
-        else the input section."""
-        return "det_train" if self.mode == "sgdet" else self.input_section
-
-    def _check_batch(self, batch: Batch) -> None:
-        wanted = self.train_section if self.training else self.input_section
-        if batch.section != wanted:
-            raise ConfigError(
-                f"sttran in {self.mode} ({'training' if self.training else 'evaluation'}) needs "
-                f"batches collated with section={wanted!r}, got {batch.section!r}"
-            )
-
     def relations(
         self,
         batch: Batch,
@@ -284,7 +270,7 @@ class STTran(SceneGraphModel):
         and ``object_distribution`` ``[N, num_classes - 1]`` is the softmax over classes 1..
         after the duplicate relabelling.
         """
-        self._check_batch(batch)
+        self.check_section(batch)
         if self.mode == "sgdet" and not self.training:
             return self._sgdet_evaluation(batch)
         out: dict[str, torch.Tensor] = {}

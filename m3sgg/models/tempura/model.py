@@ -143,6 +143,7 @@ class TEMPURA(SceneGraphModel):
     prediction_keys: ClassVar[tuple[str, ...]] = TEMPURA_PREDICTION_KEYS
     supported_datasets: ClassVar[frozenset[str]] = DATASETS
     supported_modes: ClassVar[frozenset[str]] = MODES
+    model_name: ClassVar[str] = "tempura"
 
     def __init__(
         self,
@@ -385,20 +386,6 @@ class TEMPURA(SceneGraphModel):
 
     # -- forward -------------------------------------------------------------------------------
 
-    @property
-    def train_section(self) -> str:
-        """The section training batches come from: ``"det_train"`` in sgdet (as STTran's),
-        else the input section."""
-        return "det_train" if self.mode == "sgdet" else self.input_section
-
-    def _check_batch(self, batch: Batch) -> None:
-        wanted = self.train_section if self.training else self.input_section
-        if batch.section != wanted:
-            raise ConfigError(
-                f"tempura in {self.mode} ({'training' if self.training else 'evaluation'}) "
-                f"needs batches collated with section={wanted!r}, got {batch.section!r}"
-            )
-
     def _fuse(self, x: torch.Tensor) -> torch.Tensor:
         return x if self.memory_fusion is None else self.memory_fusion(x)
 
@@ -433,7 +420,7 @@ class TEMPURA(SceneGraphModel):
     def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
         """Predictions with batch-level indices (``docs/metrics.md``), attention as
         ``attention_probabilities``; sampled mixtures in training, their means in evaluation."""
-        self._check_batch(batch)
+        self.check_section(batch)
         out: dict[str, torch.Tensor] = {}
         labels, scores = batch.labels, batch.scores
         pair_idx, im_idx = batch.pair_idx, batch.im_idx
