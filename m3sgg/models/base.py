@@ -32,7 +32,7 @@ plugin may bring any module with these members. Register the factory with
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, ClassVar, Protocol, runtime_checkable
 
 import torch
@@ -43,7 +43,7 @@ from m3sgg.errors import ConfigError
 if TYPE_CHECKING:
     from m3sgg.data.collate import Batch
 
-__all__ = ["AG_PREDICTION_KEYS", "ModelProtocol", "SceneGraphModel"]
+__all__ = ["AG_PREDICTION_KEYS", "ModelProtocol", "SceneGraphModel", "resolve_loss_weights"]
 
 #: Keys an Action Genome model's predictions carry for the metrics (``docs/metrics.md``).
 AG_PREDICTION_KEYS: tuple[str, ...] = (
@@ -58,6 +58,21 @@ AG_PREDICTION_KEYS: tuple[str, ...] = (
     "spatial_distribution",
     "contacting_distribution",
 )
+
+
+def resolve_loss_weights(
+    model: str, loss_weights: Mapping[str, float] | None, names: Sequence[str]
+) -> dict[str, float]:
+    """The multiplier of each loss in ``names`` (``loss_weights``'; a missing name weighs 1).
+
+    Raises:
+        ConfigError: ``loss_weights`` names a loss not in ``names`` (one line, naming ``model``).
+    """
+    weights = dict(loss_weights or {})
+    unknown = sorted(set(weights) - set(names))
+    if unknown:
+        raise ConfigError(f"{model}: unknown loss_weights {unknown}; the losses are {list(names)}")
+    return {name: float(weights.get(name, 1.0)) for name in names}
 
 
 @runtime_checkable

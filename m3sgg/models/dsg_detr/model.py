@@ -38,7 +38,7 @@ from torch import Tensor, nn
 
 from m3sgg.data.collate import Batch
 from m3sgg.errors import ConfigError, DataError
-from m3sgg.models.base import AG_PREDICTION_KEYS, SceneGraphModel
+from m3sgg.models.base import AG_PREDICTION_KEYS, SceneGraphModel, resolve_loss_weights
 from m3sgg.models.dsg_detr.encoders import SequenceEncoder
 from m3sgg.models.dsg_detr.tracking import (
     ACCEPT_COST,
@@ -145,13 +145,7 @@ class DSGDETR(SceneGraphModel):
             raise ConfigError(
                 f"dsg_detr: relation_loss must be 'margin' or 'bce', got {relation_loss!r}"
             )
-        weights = dict(loss_weights or {})
-        unknown = sorted(set(weights) - set(self.loss_names()))
-        if unknown:
-            raise ConfigError(
-                f"dsg_detr: unknown loss_weights {unknown}; "
-                f"the losses are {list(self.loss_names())}"
-            )
+        self.loss_weights = resolve_loss_weights("dsg_detr", loss_weights, self.loss_names())
         token_dim = 3 * proj_dim + 2 * embed_dim
         for name, width, h in (
             ("relation token", token_dim, heads),
@@ -164,7 +158,6 @@ class DSGDETR(SceneGraphModel):
                 )
         self.num_classes = num_classes
         self.relation_loss = relation_loss
-        self.loss_weights = {name: float(weights.get(name, 1.0)) for name in self.loss_names()}
         self.accept = float(accept)
         self.expiry = int(expiry)
         self.matcher = matcher if matcher is not None else HungarianMatcher()

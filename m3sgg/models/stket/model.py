@@ -53,7 +53,7 @@ from torch import nn
 
 from m3sgg.data.collate import Batch
 from m3sgg.errors import ConfigError
-from m3sgg.models.base import AG_PREDICTION_KEYS, SceneGraphModel
+from m3sgg.models.base import AG_PREDICTION_KEYS, SceneGraphModel, resolve_loss_weights
 from m3sgg.models.originals import register_original
 from m3sgg.models.registry import register_model
 from m3sgg.models.stket.decoders import EnsembleDecoder, SpatialPriorEncoder, TemporalPriorDecoder
@@ -183,13 +183,7 @@ class STKET(SceneGraphModel):
         self.prior_losses = prior_losses
         self.use_spatial_prior = spatial_prior
         self.use_temporal_prior = temporal_prior
-        weights = dict(loss_weights or {})
-        unknown = sorted(set(weights) - set(self.loss_names()))
-        if unknown:
-            raise ConfigError(
-                f"stket: unknown loss_weights {unknown}; the losses are {list(self.loss_names())}"
-            )
-        self.loss_weights = {name: float(weights.get(name, 1.0)) for name in self.loss_names()}
+        self.loss_weights = resolve_loss_weights("stket", loss_weights, self.loss_names())
         state = tuple(int(d) for d in state_dims)
 
         self.relation = RelationFeatures(

@@ -37,7 +37,7 @@ from torch import nn
 
 from m3sgg.data.collate import Batch
 from m3sgg.errors import ConfigError
-from m3sgg.models.base import SceneGraphModel
+from m3sgg.models.base import SceneGraphModel, resolve_loss_weights
 from m3sgg.models.registry import register_model
 from m3sgg.models.sttran.classifier import label_distribution
 from m3sgg.models.sttran.model import per_video_mean, relation_tokens
@@ -253,13 +253,8 @@ class TEMPURA(SceneGraphModel):
             )
         if not 0.0 <= float(lam) <= 1.0:
             raise ConfigError(f"tempura: lam must lie in [0, 1], got {lam!r}")
-        weights = dict(loss_weights or {})
         names_ = LOSS_NAMES if mode == "predcls" else (*LOSS_NAMES, *OBJECT_LOSSES)
-        unknown = sorted(set(weights) - set(names_))
-        if unknown:
-            raise ConfigError(
-                f"tempura: unknown loss_weights {unknown}; the losses are {list(names_)}"
-            )
+        weights = resolve_loss_weights("tempura", loss_weights, names_)
         token_dim = 3 * proj_dim + 2 * embed_dim
         if token_dim % heads:
             raise ConfigError(
@@ -275,7 +270,7 @@ class TEMPURA(SceneGraphModel):
         self.memory_weighting = memory_weighting
         self.eos_coef = float(eos_coef)
         self.contrastive_weight = float(contrastive_weight)
-        self.loss_weights = {name: float(weights.get(name, 1.0)) for name in names_}
+        self.loss_weights = weights
         self.take_object_features = bool(take_object_features)
         relation_dim = object_dim
         if self.take_object_features:  # the classifier's (fused) features: tracking or hidden
