@@ -79,13 +79,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
     run_dir = run_folder(config).expanduser().resolve()  # absolute: the hint works anywhere
     # the saved config names its own folder, so `--config <run>/config.yaml --resume auto` works
     config.run.name, config.run.output = run_dir.name, str(run_dir.parent)
-    check_new_run(run_dir, None if args.resume is None else _resume_target(args.resume))
+    resume = None if args.resume is None else _resume_target(args.resume)
+    check_new_run(run_dir, resume)
     from m3sgg.config import config_to_dict
     from m3sgg.engine.distributed import launch, launched_by_torchrun, train_worker
 
-    resume = (
-        args.resume if args.resume in (None, "auto") else str(_checkpoint_path(Path(args.resume)))
-    )
     # the run's own resolved config carries every --set/--plugin/--epochs given at the start
     hint = f"m3sgg train --config {run_dir / 'config.yaml'} --resume auto"
     if args.nproc_per_node:

@@ -14,7 +14,10 @@
   :mod:`~m3sgg.detection.ag_extraction`: per-frame records of the feature store's sections, a
   resumable extraction over many videos, and ``extract-features --detector ag-faster-rcnn``;
 * :mod:`~m3sgg.detection.extraction` (``m3sgg extract-features`` with any backbone + RoIAlign),
-  :mod:`~m3sgg.detection.detections_file`, :mod:`~m3sgg.detection.toy_frames`.
+  with :mod:`~m3sgg.detection.backbones` (the built-in CNN, ``MODULE:ATTR`` backbones),
+  :mod:`~m3sgg.detection.frames` (the frames to read, image decoding, prefetching, batching),
+  :mod:`~m3sgg.detection.detections_file` and :mod:`~m3sgg.detection.toy_frames`;
+* :mod:`~m3sgg.detection.cli`: the ``extract-features`` command line of both extractions.
 
 docs/detector.md has the comparison with the original and the speed figures.
 """
@@ -27,8 +30,8 @@ __all__ = ["ActionGenomeDetector", "DetectorConfig", "DetectorOutput", "ResNetCo
 
 
 def __getattr__(name: str) -> Any:
-    # Lazy: the CLI imports m3sgg.detection.extraction to build its parser, and importing the
-    # package must not import torch (``m3sgg --help`` stays fast).
+    # Lazy: the CLI imports m3sgg.detection.cli to build its parser, and importing the package
+    # must not import torch (``m3sgg --help`` stays fast).
     if name in ("ActionGenomeDetector", "DetectorConfig", "DetectorOutput"):
         from m3sgg.detection import faster_rcnn
 
