@@ -10,7 +10,8 @@ A model is a ``torch.nn.Module`` that:
   trainer back-propagates their sum and logs each one;
 - declares ``prediction_keys``, ``supported_datasets`` and ``supported_modes`` (class attributes
   or properties), and ``input_section``: the feature section its batches are collated from
-  (``"gt"`` for ground-truth boxes, ``"det"`` for detections).
+  (``"gt"`` for ground-truth boxes, ``"det"`` for detections); optionally ``train_section``, the
+  section training batches come from when it differs (``"det_train"`` in Action Genome sgdet).
 
 Optional, for a model that predicts with several heads: ``output_heads`` (a tuple of names) and
 ``rank_head`` (one of them). Its predictions then also carry ``"<head>/<key>"`` for each head's
@@ -31,16 +32,18 @@ plugin may bring any module with these members. Register the factory with
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, ClassVar, Protocol, runtime_checkable
 
 import torch
 from torch import nn
 
+from m3sgg.errors import ConfigError
+
 if TYPE_CHECKING:
     from m3sgg.data.collate import Batch
 
-__all__ = ["AG_PREDICTION_KEYS", "ModelProtocol", "SceneGraphModel"]
+__all__ = ["AG_PREDICTION_KEYS", "ModelProtocol", "SceneGraphModel", "resolve_loss_weights"]
 
 #: Keys an Action Genome model's predictions carry for the metrics (``docs/metrics.md``).
 AG_PREDICTION_KEYS: tuple[str, ...] = (
@@ -55,6 +58,21 @@ AG_PREDICTION_KEYS: tuple[str, ...] = (
     "spatial_distribution",
     "contacting_distribution",
 )
+
+
+def resolve_loss_weights(
+    model: str, loss_weights: Mapping[str, float] | None, names: Sequence[str]
+) -> dict[str, float]:
+    """The multiplier of each loss in ``names`` (``loss_weights``'; a missing name weighs 1).
+
+    Raises:
+        ConfigError: ``loss_weights`` names a loss not in ``names`` (one line, naming ``model``).
+    """
+    weights = dict(loss_weights or {})
+    unknown = sorted(set(weights) - set(names))
+    if unknown:
+        raise ConfigError(f"{model}: unknown loss_weights {unknown}; the losses are {list(names)}")
+    return {name: float(weights.get(name, 1.0)) for name in names}
 
 
 @runtime_checkable
@@ -79,6 +97,8 @@ class SceneGraphModel(nn.Module):
     prediction_keys: ClassVar[tuple[str, ...]] = ()
     supported_datasets: ClassVar[frozenset[str]] = frozenset()
     supported_modes: ClassVar[frozenset[str]] = frozenset()
+    #: The model's registered name, for messages.
+    model_name: ClassVar[str] = ""
 
     def __init__(self, mode: str) -> None:
         super().__init__()
@@ -88,6 +108,28 @@ class SceneGraphModel(nn.Module):
     def input_section(self) -> str:
         """Feature section to collate batches from: ``"det"`` in sgdet, ``"gt"`` otherwise."""
         return "det" if self.mode == "sgdet" else "gt"
+
+    @property
+    def train_section(self) -> str:
+        """Feature section to collate training batches from: ``"det_train"`` in sgdet (the
+        original STTran's training inputs: detections with assigned labels and the missed GT
+        boxes supplied), else the input section."""
+        return "det_train" if self.mode == "sgdet" else self.input_section
+
+    def check_section(self, batch: Batch) -> None:
+        """Refuse a batch collated from another section than this phase's (:attr:`train_section`
+        in training, :attr:`input_section` in evaluation).
+
+        Raises:
+            ConfigError: one line naming the model, mode, phase and both sections.
+        """
+        wanted = self.train_section if self.training else self.input_section
+        if batch.section != wanted:
+            phase = "training" if self.training else "evaluation"
+            raise ConfigError(
+                f"{self.model_name} in {self.mode} ({phase}) needs batches collated with "
+                f"section={wanted!r}, got {batch.section!r}"
+            )
 
     def forward(self, batch: Batch) -> dict[str, torch.Tensor]:  # pragma: no cover - abstract
         raise NotImplementedError

@@ -38,7 +38,7 @@ from torch import Tensor, nn
 
 from m3sgg.data.collate import Batch
 from m3sgg.errors import ConfigError, DataError
-from m3sgg.models.base import AG_PREDICTION_KEYS, SceneGraphModel
+from m3sgg.models.base import AG_PREDICTION_KEYS, SceneGraphModel, resolve_loss_weights
 from m3sgg.models.dsg_detr.encoders import SequenceEncoder
 from m3sgg.models.dsg_detr.tracking import (
     ACCEPT_COST,
@@ -105,6 +105,7 @@ class DSGDETR(SceneGraphModel):
     prediction_keys: ClassVar[tuple[str, ...]] = AG_PREDICTION_KEYS
     supported_datasets: ClassVar[frozenset[str]] = DATASETS
     supported_modes: ClassVar[frozenset[str]] = MODES
+    model_name: ClassVar[str] = "dsg_detr"
 
     def __init__(
         self,
@@ -144,13 +145,7 @@ class DSGDETR(SceneGraphModel):
             raise ConfigError(
                 f"dsg_detr: relation_loss must be 'margin' or 'bce', got {relation_loss!r}"
             )
-        weights = dict(loss_weights or {})
-        unknown = sorted(set(weights) - set(self.loss_names()))
-        if unknown:
-            raise ConfigError(
-                f"dsg_detr: unknown loss_weights {unknown}; "
-                f"the losses are {list(self.loss_names())}"
-            )
+        self.loss_weights = resolve_loss_weights("dsg_detr", loss_weights, self.loss_names())
         token_dim = 3 * proj_dim + 2 * embed_dim
         for name, width, h in (
             ("relation token", token_dim, heads),
@@ -163,7 +158,6 @@ class DSGDETR(SceneGraphModel):
                 )
         self.num_classes = num_classes
         self.relation_loss = relation_loss
-        self.loss_weights = {name: float(weights.get(name, 1.0)) for name in self.loss_names()}
         self.accept = float(accept)
         self.expiry = int(expiry)
         self.matcher = matcher if matcher is not None else HungarianMatcher()
@@ -290,24 +284,13 @@ class DSGDETR(SceneGraphModel):
 
     # -- forward -------------------------------------------------------------------------------
 
-    @property
-    def train_section(self) -> str:
-        """The section training batches come from: ``"det_train"`` in sgdet (detections with
-        assigned labels and the missed GT boxes supplied, as STTran), else the input section."""
-        return "det_train" if self.mode == "sgdet" else self.input_section
-
     def forward(self, batch: Batch) -> dict[str, Tensor]:
         """Predictions with batch-level indices (the metric keys of ``docs/metrics.md``); in
         sgcls and sgdet training also ``object_logits`` ``[N, C]`` for the object loss. sgdet
         evaluation predicts on the boxes :func:`~m3sgg.models.sttran.postprocess.sgdet_boxes`
         keeps from the classifier's distributions (``boxes``, ``labels``, ``scores``, the
         ``pred_*`` keys and ``object_distribution`` per kept box)."""
-        wanted = self.train_section if self.training else self.input_section
-        if batch.section != wanted:
-            raise ConfigError(
-                f"dsg_detr in {self.mode} ({'training' if self.training else 'evaluation'}) "
-                f"needs batches collated with section={wanted!r}, got {batch.section!r}"
-            )
+        self.check_section(batch)
         if self.mode == "predcls":
             onehot = F.one_hot(batch.labels - 1, self.num_classes - 1)
             features = self.encode_objects(batch, onehot)

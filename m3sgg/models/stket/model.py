@@ -53,7 +53,7 @@ from torch import nn
 
 from m3sgg.data.collate import Batch
 from m3sgg.errors import ConfigError
-from m3sgg.models.base import AG_PREDICTION_KEYS, SceneGraphModel
+from m3sgg.models.base import AG_PREDICTION_KEYS, SceneGraphModel, resolve_loss_weights
 from m3sgg.models.originals import register_original
 from m3sgg.models.registry import register_model
 from m3sgg.models.stket.decoders import EnsembleDecoder, SpatialPriorEncoder, TemporalPriorDecoder
@@ -108,6 +108,7 @@ class STKET(SceneGraphModel):
     supported_datasets: ClassVar[frozenset[str]] = DATASETS
     supported_modes: ClassVar[frozenset[str]] = MODES
     output_heads: tuple[str, ...] = HEADS
+    model_name: ClassVar[str] = "stket"
 
     def __init__(
         self,
@@ -182,13 +183,7 @@ class STKET(SceneGraphModel):
         self.prior_losses = prior_losses
         self.use_spatial_prior = spatial_prior
         self.use_temporal_prior = temporal_prior
-        weights = dict(loss_weights or {})
-        unknown = sorted(set(weights) - set(self.loss_names()))
-        if unknown:
-            raise ConfigError(
-                f"stket: unknown loss_weights {unknown}; the losses are {list(self.loss_names())}"
-            )
-        self.loss_weights = {name: float(weights.get(name, 1.0)) for name in self.loss_names()}
+        self.loss_weights = resolve_loss_weights("stket", loss_weights, self.loss_names())
         state = tuple(int(d) for d in state_dims)
 
         self.relation = RelationFeatures(
@@ -272,13 +267,6 @@ class STKET(SceneGraphModel):
             "contacting_distribution": torch.sigmoid(layers[2](x).float()),
         }
 
-    @property
-    def train_section(self) -> str:
-        """The section training batches come from: ``"det_train"`` in sgdet (as STTran's:
-        detections with assigned labels, the missed GT boxes supplied), else the input
-        section."""
-        return "det_train" if self.mode == "sgdet" else self.input_section
-
     def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
         """Predictions with batch-level indices: the metric keys (the rank head's), and
         ``"<head>/<key>"`` for the heads spatial, temporal, ensemble, spatial_prior and
@@ -292,12 +280,7 @@ class STKET(SceneGraphModel):
         heads and the ensemble decoder), so here the temporal decoder runs once, on the last
         spatial features: the same function. The spatial prior does not depend on the pass.
         """
-        wanted = self.train_section if self.training else self.input_section
-        if batch.section != wanted:
-            raise ConfigError(
-                f"stket in {self.mode} ({'training' if self.training else 'evaluation'}) needs "
-                f"batches collated with section={wanted!r}, got {batch.section!r}"
-            )
+        self.check_section(batch)
         out: dict[str, torch.Tensor] = {}
         labels, box_scores = batch.labels, batch.scores
         pair_idx, frame = batch.pair_idx, batch.im_idx

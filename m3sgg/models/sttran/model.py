@@ -43,7 +43,7 @@ from torch import nn
 
 from m3sgg.data.collate import Batch
 from m3sgg.errors import ConfigError
-from m3sgg.models.base import AG_PREDICTION_KEYS, SceneGraphModel
+from m3sgg.models.base import AG_PREDICTION_KEYS, SceneGraphModel, resolve_loss_weights
 from m3sgg.models.registry import register_model
 from m3sgg.models.sttran.classifier import ObjectClassifier, label_boxes
 from m3sgg.models.sttran.postprocess import box_predictions, person_pairs, sgdet_boxes
@@ -106,6 +106,7 @@ class STTran(SceneGraphModel):
     prediction_keys: ClassVar[tuple[str, ...]] = AG_PREDICTION_KEYS
     supported_datasets: ClassVar[frozenset[str]] = DATASETS
     supported_modes: ClassVar[frozenset[str]] = MODES
+    model_name: ClassVar[str] = "sttran"
 
     def __init__(
         self,
@@ -169,19 +170,14 @@ class STTran(SceneGraphModel):
                 f"sttran: relation_loss must be one of {list(RELATION_LOSSES)}, "
                 f"got {relation_loss!r}"
             )
-        weights = dict(loss_weights or {})
-        unknown = sorted(set(weights) - {*LOSS_NAMES, OBJECT_LOSS})
-        if unknown:
-            raise ConfigError(
-                f"sttran: unknown loss_weights {unknown}; the losses are {list(self.loss_names())}"
-            )
+        weights = resolve_loss_weights("sttran", loss_weights, (*LOSS_NAMES, OBJECT_LOSS))
         names = tuple(class_names) if class_names is not None else AG_OBJECT_CLASSES
         if len(names) != num_classes:
             raise ConfigError(f"sttran: {len(names)} class_names for num_classes={num_classes}")
 
         self.num_classes = num_classes
         self.relation_loss = relation_loss
-        self.loss_weights = {name: float(weights.get(name, 1.0)) for name in self.loss_names()}
+        self.loss_weights = {name: weights[name] for name in self.loss_names()}
         self.relation = RelationFeatures(
             object_dim=object_dim,
             union_channels=union_channels,
@@ -233,21 +229,6 @@ class STTran(SceneGraphModel):
 
     # -- forward ---------------------------------------------------------------------------------
 
-    @property
-    def train_section(self) -> str:
-        """The section training batches come from: ``"det_train"`` in sgdet (the original's
-        training inputs: detections with assigned labels and the missed GT boxes supplied),
-        else the input section."""
-        return "det_train" if self.mode == "sgdet" else self.input_section
-
-    def _check_batch(self, batch: Batch) -> None:
-        wanted = self.train_section if self.training else self.input_section
-        if batch.section != wanted:
-            raise ConfigError(
-                f"sttran in {self.mode} ({'training' if self.training else 'evaluation'}) needs "
-                f"batches collated with section={wanted!r}, got {batch.section!r}"
-            )
-
     def relations(
         self,
         batch: Batch,
@@ -284,7 +265,7 @@ class STTran(SceneGraphModel):
         and ``object_distribution`` ``[N, num_classes - 1]`` is the softmax over classes 1..
         after the duplicate relabelling.
         """
-        self._check_batch(batch)
+        self.check_section(batch)
         if self.mode == "sgdet" and not self.training:
             return self._sgdet_evaluation(batch)
         out: dict[str, torch.Tensor] = {}

@@ -37,7 +37,7 @@ from torch import nn
 
 from m3sgg.data.collate import Batch
 from m3sgg.errors import ConfigError
-from m3sgg.models.base import SceneGraphModel
+from m3sgg.models.base import SceneGraphModel, resolve_loss_weights
 from m3sgg.models.registry import register_model
 from m3sgg.models.sttran.classifier import label_distribution
 from m3sgg.models.sttran.model import per_video_mean, relation_tokens
@@ -143,6 +143,7 @@ class TEMPURA(SceneGraphModel):
     prediction_keys: ClassVar[tuple[str, ...]] = TEMPURA_PREDICTION_KEYS
     supported_datasets: ClassVar[frozenset[str]] = DATASETS
     supported_modes: ClassVar[frozenset[str]] = MODES
+    model_name: ClassVar[str] = "tempura"
 
     def __init__(
         self,
@@ -252,13 +253,8 @@ class TEMPURA(SceneGraphModel):
             )
         if not 0.0 <= float(lam) <= 1.0:
             raise ConfigError(f"tempura: lam must lie in [0, 1], got {lam!r}")
-        weights = dict(loss_weights or {})
         names_ = LOSS_NAMES if mode == "predcls" else (*LOSS_NAMES, *OBJECT_LOSSES)
-        unknown = sorted(set(weights) - set(names_))
-        if unknown:
-            raise ConfigError(
-                f"tempura: unknown loss_weights {unknown}; the losses are {list(names_)}"
-            )
+        weights = resolve_loss_weights("tempura", loss_weights, names_)
         token_dim = 3 * proj_dim + 2 * embed_dim
         if token_dim % heads:
             raise ConfigError(
@@ -274,7 +270,7 @@ class TEMPURA(SceneGraphModel):
         self.memory_weighting = memory_weighting
         self.eos_coef = float(eos_coef)
         self.contrastive_weight = float(contrastive_weight)
-        self.loss_weights = {name: float(weights.get(name, 1.0)) for name in names_}
+        self.loss_weights = weights
         self.take_object_features = bool(take_object_features)
         relation_dim = object_dim
         if self.take_object_features:  # the classifier's (fused) features: tracking or hidden
@@ -385,20 +381,6 @@ class TEMPURA(SceneGraphModel):
 
     # -- forward -------------------------------------------------------------------------------
 
-    @property
-    def train_section(self) -> str:
-        """The section training batches come from: ``"det_train"`` in sgdet (as STTran's),
-        else the input section."""
-        return "det_train" if self.mode == "sgdet" else self.input_section
-
-    def _check_batch(self, batch: Batch) -> None:
-        wanted = self.train_section if self.training else self.input_section
-        if batch.section != wanted:
-            raise ConfigError(
-                f"tempura in {self.mode} ({'training' if self.training else 'evaluation'}) "
-                f"needs batches collated with section={wanted!r}, got {batch.section!r}"
-            )
-
     def _fuse(self, x: torch.Tensor) -> torch.Tensor:
         return x if self.memory_fusion is None else self.memory_fusion(x)
 
@@ -433,7 +415,7 @@ class TEMPURA(SceneGraphModel):
     def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
         """Predictions with batch-level indices (``docs/metrics.md``), attention as
         ``attention_probabilities``; sampled mixtures in training, their means in evaluation."""
-        self._check_batch(batch)
+        self.check_section(batch)
         out: dict[str, torch.Tensor] = {}
         labels, scores = batch.labels, batch.scores
         pair_idx, im_idx = batch.pair_idx, batch.im_idx
