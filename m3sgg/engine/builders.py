@@ -217,29 +217,12 @@ def save_resolved_config(config: Config, run_dir: Path) -> Path:
     Raises:
         WriteError: the disk is full or the folder is not writable; nothing is left behind.
     """
-    import contextlib
-    import errno
-    import os
-
     import yaml
 
-    from m3sgg.errors import WriteError
+    from m3sgg.engine.checkpoint import atomic_write
 
-    path = run_dir / "config.yaml"
-    tmp = path.with_suffix(".yaml.tmp")
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "w") as f:
-            f.write(yaml.safe_dump(config_to_dict(config), sort_keys=False))
-            f.flush()
-            os.fsync(f.fileno())
-        tmp.replace(path)
-    except OSError as err:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        reason = "disk full" if err.errno == errno.ENOSPC else (err.strerror or str(err))
-        raise WriteError(f"{path}: could not write the run's config ({reason})") from None
-    return path
+    text = yaml.safe_dump(config_to_dict(config), sort_keys=False)
+    return atomic_write(run_dir / "config.yaml", text.encode(), "the run's config")
 
 
 def evaluate_checkpoint(

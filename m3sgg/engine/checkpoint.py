@@ -7,6 +7,9 @@ in the same folder, fsynced, renamed over the target, and the folder is fsynced;
 removed only after that. A half-written temp file is never picked up (loaders read final names
 only) and is cleaned up by the next save.
 
+:func:`atomic_write` writes the run's other files the same way (``config.yaml``, a
+``metrics.jsonl`` cut back on resume, ``m3sgg tune --export-best``'s config).
+
 A checkpoint is one ``torch.save`` of a dict of tensors and plain Python values, loaded with
 ``torch.load(weights_only=True)``: a file carrying code is refused without running it.
 """
@@ -20,8 +23,9 @@ import pickle
 import platform
 import random
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
@@ -32,6 +36,7 @@ __all__ = [
     "FORMAT",
     "CheckpointWriteError",
     "atomic_save",
+    "atomic_write",
     "capture_rng",
     "load_checkpoint",
     "require_sections",
@@ -54,33 +59,58 @@ def atomic_save(obj: dict[str, Any], path: str | os.PathLike[str]) -> Path:
         CheckpointWriteError: the write failed (ENOSPC, EACCES, ...); nothing at ``path`` changed
             and the temp file is removed.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX + path.name + ".", dir=path.parent)
+
+    def write(f: BinaryIO) -> None:
+        sink = _RecordingWriter(f)
+        try:
+            torch.save(obj, sink)
+        except RuntimeError:
+            if sink.error is not None:  # torch reports a failed write as "unexpected pos"
+                raise sink.error from None
+            raise
+
+    return _replace_durably(
+        Path(path), write, CheckpointWriteError, "checkpoint", "; the previous checkpoint is intact"
+    )
+
+
+def atomic_write(path: str | os.PathLike[str], data: bytes, what: str, *, intact: str = "") -> Path:
+    """Write ``data`` to ``path`` as :func:`atomic_save` writes a checkpoint: a temp file in the
+    same folder, fsynced, renamed over ``path``, the folder fsynced (``config.yaml``, a cut-back
+    ``metrics.jsonl``, an exported config).
+
+    Raises:
+        WriteError: ``"<path>: could not write <what> (<reason>)<intact>"``; nothing at ``path``
+            changed and the temp file is removed.
+    """
+    return _replace_durably(Path(path), lambda f: f.write(data), WriteError, what, intact)
+
+
+def _replace_durably(
+    path: Path,
+    write: Callable[[BinaryIO], object],
+    error: type[WriteError],
+    what: str,
+    intact: str,
+) -> Path:
+    tmp: str | None = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX + path.name + ".", dir=path.parent)
         with os.fdopen(fd, "wb") as f:
-            sink = _RecordingWriter(f)
-            try:
-                torch.save(obj, sink)
-            except RuntimeError:
-                if sink.error is not None:  # torch reports a failed write as "unexpected pos"
-                    raise sink.error from None
-                raise
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
         _fsync_dir(path.parent)
-    except OSError as err:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
+    except BaseException as err:
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+        if not isinstance(err, OSError):
+            raise
         reason = "disk full" if err.errno == errno.ENOSPC else (err.strerror or str(err))
-        raise CheckpointWriteError(
-            f"{path}: could not write checkpoint ({reason}); the previous checkpoint is intact"
-        ) from None
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+        raise error(f"{path}: could not write {what} ({reason}){intact}") from None
     return path
 
 

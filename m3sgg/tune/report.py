@@ -131,17 +131,9 @@ def export_best(study: Any, path: str | os.PathLike[str]) -> Path:
     import yaml
 
     from m3sgg.config import config_from_dict
-    from m3sgg.errors import WriteError
+    from m3sgg.engine.checkpoint import atomic_write
 
     tree = best_config(study)
     config_from_dict(tree, "best config")  # it must load as it is written
-    target = Path(path)
-    tmp = target.with_name(target.name + ".tmp")
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(yaml.safe_dump(tree, sort_keys=False))
-        tmp.replace(target)
-    except OSError as err:
-        tmp.unlink(missing_ok=True)
-        raise WriteError(f"{target}: could not write the best config ({err.strerror})") from None
-    return target
+    text = yaml.safe_dump(tree, sort_keys=False)
+    return atomic_write(path, text.encode(), "the best config")

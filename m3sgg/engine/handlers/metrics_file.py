@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from ignite.engine import Engine
 
+from m3sgg.engine.checkpoint import atomic_write
 from m3sgg.engine.events import M3sggEvents
 from m3sgg.engine.handlers.base import Handler
 from m3sgg.errors import WriteError
@@ -101,25 +102,15 @@ class MetricsFile(Handler):
         self.lines = int(state["lines"])
         if self.path.exists():
             kept = self.path.read_text().splitlines(keepends=True)[: self.lines]
-            tmp = self.path.with_suffix(".jsonl.tmp")
-            try:
-                with open(tmp, "w") as f:
-                    f.write("".join(kept))
-                    f.flush()
-                    os.fsync(f.fileno())
-                os.replace(tmp, self.path)
-            except OSError as err:
-                with contextlib.suppress(OSError):
-                    tmp.unlink()
-                raise _write_error(self.path, err) from None
+            atomic_write(self.path, "".join(kept).encode(), _WHAT, intact=_INTACT)
+
+
+_WHAT, _INTACT = "the metrics file", "; it still holds every line written before"
 
 
 def _write_error(path: Path, err: OSError) -> WriteError:
     reason = "disk full" if err.errno == errno.ENOSPC else (err.strerror or str(err))
-    return WriteError(
-        f"{path}: could not write the metrics file ({reason}); "
-        "it still holds every line written before"
-    )
+    return WriteError(f"{path}: could not write {_WHAT} ({reason}){_INTACT}")
 
 
 def read_metrics_file(path: str | Path) -> list[dict[str, Any]]:
