@@ -84,7 +84,7 @@ def extract_with_detector(
 
     from m3sgg.detection import ActionGenomeDetector
     from m3sgg.detection.extraction import _device
-    from m3sgg.detection.frames import _import_pillow, _read_image
+    from m3sgg.detection.frames import _check_paths, _read_image
     from m3sgg.detection.spool import extract_to_spool, read_spooled_video, spool_file
 
     start = time.perf_counter()
@@ -98,13 +98,7 @@ def extract_with_detector(
     dev = _device(device)
     if precision != "float32" and dev.type != "cuda":
         raise ConfigError(f"precision {precision} needs a CUDA device (got {device!r})")
-    if (out_path.exists() or out_path.is_symlink()) and not overwrite:
-        raise DataError(out_path, "already exists; pass --overwrite (overwrite=True) to replace it")
-    if not (root / "frames").is_dir():
-        raise DataError(
-            root / "frames", "frames folder not found (expected <root>/frames/<video>/<frame>)"
-        )
-    _import_pillow()
+    _check_paths(root, out_path, overwrite)
     detector = ActionGenomeDetector.from_original(weights_path)
     if detector.config.num_classes != 37:
         raise DataError(

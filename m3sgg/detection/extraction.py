@@ -110,8 +110,8 @@ from m3sgg.detection.toy_frames import class_color, write_toy_frames
 from m3sgg.errors import ConfigError, DataError
 from m3sgg.vocab import NUM_AG_CLASSES
 
-if TYPE_CHECKING:  # torch is imported where it is used: the CLI imports this module to build
-    import torch  # its parser, and `m3sgg --help` must stay fast
+if TYPE_CHECKING:  # torch is imported where it is used: importing this module (for
+    import torch  # write_toy_frames, say) stays cheap
     from torch import nn
 
 from m3sgg.detection.backbones import (
@@ -122,9 +122,9 @@ from m3sgg.detection.backbones import (
 )
 from m3sgg.detection.frames import (
     _batches,
+    _check_paths,
     _Frame,
     _frames_to_extract,
-    _import_pillow,
     _prefetch,
     _read_image,
 )
@@ -279,13 +279,7 @@ def extract_features(
     if not splits or any(split not in SPLITS for split in splits):
         raise ConfigError(f"splits must be a non-empty subset of {SPLITS}, got {splits!r}")
     dev = _device(device)
-    if (out_path.exists() or out_path.is_symlink()) and not overwrite:
-        raise DataError(out_path, "already exists; pass --overwrite (overwrite=True) to replace it")
-    if not (root / "frames").is_dir():
-        raise DataError(
-            root / "frames", "frames folder not found (expected <root>/frames/<video>/<frame>)"
-        )
-    _import_pillow()
+    _check_paths(root, out_path, overwrite)
     model, name = load_backbone(backbone)
     stride_value = _resolve_stride(model, name, stride)
 

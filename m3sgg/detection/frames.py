@@ -73,6 +73,18 @@ def _import_pillow() -> Any:
     return Image
 
 
+def _check_paths(root: Path, out: Path, overwrite: bool) -> None:
+    """What an extraction checks before any work: ``out`` is free (or ``overwrite``), the
+    ``<root>/frames`` folder exists and Pillow imports."""
+    if (out.exists() or out.is_symlink()) and not overwrite:
+        raise DataError(out, "already exists; pass --overwrite (overwrite=True) to replace it")
+    if not (root / "frames").is_dir():
+        raise DataError(
+            root / "frames", "frames folder not found (expected <root>/frames/<video>/<frame>)"
+        )
+    _import_pillow()
+
+
 def _read_image(path: Path) -> np.ndarray:
     """``(H, W, 3)`` uint8 RGB; DataError naming the file if it is missing or unreadable."""
     image_module = _import_pillow()
