@@ -1,9 +1,8 @@
 """Models: the registry, the model protocol, and the built-in models (registered on import).
 
-Built-in: ``"sttran"`` (Action Genome: predcls, sgcls, sgdet), ``"stket"``, ``"tempura"`` and
-``"dsg_detr"`` (Action Genome: predcls, sgcls), ``"easg_fc"`` and ``"sttran_easg"`` (EASG:
-edgecls, sgcls, easgcls). Plugins add models with :func:`register_model`; the engine builds any
-of them with :func:`build_model`.
+Built-in: ``"sttran"``, ``"stket"``, ``"tempura"`` and ``"dsg_detr"`` (Action Genome: predcls,
+sgcls, sgdet), ``"easg_fc"`` and ``"sttran_easg"`` (EASG: edgecls, sgcls, easgcls). Plugins add
+models with :func:`register_model`; the engine builds any of them with :func:`build_model`.
 """
 
 from m3sgg.models.base import AG_PREDICTION_KEYS, ModelProtocol, SceneGraphModel

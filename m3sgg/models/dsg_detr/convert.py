@@ -23,6 +23,8 @@ from m3sgg.errors import DataError
 from m3sgg.models.dsg_detr.encoders import sinusoidal_table
 from m3sgg.models.sttran.convert import (
     convert_state_dict,
+    key_shape,
+    layer_count,
     load_original_state,
 )
 from m3sgg.models.sttran.convert import (
@@ -93,18 +95,6 @@ def _convert(
     return convert_state_dict(state, model, table, where)
 
 
-def _shape(state: Mapping[str, torch.Tensor], key: str, where: str) -> tuple[int, ...]:
-    if key not in state:
-        raise DataError(where, "missing key of the original's layout", field=key)
-    return tuple(state[key].shape)
-
-
-def _layers(state: Mapping[str, torch.Tensor], prefix: str) -> int:
-    """Layer count of the encoder whose keys start with ``prefix`` (``...layers.``)."""
-    found = {int(k[len(prefix) :].split(".")[0]) for k in state if k.startswith(prefix)}
-    return max(found) + 1 if found else 0
-
-
 def original_widths(state: Mapping[str, torch.Tensor], where: str) -> dict[str, int]:
     """The :class:`~m3sgg.models.dsg_detr.model.DSGDETR` widths an original checkpoint was
     trained with, read from its tensors' shapes (the heads are not in the weights).
@@ -112,10 +102,10 @@ def original_widths(state: Mapping[str, torch.Tensor], where: str) -> dict[str, 
     Raises:
         DataError: a key the widths are read from is missing (one line naming it).
     """
-    proj_dim, object_token = _shape(state, "subj_fc.weight", where)
-    conv_dim, union_channels = _shape(state, "union_func1.weight", where)[:2]
-    num_classes, embed_dim = _shape(state, "obj_embed.weight", where)
-    box_embed_dim = _shape(state, "object_classifier.pos_embed.1.weight", where)[0]
+    proj_dim, object_token = key_shape(state, "subj_fc.weight", where)
+    conv_dim, union_channels = key_shape(state, "union_func1.weight", where)[:2]
+    num_classes, embed_dim = key_shape(state, "obj_embed.weight", where)
+    box_embed_dim = key_shape(state, "object_classifier.pos_embed.1.weight", where)[0]
     widths = {
         "object_dim": object_token - embed_dim - box_embed_dim,
         "union_channels": union_channels,
@@ -124,10 +114,10 @@ def original_widths(state: Mapping[str, torch.Tensor], where: str) -> dict[str, 
         "conv_dim": conv_dim,
         "num_classes": num_classes,
         "box_embed_dim": box_embed_dim,
-        "classifier_dim": _shape(state, "object_classifier.decoder_lin.0.weight", where)[0],
-        "enc_layers": _layers(state, "local_transformer.layers."),
-        "dec_layers": _layers(state, "global_transformer.layers."),
-        "object_layers": _layers(state, "object_classifier.encoder_tran.layers."),
+        "classifier_dim": key_shape(state, "object_classifier.decoder_lin.0.weight", where)[0],
+        "enc_layers": layer_count(state, "local_transformer.layers."),
+        "dec_layers": layer_count(state, "global_transformer.layers."),
+        "object_layers": layer_count(state, "object_classifier.encoder_tran.layers."),
     }
     for option, prefix in (
         ("ff_dim", "local_transformer"),

@@ -21,8 +21,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from m3sgg.errors import DataError
-from m3sgg.models.sttran.convert import convert_state_dict, load_original_state
+from m3sgg.models.sttran.convert import (
+    convert_state_dict,
+    key_shape,
+    layer_count,
+    load_original_state,
+)
 from m3sgg.models.sttran.convert import key_map as sttran_key_map
 
 __all__ = ["import_stket", "infer_options", "key_map"]
@@ -94,41 +98,30 @@ def import_stket(source: Any, model: nn.Module, *, where: str | None = None) -> 
     return convert_state_dict(state, model, table, where)
 
 
-def _shape(state: Mapping[str, torch.Tensor], key: str, where: str) -> tuple[int, ...]:
-    if key not in state:
-        raise DataError(where, "missing key of the original's layout", field=key)
-    return tuple(state[key].shape)
-
-
-def _count(state: Mapping[str, torch.Tensor], prefix: str) -> int:
-    indices = {int(k[len(prefix) :].split(".")[0]) for k in state if k.startswith(prefix)}
-    return max(indices) + 1 if indices else 0
-
-
 def infer_options(state: Mapping[str, torch.Tensor], where: str, mode: str) -> dict[str, Any]:
     """The :class:`~m3sgg.models.stket.model.STKET` arguments the original's state dict fixes:
     feature and token widths, layer counts, ``ff_dim``, ``window`` (the ensemble decoder's
     position table), ``state_dims`` and, outside predcls, the classifier's widths. ``heads``,
     the contact threshold, the prior switches and the loss choices are not in the tensors."""
-    proj, object_dim = _shape(state, "subj_fc.weight", where)
-    conv, union_channels = _shape(state, "union_func1.weight", where)[:2]
+    proj, object_dim = key_shape(state, "subj_fc.weight", where)
+    conv, union_channels = key_shape(state, "union_func1.weight", where)[:2]
     options: dict[str, Any] = {
         "object_dim": object_dim,
         "union_channels": union_channels,
         "proj_dim": proj,
-        "embed_dim": _shape(state, "obj_embed.weight", where)[1],
+        "embed_dim": key_shape(state, "obj_embed.weight", where)[1],
         "conv_dim": conv,
-        "enc_layers": _count(state, "spatial_encoder.encoder.layers."),
-        "dec_layers": _count(state, "temporal_decoder.decoder.layers."),
-        "ff_dim": _shape(state, "spatial_encoder.encoder.layers.0.linear1.weight", where)[0],
-        "window": _shape(state, "ensemble_decoder.position_embedding.weight", where)[0],
+        "enc_layers": layer_count(state, "spatial_encoder.encoder.layers."),
+        "dec_layers": layer_count(state, "temporal_decoder.decoder.layers."),
+        "ff_dim": key_shape(state, "spatial_encoder.encoder.layers.0.linear1.weight", where)[0],
+        "window": key_shape(state, "ensemble_decoder.position_embedding.weight", where)[0],
         "state_dims": [
-            _shape(state, f"spatial_encoder.state_fc.{i}.weight", where)[0] for i in range(3)
+            key_shape(state, f"spatial_encoder.state_fc.{i}.weight", where)[0] for i in range(3)
         ],
     }
     if mode != "predcls":
-        options["classifier_dim"] = _shape(state, "object_classifier.decoder_lin.0.weight", where)[
-            0
-        ]
-        options["pos_dim"] = _shape(state, "object_classifier.pos_embed.1.weight", where)[0]
+        options["classifier_dim"] = key_shape(
+            state, "object_classifier.decoder_lin.0.weight", where
+        )[0]
+        options["pos_dim"] = key_shape(state, "object_classifier.pos_embed.1.weight", where)[0]
     return options

@@ -48,7 +48,6 @@ from collections.abc import Mapping
 from typing import ClassVar
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from m3sgg.data.collate import Batch
@@ -59,7 +58,7 @@ from m3sgg.models.registry import register_model
 from m3sgg.models.stket.decoders import EnsembleDecoder, SpatialPriorEncoder, TemporalPriorDecoder
 from m3sgg.models.stket.priors import load_priors
 from m3sgg.models.sttran.classifier import ObjectClassifier, label_boxes
-from m3sgg.models.sttran.model import _index_targets, per_video_mean, relation_tokens
+from m3sgg.models.sttran.model import object_loss, relation_losses, relation_tokens
 from m3sgg.models.sttran.postprocess import SgdetBoxes, box_predictions, person_pairs, sgdet_boxes
 from m3sgg.models.sttran.relation import RelationFeatures
 from m3sgg.vocab import GROUP_SIZES, NUM_AG_CLASSES
@@ -248,15 +247,18 @@ class STKET(SceneGraphModel):
                 torch.as_tensor(tables.specific, dtype=torch.float32)
             )
 
-    def loss_names(self) -> tuple[str, ...]:
+    def _loss_heads(self) -> tuple[str, ...]:
+        """The heads with losses: the three, and the prior heads in use with ``prior_losses``."""
         heads = HEADS + (PRIOR_HEADS if self.prior_losses else ())
-        heads = tuple(
+        return tuple(
             h
             for h in heads
             if (h != "spatial_prior" or self.use_spatial_prior)
             and (h != "temporal_prior" or self.use_temporal_prior)
         )
-        names = tuple(f"{h}_{g}" for h in heads for g in GROUPS)
+
+    def loss_names(self) -> tuple[str, ...]:
+        names = tuple(f"{h}_{g}" for h in self._loss_heads() for g in GROUPS)
         return names if self.mode == "predcls" else (*names, OBJECT_LOSS)
 
     def _heads(self, x: torch.Tensor, short: str) -> dict[str, torch.Tensor]:
@@ -347,37 +349,18 @@ class STKET(SceneGraphModel):
     def loss(
         self, predictions: Mapping[str, torch.Tensor], batch: Batch
     ) -> dict[str, torch.Tensor]:
-        """Weighted named losses ``"<head>_<group>"`` (module docstring)."""
-        keep = batch.relation_mask
-        video = batch.pair_video[keep]
-        n = batch.num_videos
+        """Weighted named losses ``"<head>_<group>"`` (module docstring): STTran's
+        :func:`~m3sgg.models.sttran.model.relation_losses` of each head, and in sgcls and sgdet
+        its :func:`~m3sgg.models.sttran.model.object_loss`."""
         losses: dict[str, torch.Tensor] = {}
-        for name in self.loss_names():
-            if name == OBJECT_LOSS:
-                per_box = F.cross_entropy(
-                    predictions["object_logits"],
-                    batch.object_targets.clamp(min=0),
-                    reduction="none",
-                )
-                kept = batch.object_targets >= 0
-                losses[name] = (
-                    per_video_mean(per_box[kept], batch.box_video[kept], n)
-                    * self.loss_weights[name]
-                )
-                continue
-            head, _, group = name.rpartition("_")
-            scores = predictions[f"{head}/{group}_distribution"][keep]
-            if group == "attention":
-                per_pair = F.cross_entropy(scores, batch.attention[keep], reduction="none")
-            else:
-                target = getattr(batch, group)[keep].to(scores.dtype)
-                if self.relation_loss == "bce":
-                    per_pair = F.binary_cross_entropy(scores, target, reduction="none").mean(1)
-                else:
-                    per_pair = F.multilabel_margin_loss(
-                        scores, _index_targets(target), reduction="none"
-                    )
-            losses[name] = per_video_mean(per_pair, video, n) * self.loss_weights[name]
+        for head in self._loss_heads():
+            groups = relation_losses(predictions, batch, self.relation_loss, prefix=f"{head}/")
+            for group, value in groups.items():
+                losses[f"{head}_{group}"] = value * self.loss_weights[f"{head}_{group}"]
+        if OBJECT_LOSS in self.loss_weights:
+            losses[OBJECT_LOSS] = (
+                object_loss(predictions["object_logits"], batch) * self.loss_weights[OBJECT_LOSS]
+            )
         return losses
 
 

@@ -23,8 +23,11 @@ __all__ = [
     "convert_state_dict",
     "import_sttran",
     "key_map",
+    "key_shape",
+    "layer_count",
     "load_original_state",
     "original_state_dict",
+    "read_checkpoint",
     "relation_widths",
 ]
 
@@ -85,6 +88,22 @@ def key_map(enc_layers: int, dec_layers: int, *, classifier: bool) -> dict[str, 
     return table
 
 
+def read_checkpoint(path: str | os.PathLike[str]) -> Any:
+    """The object saved at ``path`` (``torch.load`` on the CPU, ``weights_only=True``).
+
+    Raises:
+        DataError: no such file, or not readable as a torch checkpoint (one line).
+    """
+    where = os.fspath(path)
+    try:
+        return torch.load(where, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise DataError(where, "no such file") from None
+    except Exception as err:
+        message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise DataError(where, f"cannot read as a torch checkpoint: {message}") from None
+
+
 def load_original_state(source: Any) -> tuple[dict[str, torch.Tensor], str]:
     """The original state dict from ``source``: a path to a ``.tar``/``.pt`` file (read with
     ``weights_only=True``), a ``{"state_dict": ...}`` mapping or a state dict. Returns it and a
@@ -92,13 +111,7 @@ def load_original_state(source: Any) -> tuple[dict[str, torch.Tensor], str]:
     where = "<state dict>"
     if isinstance(source, str | os.PathLike):
         where = os.fspath(source)
-        try:
-            source = torch.load(where, map_location="cpu", weights_only=True)
-        except FileNotFoundError:
-            raise DataError(where, "no such file") from None
-        except Exception as err:
-            message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise DataError(where, f"cannot read as a torch checkpoint: {message}") from None
+        source = read_checkpoint(where)
     if isinstance(source, Mapping) and "state_dict" in source:
         source = source["state_dict"]
     if not isinstance(source, Mapping) or not all(
@@ -154,12 +167,19 @@ def original_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     return {original: ours[target].clone() for original, target in table.items() if target}
 
 
-def _count(state: Mapping[str, torch.Tensor], prefix: str) -> int:
+def layer_count(state: Mapping[str, torch.Tensor], prefix: str) -> int:
+    """Layers of the stack whose keys start with ``prefix`` (``...layers.``): the highest index
+    after it, plus one (0 without such keys)."""
     indices = {int(k[len(prefix) :].split(".")[0]) for k in state if k.startswith(prefix)}
     return max(indices) + 1 if indices else 0
 
 
-def _shape(state: Mapping[str, torch.Tensor], key: str, where: str) -> tuple[int, ...]:
+def key_shape(state: Mapping[str, torch.Tensor], key: str, where: str) -> tuple[int, ...]:
+    """The shape of ``state[key]``.
+
+    Raises:
+        DataError: ``key`` is missing (one line naming it and ``where``).
+    """
     if key not in state:
         raise DataError(where, "missing key of the original's layout", field=key)
     return tuple(state[key].shape)
@@ -174,17 +194,17 @@ def relation_widths(state: Mapping[str, torch.Tensor], where: str) -> dict[str, 
     Raises:
         DataError: a key the widths are read from is missing (one line naming it).
     """
-    proj, object_dim = _shape(state, "subj_fc.weight", where)
-    conv, union_channels = _shape(state, "union_func1.weight", where)[:2]
+    proj, object_dim = key_shape(state, "subj_fc.weight", where)
+    conv, union_channels = key_shape(state, "union_func1.weight", where)[:2]
     widths = {
         "object_dim": object_dim,
         "union_channels": union_channels,
         "proj_dim": proj,
-        "embed_dim": _shape(state, "obj_embed.weight", where)[1],
+        "embed_dim": key_shape(state, "obj_embed.weight", where)[1],
         "conv_dim": conv,
-        "num_classes": _shape(state, "obj_embed.weight", where)[0],
-        "enc_layers": _count(state, "glocal_transformer.local_attention.layers."),
-        "dec_layers": _count(state, "glocal_transformer.global_attention.layers."),
+        "num_classes": key_shape(state, "obj_embed.weight", where)[0],
+        "enc_layers": layer_count(state, "glocal_transformer.local_attention.layers."),
+        "dec_layers": layer_count(state, "glocal_transformer.global_attention.layers."),
     }
     layers = "glocal_transformer.global_attention.layers.0.linear1.weight"
     if layers in state:
@@ -209,9 +229,9 @@ def import_sttran(source: Any, *, mode: str = "predcls", **options: Any) -> nn.M
     state, where = load_original_state(source)
     inferred: dict[str, Any] = relation_widths(state, where)
     if mode != "predcls":
-        hidden, _ = _shape(state, "object_classifier.decoder_lin.0.weight", where)
+        hidden, _ = key_shape(state, "object_classifier.decoder_lin.0.weight", where)
         inferred["classifier_dim"] = hidden
-        inferred["pos_dim"] = _shape(state, "object_classifier.pos_embed.1.weight", where)[0]
+        inferred["pos_dim"] = key_shape(state, "object_classifier.pos_embed.1.weight", where)[0]
     chosen = {**inferred, **options}
     model = STTran(mode=mode, **chosen)
     table = key_map(chosen["enc_layers"], chosen["dec_layers"], classifier=mode != "predcls")

@@ -51,7 +51,14 @@ from m3sgg.models.sttran.relation import RelationFeatures, class_word_vectors
 from m3sgg.models.sttran.transformer import SpatialEncoder, TemporalDecoder
 from m3sgg.vocab import AG_OBJECT_CLASSES, GROUP_SIZES, NUM_AG_CLASSES
 
-__all__ = ["STTran", "per_video_mean", "relation_tokens", "sttran_losses"]
+__all__ = [
+    "STTran",
+    "object_loss",
+    "per_video_mean",
+    "relation_losses",
+    "relation_tokens",
+    "sttran_losses",
+]
 
 DATASETS = frozenset({"action_genome"})
 MODES = frozenset({"predcls", "sgcls", "sgdet"})
@@ -343,18 +350,39 @@ def sttran_losses(
         loss_weights: a multiplier for every returned name.
         objects: add ``object``, the classifier's cross-entropy over the boxes.
     """
+    losses = {
+        name: value * loss_weights[name]
+        for name, value in relation_losses(predictions, batch, relation_loss).items()
+    }
+    if objects:
+        losses[OBJECT_LOSS] = (
+            object_loss(predictions["object_logits"], batch) * loss_weights[OBJECT_LOSS]
+        )
+    return losses
+
+
+def relation_losses(
+    predictions: Mapping[str, torch.Tensor],
+    batch: Batch,
+    relation_loss: str,
+    prefix: str = "",
+) -> dict[str, torch.Tensor]:
+    """Unweighted ``attention``, ``spatial`` and ``contacting`` losses of the distributions
+    ``predictions[prefix + "<group>_distribution"]`` (the batch's pairs): cross-entropy on the
+    attention logits; ``multilabel_margin_loss`` (``relation_loss="margin"``) or binary
+    cross-entropy (``"bce"``) on the spatial and contacting probabilities; each the mean over
+    videos of the video's mean over its pairs with targets (``batch.relation_mask``)."""
     keep = batch.relation_mask
     video = batch.pair_video[keep]
-    n = batch.num_videos
     per_pair = {
         "attention": F.cross_entropy(
-            predictions["attention_distribution"][keep],
+            predictions[f"{prefix}attention_distribution"][keep],
             batch.attention[keep],
             reduction="none",
         )
     }
     for group in ("spatial", "contacting"):
-        probs = predictions[f"{group}_distribution"][keep]
+        probs = predictions[f"{prefix}{group}_distribution"][keep]
         target = getattr(batch, group)[keep]
         if relation_loss == "margin":
             per_pair[group] = F.multilabel_margin_loss(
@@ -364,20 +392,18 @@ def sttran_losses(
             per_pair[group] = F.binary_cross_entropy(
                 probs, target.to(probs.dtype), reduction="none"
             ).mean(dim=1)
-    losses = {
-        name: per_video_mean(value, video, n) * loss_weights[name]
-        for name, value in per_pair.items()
+    return {
+        name: per_video_mean(value, video, batch.num_videos) for name, value in per_pair.items()
     }
-    if objects:
-        per_box = F.cross_entropy(
-            predictions["object_logits"], batch.object_targets.clamp(min=0), reduction="none"
-        )
-        keep_box = batch.object_targets >= 0
-        losses[OBJECT_LOSS] = (
-            per_video_mean(per_box[keep_box], batch.box_video[keep_box], n)
-            * loss_weights[OBJECT_LOSS]
-        )
-    return losses
+
+
+def object_loss(logits: torch.Tensor, batch: Batch) -> torch.Tensor:
+    """Unweighted object loss: cross-entropy of the classifier's ``logits`` ``[N, C]`` against
+    ``batch.object_targets`` (background 0 included), the mean over videos of the video's mean
+    over its boxes with a target (``>= 0``)."""
+    per_box = F.cross_entropy(logits, batch.object_targets.clamp(min=0), reduction="none")
+    keep = batch.object_targets >= 0
+    return per_video_mean(per_box[keep], batch.box_video[keep], batch.num_videos)
 
 
 def relation_tokens(

@@ -23,13 +23,19 @@ An unknown, missing or mis-shaped key is refused with one line naming it
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from typing import Any
 
 import torch
 
 from m3sgg.errors import DataError
-from m3sgg.models.sttran.convert import convert_state_dict, load_original_state, relation_widths
+from m3sgg.models.sttran.convert import (
+    convert_state_dict,
+    load_original_state,
+    read_checkpoint,
+    relation_widths,
+)
 from m3sgg.models.sttran.convert import key_map as sttran_key_map
 from m3sgg.models.tempura.gmm import gmm_state_from_original
 from m3sgg.vocab import GROUP_SIZES
@@ -160,16 +166,8 @@ def _load(source: Any) -> tuple[dict[str, torch.Tensor], Any, Any, str]:
         rel_memory = source["rel_memory"]
         object_memory = source.get("object_memory", [])
     elif not isinstance(source, Mapping):  # a path: read once, keep the memory
-        import os
-
         where = os.fspath(source)
-        try:
-            loaded = torch.load(where, map_location="cpu", weights_only=True)
-        except FileNotFoundError:
-            raise DataError(where, "no such file") from None
-        except Exception as err:
-            message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise DataError(where, f"cannot read as a torch checkpoint: {message}") from None
+        loaded = read_checkpoint(where)
         if isinstance(loaded, Mapping):
             rel_memory = loaded.get("rel_memory", [])
             object_memory = loaded.get("object_memory", [])
