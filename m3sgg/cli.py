@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from m3sgg import __version__
-from m3sgg.errors import M3sggError
+from m3sgg.errors import ConfigError, M3sggError
 
 __all__ = ["build_parser", "main"]
 
@@ -66,7 +66,6 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from m3sgg.config import load_config
     from m3sgg.engine.builders import check_new_run, run_folder
     from m3sgg.engine.trainer import Trainer
-    from m3sgg.errors import ConfigError
 
     _setup_logging(args.verbose)
     config = load_config(args.config, _train_overrides(args), plugins=args.plugin or ())
@@ -124,7 +123,6 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from m3sgg.engine.builders import evaluate_checkpoint
     from m3sgg.engine.handlers.console import headline
     from m3sgg.engine.handlers.metrics_file import jsonable
-    from m3sgg.errors import ConfigError
 
     _setup_logging(args.verbose)
     overrides = []
@@ -179,15 +177,12 @@ def _cmd_toy_data(args: argparse.Namespace) -> int:
 
 
 def _cmd_inspect_data(args: argparse.Namespace) -> int:
+    split = args.split or "train"
     if args.dataset == "action_genome":
         from m3sgg.data.action_genome import ActionGenome
 
         if args.source is not None or args.vocab is not None:
-            from m3sgg.errors import ConfigError
-
             raise ConfigError("--source/--vocab: EASG only (Action Genome has one view)")
-
-        split = args.split or "train"
         store = args.data_path / "features"
         if store.is_dir():  # the store must match the annotations, checksums included
             from m3sgg.data.features import FeatureStore
@@ -199,12 +194,9 @@ def _cmd_inspect_data(args: argparse.Namespace) -> int:
     else:
         from m3sgg.data.easg import EASG
 
-        split = args.split or "train"
         source = args.source or "sgg"
         vocab = args.vocab if source == "master" else None
         if args.vocab is not None and source != "master":
-            from m3sgg.errors import ConfigError
-
             raise ConfigError("--vocab: applies to --source master only")
         dataset = EASG(args.data_path, split, source=source, features=False, vocab=vocab)
         print(f"EASG files: {dataset.files.summary()}", file=sys.stderr)
@@ -217,7 +209,6 @@ def _cmd_inspect_data(args: argparse.Namespace) -> int:
 
 
 def _cmd_build_priors(args: argparse.Namespace) -> int:
-    from m3sgg.errors import ConfigError
     from m3sgg.models.stket.priors import count_priors, load_priors, save_priors
 
     if (args.data_path is None) == (args.import_original is None):
@@ -244,7 +235,6 @@ def _cmd_build_priors(args: argparse.Namespace) -> int:
 def _cmd_import_checkpoint(args: argparse.Namespace) -> int:
     from m3sgg.config import config_to_dict, load_config
     from m3sgg.engine.checkpoint import FORMAT, atomic_save, checkpoint_manifest
-    from m3sgg.errors import ConfigError
     from m3sgg.models import import_original
 
     options: dict[str, object] = {}
