@@ -242,10 +242,8 @@ def _cmd_build_priors(args: argparse.Namespace) -> int:
 
 
 def _cmd_import_checkpoint(args: argparse.Namespace) -> int:
-    import time
-
     from m3sgg.config import config_to_dict, load_config
-    from m3sgg.engine.checkpoint import FORMAT, atomic_save, versions
+    from m3sgg.engine.checkpoint import FORMAT, atomic_save, checkpoint_manifest
     from m3sgg.errors import ConfigError
     from m3sgg.models import import_original
 
@@ -271,15 +269,7 @@ def _cmd_import_checkpoint(args: argparse.Namespace) -> int:
     atomic_save(
         {
             "format": FORMAT,
-            "manifest": {
-                "versions": versions(),
-                "dataset": config.data.dataset,
-                "mode": config.data.mode,
-                "model": config.model_name,
-                "world_size": 1,
-                "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                "imported_from": str(args.source),
-            },
+            "manifest": checkpoint_manifest(config, imported_from=str(args.source)),
             "config": config_to_dict(config),
             "model": model.state_dict(),
         },

@@ -81,6 +81,22 @@ def test_plugins_section_accepts_names_and_options_and_saves_them(tmp_path: Path
     assert load_config(tmp_path / "again.yaml").plugins == config.plugins
 
 
+def test_tune_plugin_flag_adds_to_the_config_files_plugins_as_train_does(tmp_path: Path):
+    from m3sgg.cli import build_parser
+    from m3sgg.tune.cli import _base
+
+    path = tmp_path / "c.yaml"
+    path.write_text("plugins:\n  - name: counter_plugin:setup\n    options: {start: 5}\n")
+    args = build_parser().parse_args(
+        ["tune", "--study", "s", "--config", str(path), "--plugin", "b_mod:setup"]
+    )
+    # the file's plugin keeps its options; --plugin adds one (it used to replace the list)
+    assert _base(args).plugins == [
+        PluginConfig("counter_plugin:setup", {"start": 5}),
+        PluginConfig("b_mod:setup"),
+    ]
+
+
 @pytest.mark.parametrize(
     ("text", "message"),
     [

@@ -23,14 +23,18 @@ import pickle
 import platform
 import random
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import numpy as np
 import torch
 
 from m3sgg.errors import DataError, WriteError
+
+if TYPE_CHECKING:
+    from m3sgg.config import Config
 
 __all__ = [
     "FORMAT",
@@ -38,6 +42,7 @@ __all__ = [
     "atomic_save",
     "atomic_write",
     "capture_rng",
+    "checkpoint_manifest",
     "load_checkpoint",
     "require_sections",
     "restore_rng",
@@ -236,6 +241,20 @@ def restore_rng(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def checkpoint_manifest(config: Config, world_size: int = 1, **extra: str) -> dict[str, Any]:
+    """A checkpoint's ``manifest``: package versions, the config's dataset, mode and model (what
+    a resume checks), the world size and the time of saving; ``extra`` keys come last."""
+    return {
+        "versions": versions(),
+        "dataset": config.data.dataset,
+        "mode": config.data.mode,
+        "model": config.model_name,
+        "world_size": world_size,
+        "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        **extra,
+    }
 
 
 def versions() -> dict[str, str]:

@@ -17,7 +17,6 @@ Nothing here knows a model or a dataset: the model brings ``forward`` and ``loss
 from __future__ import annotations
 
 import logging
-import time
 from contextlib import nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -33,11 +32,11 @@ from m3sgg.engine.checkpoint import (
     FORMAT,
     atomic_save,
     capture_rng,
+    checkpoint_manifest,
     load_checkpoint,
     remove_stale_temps,
     require_sections,
     restore_rng,
-    versions,
 )
 from m3sgg.engine.events import M3sggEvents
 from m3sgg.engine.handlers.base import FunctionHandler, Handler, HandlerList
@@ -475,14 +474,7 @@ class Trainer:
         """Everything a resumed run needs, as tensors and plain values."""
         return {
             "format": FORMAT,
-            "manifest": {
-                "versions": versions(),
-                "dataset": self.config.data.dataset,
-                "mode": self.config.data.mode,
-                "model": self.config.model_name,
-                "world_size": idist.get_world_size(),
-                "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
-            },
+            "manifest": checkpoint_manifest(self.config, idist.get_world_size()),
             "config": config_to_dict(self.config),
             "model": self.core_model.state_dict(),
             "optimizer": self.optimizer.state_dict(),

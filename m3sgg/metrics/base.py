@@ -14,8 +14,10 @@ reference evaluators count them. The same rows give the per-sample results users
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 from collections.abc import Sequence
+from numbers import Integral
 from typing import Any
 
 import ignite.distributed as idist
@@ -23,7 +25,28 @@ import numpy as np
 import torch
 from ignite.metrics import Metric
 
-__all__ = ["SampleStatsMetric", "content_key", "sample_hash", "unique_names"]
+from m3sgg.errors import ConfigError
+
+__all__ = ["SampleStatsMetric", "check_ks", "content_key", "sample_hash", "unique_names"]
+
+
+def check_ks(ks: Any, k_max: int | None = None) -> tuple[int, ...]:
+    """A recall metric's ``ks``, validated: a non-empty ascending sequence of distinct positive
+    ints, each at most ``k_max`` when given.
+
+    Raises:
+        ConfigError: naming what is wrong with ``ks``.
+    """
+    if isinstance(ks, str | bytes) or not isinstance(ks, Sequence) or len(ks) == 0:
+        raise ConfigError(f"ks must be a non-empty sequence of positive ints, got {ks!r}")
+    for k in ks:
+        if not isinstance(k, Integral) or isinstance(k, bool) or k < 1:
+            raise ConfigError(f"ks must be a non-empty sequence of positive ints, got {ks!r}")
+        if k_max is not None and k > k_max:
+            raise ConfigError(f"every K in ks must be at most k_max={k_max}, got {k}")
+    if any(b <= a for a, b in itertools.pairwise(ks)):
+        raise ConfigError(f"ks must be sorted ascending without repeats, got {list(ks)}")
+    return tuple(int(k) for k in ks)
 
 
 def sample_hash(sample_id: str) -> int:

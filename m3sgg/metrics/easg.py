@@ -42,7 +42,6 @@ its result depends on the CPU's sort kernel; this module breaks such ties determ
 
 from __future__ import annotations
 
-import itertools
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -56,7 +55,7 @@ from ignite.exceptions import NotComputableError
 
 from m3sgg.data.structures import GraphGT
 from m3sgg.errors import ConfigError
-from m3sgg.metrics.base import SampleStatsMetric, content_key
+from m3sgg.metrics.base import SampleStatsMetric, check_ks, content_key
 
 __all__ = [
     "EASG_CONSTRAINTS",
@@ -312,20 +311,11 @@ class EASGRecall(SampleStatsMetric):
         self.k_max = _positive_int("k_max", k_max)
         self.top_verbs = _positive_int("top_verbs", top_verbs)
         self.top_edges = _positive_int("top_edges", top_edges)
-        if isinstance(ks, str | bytes) or not isinstance(ks, Sequence) or len(ks) == 0:
-            raise ConfigError(f"ks must be a non-empty sequence of positive ints, got {ks!r}")
-        for k in ks:
-            if not _is_int(k) or k < 1:
-                raise ConfigError(f"ks must be a non-empty sequence of positive ints, got {ks!r}")
-            if k > self.k_max:
-                raise ConfigError(f"every K in ks must be at most k_max={self.k_max}, got {k}")
-        if any(b <= a for a, b in itertools.pairwise(ks)):
-            raise ConfigError(f"ks must be sorted ascending without repeats, got {list(ks)}")
+        self.ks = check_ks(ks, self.k_max)
         if not isinstance(per_graph, bool):
             raise ConfigError(f"per_graph must be a bool, got {per_graph!r}")
         self.mode = mode_name
         self.constraint = constraint
-        self.ks = tuple(int(k) for k in ks)
         self.per_graph = per_graph
         self.row_width = 1 + len(self.ks)  # [GT triplets, hits@K for each K]
         self._ks_tensor = torch.tensor(self.ks, dtype=torch.int64)

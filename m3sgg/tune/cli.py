@@ -28,9 +28,7 @@ def _base(args: argparse.Namespace) -> Any:
     overrides = list(args.set or [])
     if args.output is not None:
         overrides.insert(0, f"run.output={json.dumps(str(args.output))}")
-    if args.plugin:
-        overrides.insert(0, f"plugins={json.dumps(args.plugin)}")
-    return load_config(args.config, overrides)
+    return load_config(args.config, overrides, plugins=args.plugin or ())
 
 
 def _storage_for_reading(args: argparse.Namespace, study_dir: Path) -> str:

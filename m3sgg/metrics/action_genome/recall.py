@@ -3,9 +3,8 @@
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Callable, Mapping, Sequence
-from numbers import Integral, Real
+from numbers import Real
 from typing import Any
 
 import ignite.distributed as idist
@@ -18,25 +17,10 @@ from m3sgg.errors import ConfigError
 from m3sgg.metrics.action_genome.batch import _make_batch, _Workspace
 from m3sgg.metrics.action_genome.ranking import _first_ranks, _Layout, _rows, _summary
 from m3sgg.metrics.action_genome.tables import AG_CONSTRAINTS, AG_MODES, _Pending
-from m3sgg.metrics.base import SampleStatsMetric
+from m3sgg.metrics.base import SampleStatsMetric, check_ks
 
 #: Videos are evaluated in batches of about this many pairs + frames (bounded memory, few calls).
 _BATCH_SIZE = 4096
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, Integral) and not isinstance(value, bool)
-
-
-def _check_ks(ks: Any) -> tuple[int, ...]:
-    if isinstance(ks, str | bytes) or not isinstance(ks, Sequence) or len(ks) == 0:
-        raise ConfigError(f"ks must be a non-empty sequence of positive ints, got {ks!r}")
-    for k in ks:
-        if not _is_int(k) or k < 1:
-            raise ConfigError(f"ks must be a non-empty sequence of positive ints, got {ks!r}")
-    if any(b <= a for a, b in itertools.pairwise(ks)):
-        raise ConfigError(f"ks must be sorted ascending without repeats, got {list(ks)}")
-    return tuple(int(k) for k in ks)
 
 
 def _check_fraction(name: str, value: Any) -> float:
@@ -76,7 +60,7 @@ class _ActionGenomeRecallBase(SampleStatsMetric):
         self.constraints = tuple(constraints)
         self.semi_threshold = _check_fraction("semi_threshold", semi_threshold)
         self.iou_threshold = _check_fraction("iou_threshold", iou_threshold)
-        self.ks = _check_ks(ks)
+        self.ks = check_ks(ks)
         self.per_video = per_video
         self._layout = _Layout(self.ks)
         self.row_width = self._layout.width * len(self.constraints)
