@@ -31,24 +31,16 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from m3sgg.data.collate import box_iou
 from m3sgg.detection.faster_rcnn import ActionGenomeDetector
 from m3sgg.detection.modes import FrameDetections
 
 __all__ = ["FrameAssignment", "TrainingFrame", "assign_frame", "box_overlaps", "training_frame"]
 
 
-def box_overlaps(boxes: np.ndarray, query: np.ndarray) -> np.ndarray:
-    """IoU ``[len(boxes), len(query)]`` (float64) with +1 pixel sizes; 0 without overlap."""
-    b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
-    q = np.asarray(query, dtype=np.float64).reshape(-1, 4)
-    iw = np.minimum(b[:, None, 2], q[None, :, 2]) - np.maximum(b[:, None, 0], q[None, :, 0]) + 1
-    ih = np.minimum(b[:, None, 3], q[None, :, 3]) - np.maximum(b[:, None, 1], q[None, :, 1]) + 1
-    area_b = (b[:, 2] - b[:, 0] + 1) * (b[:, 3] - b[:, 1] + 1)
-    area_q = (q[:, 2] - q[:, 0] + 1) * (q[:, 3] - q[:, 1] + 1)
-    overlap = (iw > 0) & (ih > 0)
-    inter = np.where(overlap, iw * ih, 0.0)
-    union = area_b[:, None] + area_q[None, :] - inter
-    return np.where(overlap, inter / np.where(overlap, union, 1.0), 0.0)
+#: IoU ``[len(boxes), len(query)]`` (float64) with +1 pixel sizes, 0 without overlap: the Cython
+#: ``bbox_overlaps`` formula, which the collate's sgdet assignment uses too.
+box_overlaps = box_iou
 
 
 class FrameAssignment(NamedTuple):
@@ -71,7 +63,7 @@ def assign_frame(
     supplied: list[int] = []
     if det_boxes.shape[0] == 0:
         return FrameAssignment(found, list(range(len(gt_labels))), labels)
-    ious = box_overlaps(det_boxes, gt_boxes)
+    ious = box_iou(det_boxes, gt_boxes)
     best = ious.max(axis=1) > 0.5
     labels[best] = gt_labels[ious.argmax(axis=1)][best]
     taken: list[int] = []
