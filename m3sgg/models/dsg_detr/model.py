@@ -50,7 +50,7 @@ from m3sgg.models.dsg_detr.tracking import (
 )
 from m3sgg.models.matching import HungarianMatcher
 from m3sgg.models.registry import register_model
-from m3sgg.models.sttran.classifier import ObjectClassifier, center_size, label_boxes
+from m3sgg.models.sttran.classifier import ObjectClassifier, label_boxes
 from m3sgg.models.sttran.model import sttran_losses
 from m3sgg.models.sttran.postprocess import box_predictions, person_pairs, sgdet_boxes
 from m3sgg.models.sttran.relation import RelationFeatures
@@ -244,10 +244,8 @@ class DSGDETR(SceneGraphModel):
         ``class_weights`` ``[N, C - 1]`` (one-hot labels or class distributions) weigh the class
         embeddings."""
         sequence, position = self.object_sequences(batch)
-        boxes = batch.boxes[:, 1:]
-        embed = class_weights.to(batch.box_features.dtype) @ self.object_classifier.obj_embed.weight
-        tokens = torch.cat(
-            [batch.box_features, embed, self.object_classifier.pos_embed(center_size(boxes))], dim=1
+        tokens = self.object_classifier.tokens(
+            batch.box_features, batch.boxes[:, 1:], class_weights
         )
         return self.object_encoder(tokens, sequence, position)
 

@@ -19,7 +19,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["ObjectClassifier", "center_size", "label_boxes", "label_distribution"]
+__all__ = [
+    "ObjectClassifier",
+    "center_size",
+    "label_boxes",
+    "label_distribution",
+    "object_tokens",
+]
 
 
 def center_size(boxes: torch.Tensor) -> torch.Tensor:
@@ -27,6 +33,22 @@ def center_size(boxes: torch.Tensor) -> torch.Tensor:
     ``center_size``)."""
     wh = boxes[:, 2:] - boxes[:, :2] + 1.0
     return torch.cat([boxes[:, :2] + 0.5 * wh, wh], dim=1)
+
+
+def object_tokens(
+    box_features: torch.Tensor,
+    boxes: torch.Tensor,
+    class_weights: torch.Tensor,
+    obj_embed: nn.Embedding,
+    pos_embed: nn.Module,
+) -> torch.Tensor:
+    """The per-box token the classifier reads, ``[N, object_dim + embed_dim + pos_dim]``: the
+    box feature, ``class_weights`` ``[N, C - 1]`` (the detector's class distribution, or one-hot
+    labels) times the class embedding table, and ``pos_embed`` of the center-size box. Also
+    the token DSG-DETR's and TEMPURA's object-sequence encoders encode."""
+    embed = class_weights.to(box_features.dtype) @ obj_embed.weight
+    position = pos_embed(center_size(boxes.to(box_features.dtype)))
+    return torch.cat([box_features, embed, position], dim=1)
 
 
 class ObjectClassifier(nn.Module):
@@ -61,9 +83,14 @@ class ObjectClassifier(nn.Module):
     def forward(
         self, box_features: torch.Tensor, boxes: torch.Tensor, class_dists: torch.Tensor
     ) -> torch.Tensor:
-        embed = class_dists.to(box_features.dtype) @ self.obj_embed.weight
-        position = self.pos_embed(center_size(boxes.to(box_features.dtype)))
-        return self.decoder_lin(torch.cat([box_features, embed, position], dim=1))
+        return self.decoder_lin(self.tokens(box_features, boxes, class_dists))
+
+    def tokens(
+        self, box_features: torch.Tensor, boxes: torch.Tensor, class_weights: torch.Tensor
+    ) -> torch.Tensor:
+        """:func:`object_tokens` with this classifier's embeddings (what ``decoder_lin``
+        reads)."""
+        return object_tokens(box_features, boxes, class_weights, self.obj_embed, self.pos_embed)
 
 
 def label_boxes(

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from m3sgg.models.dsg_detr.encoders import SequenceEncoder
-from m3sgg.models.sttran.classifier import center_size
+from m3sgg.models.sttran.classifier import object_tokens
 from m3sgg.models.tempura.gmm import GMMHead
 from m3sgg.models.tempura.memory import MemoryFusion
 
@@ -129,12 +129,9 @@ class TempuraObjectClassifier(nn.Module):
     ) -> torch.Tensor:
         """The features [N, ·] the object memory is read with and built from (the original's
         ``object_features``): the tracking output with tracking, else the intermediate output."""
-        dists = class_dists.to(box_features.dtype)
-        embed = dists @ self.obj_embed.weight
-        position = self.pos_embed(center_size(boxes.to(box_features.dtype)))
-        x = torch.cat([box_features, embed, position], dim=1)
+        x = object_tokens(box_features, boxes, class_dists, self.obj_embed, self.pos_embed)
         if self.tracker is not None:
-            sequence, rank = class_sequences(dists, box_video, box_frame)
+            sequence, rank = class_sequences(class_dists, box_video, box_frame)
             return self.tracker(x, sequence, rank)
         return self.intermediate(x)
 
