@@ -45,3 +45,26 @@ def test_config_validates_the_threshold():
         load_config(None, ["schedule.threshold_mode=absolute"])
     with pytest.raises(ConfigError, match=r"schedule\.threshold: must be >= 0"):
         load_config(None, ["schedule.threshold=-1"])
+
+
+def test_a_watched_metric_the_evaluation_does_not_report_is_one_config_error(tmp_path):
+    from ignite.engine import Engine
+
+    from m3sgg.engine.handlers.checkpointing import BestCheckpoint
+    from m3sgg.engine.handlers.early_stopping import EarlyStopping
+
+    trainer = Engine(lambda engine, batch: None)
+    trainer.state.eval_metrics = {"with/R@20": 0.5, "with/frames": 3, "loss": 1.0}
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    watchers = [
+        LRPlateau(optimizer, "with/R@21"),
+        BestCheckpoint(lambda name: tmp_path / name, tmp_path, ["with/R@21"]),
+        EarlyStopping(trainer, "with/R@21", patience=2),  # a KeyError traceback before
+    ]
+    for handler in watchers:
+        with pytest.raises(ConfigError) as err:
+            handler(trainer)
+        assert str(err.value) == (
+            f"{handler.name} watches 'with/R@21', which the evaluation does not report; "
+            "available: ['with/R@20', 'with/frames']"
+        )

@@ -23,13 +23,15 @@ Writing a handler::
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from ignite.engine import Engine
 from ignite.engine.events import CallableEventWithFilter, RemovableEventHandle
 
-__all__ = ["FunctionHandler", "Handler", "HandlerList"]
+from m3sgg.errors import ConfigError
+
+__all__ = ["FunctionHandler", "Handler", "HandlerList", "watched_metric"]
 
 
 class Handler:
@@ -210,3 +212,18 @@ def _event_label(event: Any) -> tuple[str, str]:
                 return name, f" (every {cell.cell_contents})"
         return name, " (filtered)"
     return name, ""
+
+
+def watched_metric(metrics: Mapping[str, Any], metric: str, handler: str) -> float:
+    """``metrics[metric]`` as a float, for a handler that watches an evaluation metric.
+
+    Raises:
+        ConfigError: the evaluation does not report ``metric`` (one line naming ``handler`` and
+            the metrics there are).
+    """
+    if metric not in metrics:
+        raise ConfigError(
+            f"{handler} watches {metric!r}, which the evaluation does not report; "
+            f"available: {sorted(k for k in metrics if '/' in k)}"
+        )
+    return float(metrics[metric])

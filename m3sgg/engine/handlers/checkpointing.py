@@ -20,8 +20,7 @@ import ignite.distributed as idist
 from ignite.engine import Engine, Events
 
 from m3sgg.engine.events import M3sggEvents
-from m3sgg.engine.handlers.base import Handler
-from m3sgg.errors import ConfigError
+from m3sgg.engine.handlers.base import Handler, watched_metric
 
 __all__ = ["BestCheckpoint", "LastCheckpoint"]
 
@@ -86,12 +85,7 @@ class BestCheckpoint(Handler):
         results = engine.state.eval_metrics
         improved: list[str] = []
         for metric in self.metrics:
-            if metric not in results:
-                raise ConfigError(
-                    f"best_checkpoint watches {metric!r}, which the evaluation does "
-                    f"not report; available: {sorted(k for k in results if '/' in k)}"
-                )
-            score = float(results[metric])
+            score = watched_metric(results, metric, self.name)
             kept = self.kept[metric]
             if len(kept) >= self.keep and score <= kept[-1][0]:
                 continue

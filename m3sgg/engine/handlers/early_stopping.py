@@ -8,7 +8,7 @@ from ignite.engine import Engine
 from ignite.handlers import EarlyStopping as IgniteEarlyStopping
 
 from m3sgg.engine.events import M3sggEvents
-from m3sgg.engine.handlers.base import Handler
+from m3sgg.engine.handlers.base import Handler, watched_metric
 
 __all__ = ["EarlyStopping"]
 
@@ -33,7 +33,9 @@ class EarlyStopping(Handler):
         self.metric = metric
         self.stopper = IgniteEarlyStopping(
             patience=patience,
-            score_function=lambda engine: float(engine.state.eval_metrics[metric]),
+            score_function=lambda engine: watched_metric(
+                engine.state.eval_metrics, metric, self.name
+            ),
             trainer=trainer_engine,
             threshold=threshold,
         )

@@ -20,8 +20,7 @@ from ignite.handlers.param_scheduler import (
 )
 
 from m3sgg.engine.events import M3sggEvents
-from m3sgg.engine.handlers.base import Handler
-from m3sgg.errors import ConfigError
+from m3sgg.engine.handlers.base import Handler, watched_metric
 
 __all__ = ["LRPlateau", "LRSchedule", "cosine_schedule", "warmup_schedule"]
 
@@ -58,13 +57,7 @@ class LRPlateau(Handler):
         return [M3sggEvents.EVALUATION_COMPLETED]
 
     def __call__(self, engine: Engine) -> None:
-        metrics = engine.state.eval_metrics
-        if self.metric not in metrics:
-            raise ConfigError(
-                f"lr_plateau watches {self.metric!r}, which the evaluation does not "
-                f"report; available: {sorted(k for k in metrics if '/' in k)}"
-            )
-        self.scheduler.step(float(metrics[self.metric]))
+        self.scheduler.step(watched_metric(engine.state.eval_metrics, self.metric, self.name))
 
     def state_dict(self) -> dict[str, Any]:
         return self.scheduler.state_dict()
