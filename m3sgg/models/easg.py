@@ -62,7 +62,7 @@ from torch import nn
 
 from m3sgg.data.collate_easg import EASGBatch
 from m3sgg.errors import ConfigError, DataError
-from m3sgg.models.base import SceneGraphModel
+from m3sgg.models.base import SceneGraphModel, resolve_loss_weights
 from m3sgg.models.registry import register_model
 
 __all__ = ["EASGFC", "EASG_LOSS_NAMES", "STTranEASG", "easg_model_inputs"]
@@ -164,12 +164,7 @@ class _EASGModel(SceneGraphModel):
             raise ConfigError(f"{name}: dropout must lie in [0, 1), got {dropout!r}")
         if not isinstance(all_heads, bool):
             raise ConfigError(f"{name}: all_heads must be a bool, got {all_heads!r}")
-        weights = dict(loss_weights or {})
-        unknown = sorted(set(weights) - set(EASG_LOSS_NAMES))
-        if unknown:
-            raise ConfigError(
-                f"{name}: unknown loss_weights {unknown}; the losses are {list(EASG_LOSS_NAMES)}"
-            )
+        self.loss_weights = resolve_loss_weights(name, loss_weights, EASG_LOSS_NAMES)
         self.object_dim = object_dim
         self.verb_dim = verb_dim
         self.num_verbs = num_verbs
@@ -177,7 +172,6 @@ class _EASGModel(SceneGraphModel):
         self.num_relations = num_relations
         self.predicts_verb = all_heads or mode == "easgcls"
         self.predicts_objects = all_heads or mode != "edgecls"
-        self.loss_weights = {k: float(weights.get(k, 1.0)) for k in EASG_LOSS_NAMES}
         #: stands in for the RoI feature of an object grounded in no frame
         self.missing_object = nn.Parameter(torch.zeros(object_dim))
 
