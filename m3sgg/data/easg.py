@@ -105,6 +105,7 @@ __all__ = [
     "VOCAB_SOURCES",
     "EASGSample",
     "EASGVocab",
+    "easg_model_inputs",
     "load_vocab",
     "read_labels",
     "strip_instance",
@@ -743,3 +744,31 @@ def _float_array(value: Any, path: Path, where: str) -> np.ndarray:
 
 def _histogram(names: tuple[str, ...], counts: np.ndarray) -> dict[str, int]:
     return {name: int(c) for name, c in zip(names, counts, strict=True) if c}
+
+
+def easg_model_inputs(dataset: Any) -> dict[str, int]:
+    """Constructor arguments an EASG dataset fixes: feature widths and vocabulary sizes.
+
+    Args:
+        dataset: an :class:`~m3sgg.data.easg.EASG` read with features (its ``vocab`` and samples).
+
+    Returns:
+        ``{"object_dim", "verb_dim", "num_verbs", "num_objects", "num_relations"}``.
+
+    Raises:
+        DataError: the dataset is empty or has no features.
+    """
+    where = getattr(dataset, "root", "EASG dataset")
+    if len(dataset) == 0:
+        raise DataError(where, "no graphs: cannot read the feature widths")
+    sample = dataset[0]
+    if sample.obj_features is None or sample.verb_feature is None:
+        raise DataError(where, "the dataset was read without features", field="features")
+    verbs, objects, relations = dataset.vocab
+    return {
+        "object_dim": int(sample.obj_features.shape[-1]),
+        "verb_dim": int(sample.verb_feature.shape[-1]),
+        "num_verbs": len(verbs),
+        "num_objects": len(objects),
+        "num_relations": len(relations),
+    }

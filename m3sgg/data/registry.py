@@ -231,7 +231,7 @@ def _easg_split(batch: Any, predictions: Any) -> list[tuple[Any, Any]]:
 
 
 def _easg_model_inputs(dataset: Any) -> dict[str, Any]:
-    from m3sgg.models.easg import easg_model_inputs
+    from m3sgg.data.easg import easg_model_inputs
 
     return easg_model_inputs(dataset)
 

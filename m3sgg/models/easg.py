@@ -61,7 +61,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from m3sgg.data.collate_easg import EASGBatch
-from m3sgg.errors import ConfigError, DataError
+from m3sgg.data.easg import easg_model_inputs
+from m3sgg.errors import ConfigError
 from m3sgg.models.base import SceneGraphModel, resolve_loss_weights
 from m3sgg.models.registry import register_model
 
@@ -71,34 +72,6 @@ DATASETS = frozenset({"easg"})
 MODES = frozenset({"edgecls", "sgcls", "easgcls"})
 #: Names of the losses an EASG model may return.
 EASG_LOSS_NAMES: tuple[str, ...] = ("verb", "object", "edge")
-
-
-def easg_model_inputs(dataset: Any) -> dict[str, int]:
-    """Constructor arguments an EASG dataset fixes: feature widths and vocabulary sizes.
-
-    Args:
-        dataset: an :class:`~m3sgg.data.easg.EASG` read with features (its ``vocab`` and samples).
-
-    Returns:
-        ``{"object_dim", "verb_dim", "num_verbs", "num_objects", "num_relations"}``.
-
-    Raises:
-        DataError: the dataset is empty or has no features.
-    """
-    where = getattr(dataset, "root", "EASG dataset")
-    if len(dataset) == 0:
-        raise DataError(where, "no graphs: cannot read the feature widths")
-    sample = dataset[0]
-    if sample.obj_features is None or sample.verb_feature is None:
-        raise DataError(where, "the dataset was read without features", field="features")
-    verbs, objects, relations = dataset.vocab
-    return {
-        "object_dim": int(sample.obj_features.shape[-1]),
-        "verb_dim": int(sample.verb_feature.shape[-1]),
-        "num_verbs": len(verbs),
-        "num_objects": len(objects),
-        "num_relations": len(relations),
-    }
 
 
 def _mlp(in_dim: int, hidden_dim: int, out_dim: int, dropout: float) -> nn.Sequential:
